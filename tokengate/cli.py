@@ -1,0 +1,42 @@
+"""The ``tokengate`` command: one entry point, each package registering its own subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from tokengate.config import ConfigError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # Imported here so ``tokengate --help`` stays cheap and a broken optional part (the
+    # embedded stack) cannot stop the other commands from loading.
+    from backend import cli as backend_cli
+    from gateway import cli as gateway_cli
+    from tokengate import dev, keys
+
+    parser = argparse.ArgumentParser(prog="tokengate", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    keys.register(sub)
+    backend_cli.register(sub)
+    gateway_cli.register(sub)
+    dev.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result: int = args.func(args)
+    except ConfigError as exc:
+        print(f"tokengate: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
