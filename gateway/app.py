@@ -1,0 +1,191 @@
+"""The gateway application: ``create_app(settings)`` builds it, the lifespan opens its resources.
+
+app.state after start-up (the proxy reads these):
+- ``settings``: :class:`gateway.settings.Settings`
+- ``tokens``: :class:`gateway.tokens.TokenService` (``verify_access``)
+- ``revoked``: :class:`gateway.revocation.RevokedSessions` (``sid in revoked``, no I/O)
+- ``minter``: :class:`internal_auth.Minter` (issuer GATEWAY_ID, audience BACKEND_ID)
+- ``pool`` (asyncpg), ``redis`` (redis.asyncio), ``ledger``, ``backend``, ``ratelimits``
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import asyncpg
+import httpx
+import redis.asyncio as aioredis
+from internal_auth import KeyLoadError, Minter, load_private_key
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway import auth_routes
+from gateway.backend_client import BackendClient
+from gateway.cookies import clear_refresh_cookie
+from gateway.errors import GatewayError
+from gateway.ratelimit import RateLimits
+from gateway.revocation import RevokedSessions
+from gateway.sessions import Ledger
+from gateway.settings import Settings
+from gateway.tokens import TokenService
+from tokengate.config import ConfigError
+from tokengate.logs import log_event
+
+logger = logging.getLogger("gateway.app")
+
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+}
+
+
+async def gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    response = JSONResponse(
+        {"error": {"code": exc.code, "message": exc.message}},
+        status_code=exc.status,
+        headers=exc.headers,
+    )
+    if exc.clear_cookie:
+        clear_refresh_cookie(response, secure=request.app.state.settings.cookie_secure)
+    return response
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "error")
+    return JSONResponse(
+        {"error": {"code": code, "message": code.replace("_", " ")}},
+        status_code=exc.status_code,
+        headers=exc.headers,
+    )
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    state = request.app.state
+
+    async def postgres() -> bool:
+        try:
+            return bool(await asyncio.wait_for(state.pool.fetchval("SELECT 1"), 2.0) == 1)
+        except Exception:
+            return False
+
+    async def redis_ok() -> bool:
+        try:
+            return bool(await asyncio.wait_for(state.redis.ping(), 2.0))
+        except Exception:
+            return False
+
+    backend, pg, rd = await asyncio.gather(state.backend.ready(), postgres(), redis_ok())
+    checks = {"backend": backend, "postgres": pg, "redis": rd}
+    ready = all(checks.values())
+    return JSONResponse(
+        {"status": "ready" if ready else "unavailable", "checks": checks},
+        status_code=200 if ready else 503,
+        headers={} if ready else {"Retry-After": "5"},
+    )
+
+
+def _load_minter(settings: Settings) -> Minter:
+    try:
+        key = load_private_key(settings.internal_jwt_private_key)
+    except KeyLoadError:
+        raise ConfigError(
+            "INTERNAL_JWT_PRIVATE_KEY is not a valid Ed25519 private key (PEM)"
+        ) from None
+    return Minter(
+        key,
+        issuer=settings.gateway_id,
+        audience=settings.backend_id,
+        ttl=settings.internal_token_ttl,
+    )
+
+
+def create_app(settings: Settings) -> Starlette:
+    if "*" in settings.cors_allowed_origins:
+        raise ConfigError("CORS_ALLOWED_ORIGINS must not contain '*' (credentials are allowed)")
+    tokens = TokenService(settings)
+    minter = _load_minter(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        pool = await asyncpg.create_pool(
+            settings.database_url, min_size=1, max_size=10, command_timeout=10
+        )
+        redis_client = aioredis.from_url(
+            settings.redis_url, socket_connect_timeout=1.0, socket_timeout=5.0
+        )
+        http = httpx.AsyncClient(
+            base_url=settings.backend_url,
+            timeout=httpx.Timeout(
+                settings.proxy_read_timeout, connect=settings.proxy_connect_timeout
+            ),
+        )
+        revoked = RevokedSessions(
+            redis_client, prefix=settings.redis_key_prefix, ttl=settings.access_token_ttl
+        )
+        app.state.pool = pool
+        app.state.redis = redis_client
+        app.state.revoked = revoked
+        app.state.ledger = Ledger(
+            pool,
+            refresh_ttl=settings.refresh_token_ttl,
+            family_lifetime=settings.refresh_family_lifetime,
+            grace_seconds=settings.refresh_grace_seconds,
+        )
+        app.state.backend = BackendClient(http, minter, gateway_id=settings.gateway_id)
+        app.state.ratelimits = RateLimits(settings)
+        await revoked.start()
+        log_event(logger, "gateway_started", revocation_connected=revoked.connected)
+        try:
+            yield
+        finally:
+            await revoked.stop()
+            await http.aclose()
+            await redis_client.aclose()
+            await pool.close()
+
+    app = Starlette(
+        routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            *auth_routes.routes,
+        ],
+        middleware=[
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_allowed_origins),
+                allow_credentials=True,
+                allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+                allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+                expose_headers=[
+                    "Retry-After",
+                    "X-RateLimit-Limit",
+                    "X-RateLimit-Remaining",
+                    "X-RateLimit-Reset",
+                    "X-Request-ID",
+                ],
+                max_age=600,
+            )
+        ],
+        exception_handlers={GatewayError: gateway_error, HTTPException: http_error},
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.tokens = tokens
+    app.state.minter = minter
+    return app

@@ -1,0 +1,125 @@
+"""Login and refresh rate limits: slowapi's limiter over Redis, shared by every gateway instance.
+
+slowapi configures the ``limits`` storage and strategy (Redis URI, key prefix, fixed window); the
+routes call :meth:`RateLimits.check` explicitly rather than through slowapi's decorators because
+the per-account key needs the parsed body and the limits come from this app's settings, not from
+a module-level limiter.
+
+The client IP is the TCP peer unless that peer is a configured trusted proxy; only then is
+``X-Forwarded-For`` read, right to left, skipping trusted hops. Trusting the header by default
+would let any client pick its own IP and never be limited.
+
+Redis down: the check raises :class:`ServiceUnavailable` (503 + ``Retry-After``). Login fails
+closed: an unlimited login endpoint is an open door to password guessing, and a short outage of
+login is the lesser harm. Refresh fails closed the same way (the client keeps its cookie and
+retries); requests already holding an access token are not rate limited here at all.
+
+``limits``' Redis storage is synchronous, so each check runs in a worker thread to keep the
+event loop free.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from limits import RateLimitItem
+from limits import parse as parse_limit
+from redis.exceptions import RedisError
+from slowapi import Limiter
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+
+from gateway.errors import RateLimited, ServiceUnavailable
+from gateway.settings import Network, Settings
+from tokengate.logs import log_event
+
+logger = logging.getLogger("gateway.ratelimit")
+
+REDIS_DOWN_RETRY_AFTER = 5
+
+
+def client_ip(request: Request, trusted: Sequence[Network]) -> str:
+    peer = request.client.host if request.client else "unknown"
+    if not trusted or not _is_trusted(peer, trusted):
+        return peer
+    header = request.headers.get("x-forwarded-for", "")
+    hops = [h.strip() for h in header.split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _is_trusted(hop, trusted):
+            return hop
+    return hops[0] if hops else peer
+
+
+def _is_trusted(address: str, trusted: Sequence[Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in trusted)
+
+
+def account_key(email: str) -> str:
+    # Hashed so the Redis keyspace is not a list of everyone's email address.
+    return hashlib.sha256(email.strip().lower().encode("utf-8")).hexdigest()[:32]
+
+
+class RateLimits:
+    def __init__(self, settings: Settings) -> None:
+        # Short socket timeouts: with Redis gone, login must answer 503 quickly, not hang.
+        options: dict[str, Any] = {
+            "key_prefix": f"{settings.redis_key_prefix}ratelimit",
+            "socket_connect_timeout": 1.0,
+            "socket_timeout": 1.0,
+        }
+        self._limiter = Limiter(
+            key_func=lambda: "unused",
+            storage_uri=settings.redis_url,
+            storage_options=options,
+            strategy="fixed-window",
+            swallow_errors=False,
+            in_memory_fallback_enabled=False,
+        )
+        self._trusted = settings.trusted_proxies
+        self.login_ip = self._parse(settings.login_rate_limit_ip)
+        self.login_account = self._parse(settings.login_rate_limit_account)
+        self.refresh_ip = self._parse(settings.refresh_rate_limit)
+
+    @staticmethod
+    def _parse(value: str) -> RateLimitItem | None:
+        return parse_limit(value) if value else None
+
+    def client_ip(self, request: Request) -> str:
+        return client_ip(request, self._trusted)
+
+    async def check(self, item: RateLimitItem | None, scope: str, key: str) -> dict[str, str]:
+        """Count one hit; raise 429 over the limit, 503 if Redis is unreachable."""
+        if item is None:
+            return {}
+        return await run_in_threadpool(self._hit, item, scope, key)
+
+    def _hit(self, item: RateLimitItem, scope: str, key: str) -> dict[str, str]:
+        strategy = self._limiter.limiter
+        try:
+            allowed = strategy.hit(item, scope, key)
+            stats = strategy.get_window_stats(item, scope, key)
+        except (RedisError, OSError) as exc:
+            log_event(logger, "ratelimit_unavailable", logging.WARNING, error=type(exc).__name__)
+            raise ServiceUnavailable(
+                "rate limiting is unavailable, retry later", retry_after=REDIS_DOWN_RETRY_AFTER
+            ) from None
+        reset = int(stats.reset_time)
+        headers = {
+            "X-RateLimit-Limit": str(item.amount),
+            "X-RateLimit-Remaining": str(max(stats.remaining, 0)),
+            "X-RateLimit-Reset": str(reset),
+        }
+        if not allowed:
+            retry = max(1, reset - int(time.time()))
+            log_event(logger, "rate_limited", logging.WARNING, scope=scope)
+            raise RateLimited(headers={**headers, "Retry-After": str(retry)})
+        return headers

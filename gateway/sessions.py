@@ -1,0 +1,257 @@
+"""The refresh-family ledger in PostgreSQL (tables in ``db/002_refresh_token_family.sql``).
+
+One login creates a family (``refresh_session``; its id is the tokens' ``sid``) and its first
+refresh token row. :meth:`Ledger.rotate` is one transaction that locks the presented token's row
+(``SELECT ... FOR UPDATE``), so concurrent rotations of one token queue on that lock: the first
+records a successor, the others find it and, inside the grace window, get that same successor back.
+A used token presented after the grace window is a replay (OAuth 2.0 Security BCP, RFC 9700
+§4.14.2): the whole family is revoked.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from gateway.tokens import new_jti
+
+
+class Outcome(enum.StrEnum):
+    ROTATED = "rotated"
+    RETRY = "retry"
+    REUSED_REVOKED = "reused-revoked"
+    FAMILY_REVOKED = "family-revoked"
+    EXPIRED = "expired"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class IssuedRefresh:
+    """What is needed to sign a refresh token: the token itself is never stored."""
+
+    sub: str
+    sid: str
+    jti: str
+    iat: int
+    exp: int
+
+
+@dataclass(frozen=True)
+class RotateResult:
+    outcome: Outcome
+    sid: str | None = None
+    user_id: str | None = None
+    roles: tuple[str, ...] = ()
+    successor: IssuedRefresh | None = None
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    id: str
+    created_at: datetime
+    last_used_at: datetime
+    expires_at: datetime
+    user_agent: str | None
+    ip: str | None
+
+
+def _ts(epoch: int) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+def _epoch(value: datetime) -> int:
+    return int(value.timestamp())
+
+
+_LOCK_TOKEN = """
+SELECT t.family_id, t.user_id, t.used_at, t.child_jti, t.expires_at, t.revoked_at AS t_revoked,
+       s.revoked_at AS s_revoked, s.absolute_expires_at, s.roles
+FROM refresh_token_family t JOIN refresh_session s USING (family_id)
+WHERE t.jti = $1
+FOR UPDATE OF t
+"""
+
+_CHILD = """
+SELECT jti, issued_at, expires_at, revoked_at FROM refresh_token_family WHERE jti = $1
+"""
+
+_INSERT_TOKEN = """
+INSERT INTO refresh_token_family (jti, family_id, user_id, parent_jti, issued_at, expires_at)
+VALUES ($1, $2, $3, $4, $5, $6)
+"""
+
+_MARK_USED = """
+WITH used AS (
+    UPDATE refresh_token_family SET used_at = $2, child_jti = $3 WHERE jti = $1 RETURNING family_id
+)
+UPDATE refresh_session SET last_used_at = $2 WHERE family_id = (SELECT family_id FROM used)
+"""
+
+_REVOKE_FAMILIES = """
+WITH s AS (
+    UPDATE refresh_session SET revoked_at = $2, revoked_reason = $3
+    WHERE family_id = ANY($1::uuid[]) AND revoked_at IS NULL
+    RETURNING family_id
+), t AS (
+    UPDATE refresh_token_family SET revoked_at = $2, revoked_reason = $3
+    WHERE family_id = ANY($1::uuid[]) AND revoked_at IS NULL
+)
+SELECT family_id FROM s
+"""
+
+
+class Ledger:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        refresh_ttl: int,
+        family_lifetime: int,
+        grace_seconds: int,
+    ) -> None:
+        self._pool = pool
+        self.refresh_ttl = refresh_ttl
+        self.family_lifetime = family_lifetime
+        self.grace_seconds = grace_seconds
+
+    async def create_family(
+        self,
+        *,
+        user_id: str,
+        roles: Sequence[str],
+        user_agent: str | None,
+        ip: str | None,
+        now: int,
+        family_lifetime: int | None = None,
+    ) -> IssuedRefresh:
+        sid = str(uuid.uuid4())
+        absolute = now + (self.family_lifetime if family_lifetime is None else family_lifetime)
+        token = IssuedRefresh(
+            sub=user_id, sid=sid, jti=new_jti(), iat=now, exp=min(now + self.refresh_ttl, absolute)
+        )
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO refresh_session (family_id, user_id, roles, created_at, last_used_at,"
+                " absolute_expires_at, user_agent, ip) VALUES ($1, $2, $3, $4, $4, $5, $6, $7)",
+                sid,
+                user_id,
+                list(roles),
+                _ts(now),
+                _ts(absolute),
+                (user_agent or "")[:512] or None,
+                ip,
+            )
+            await conn.execute(
+                _INSERT_TOKEN, token.jti, sid, user_id, None, _ts(now), _ts(token.exp)
+            )
+        return token
+
+    async def rotate(self, jti: str, *, now: int) -> RotateResult:
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(_LOCK_TOKEN, jti)
+            if row is None:
+                return RotateResult(Outcome.UNKNOWN)
+            sid = str(row["family_id"])
+            user_id = str(row["user_id"])
+            roles = tuple(row["roles"])
+            base: dict[str, Any] = {"sid": sid, "user_id": user_id, "roles": roles}
+            if row["s_revoked"] is not None or row["t_revoked"] is not None:
+                return RotateResult(Outcome.FAMILY_REVOKED, **base)
+            if row["used_at"] is not None:
+                used_for = now - _epoch(row["used_at"])
+                if self.grace_seconds > 0 and used_for <= self.grace_seconds:
+                    child = await conn.fetchrow(_CHILD, row["child_jti"])
+                    if child is not None and child["revoked_at"] is None:
+                        successor = IssuedRefresh(
+                            sub=user_id,
+                            sid=sid,
+                            jti=child["jti"],
+                            iat=_epoch(child["issued_at"]),
+                            exp=_epoch(child["expires_at"]),
+                        )
+                        return RotateResult(Outcome.RETRY, successor=successor, **base)
+                await conn.fetch(_REVOKE_FAMILIES, [sid], _ts(now), "reuse")
+                return RotateResult(Outcome.REUSED_REVOKED, **base)
+            absolute = _epoch(row["absolute_expires_at"])
+            if _epoch(row["expires_at"]) <= now or absolute <= now:
+                return RotateResult(Outcome.EXPIRED, **base)
+            successor = IssuedRefresh(
+                sub=user_id,
+                sid=sid,
+                jti=new_jti(),
+                iat=now,
+                exp=min(now + self.refresh_ttl, absolute),
+            )
+            await conn.execute(
+                _INSERT_TOKEN,
+                successor.jti,
+                sid,
+                user_id,
+                jti,
+                _ts(now),
+                _ts(successor.exp),
+            )
+            await conn.execute(_MARK_USED, jti, _ts(now), successor.jti)
+            return RotateResult(Outcome.ROTATED, successor=successor, **base)
+
+    async def family_of(self, jti: str) -> tuple[str, str] | None:
+        """``(sid, user_id)`` of the family a refresh ``jti`` belongs to."""
+        row = await self._pool.fetchrow(
+            "SELECT family_id, user_id FROM refresh_token_family WHERE jti = $1", jti
+        )
+        return None if row is None else (str(row["family_id"]), str(row["user_id"]))
+
+    async def revoke_families(self, sids: Sequence[str], *, reason: str, now: int) -> list[str]:
+        """Revoke families; returns the ids that were live until now."""
+        rows = await self._pool.fetch(_REVOKE_FAMILIES, list(sids), _ts(now), reason)
+        return [str(r["family_id"]) for r in rows]
+
+    async def revoke_family(self, sid: str, *, reason: str, now: int) -> bool:
+        return bool(await self.revoke_families([sid], reason=reason, now=now))
+
+    async def revoke_user_family(self, user_id: str, sid: str, *, reason: str, now: int) -> bool:
+        """Revoke one family only if it belongs to ``user_id`` (a user revoking their own)."""
+        owner = await self._pool.fetchval(
+            "SELECT user_id FROM refresh_session WHERE family_id = $1", sid
+        )
+        if owner is None or str(owner) != user_id:
+            return False
+        await self.revoke_families([sid], reason=reason, now=now)
+        return True
+
+    async def revoke_all_for_user(self, user_id: str, *, reason: str, now: int) -> list[str]:
+        sids = await self._pool.fetch(
+            "SELECT family_id FROM refresh_session WHERE user_id = $1 AND revoked_at IS NULL",
+            user_id,
+        )
+        if not sids:
+            return []
+        return await self.revoke_families(
+            [str(r["family_id"]) for r in sids], reason=reason, now=now
+        )
+
+    async def list_sessions(self, user_id: str, *, now: int) -> list[SessionInfo]:
+        rows = await self._pool.fetch(
+            "SELECT family_id, created_at, last_used_at, absolute_expires_at, user_agent, ip"
+            " FROM refresh_session WHERE user_id = $1 AND revoked_at IS NULL"
+            " AND absolute_expires_at > $2 ORDER BY created_at DESC",
+            user_id,
+            _ts(now),
+        )
+        return [
+            SessionInfo(
+                id=str(r["family_id"]),
+                created_at=r["created_at"],
+                last_used_at=r["last_used_at"],
+                expires_at=r["absolute_expires_at"],
+                user_agent=r["user_agent"],
+                ip=r["ip"],
+            )
+            for r in rows
+        ]

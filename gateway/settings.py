@@ -1,0 +1,164 @@
+"""The gateway's settings: read from the environment in one place, validated at start-up.
+
+Every failure names the variable, so an operator sees ``JWT_REFRESH_SECRET must be at least 32
+bytes`` rather than a stack trace from the first request.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from limits import parse as parse_limit
+
+from tokengate.config import (
+    ConfigError,
+    env_or_file,
+    get_bool,
+    get_float,
+    get_int,
+    get_list,
+    get_str,
+)
+
+# RFC 7518 §3.2: an HS256 key must be at least as long as the hash output (256 bits).
+MIN_SECRET_BYTES = 32
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _secret(environ: Mapping[str, str], name: str, *, required: bool) -> str | None:
+    value = env_or_file(environ, name, required=required)
+    if value is None:
+        return None
+    if len(value.encode("utf-8")) < MIN_SECRET_BYTES:
+        raise ConfigError(f"{name} must be at least {MIN_SECRET_BYTES} bytes long")
+    return value
+
+
+def _rate(environ: Mapping[str, str], name: str, default: str) -> str:
+    value = environ.get(name, default).strip()
+    if not value:
+        return ""
+    try:
+        parse_limit(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a rate like '10/minute', got {value!r}") from None
+    return value
+
+
+def _networks(environ: Mapping[str, str], name: str) -> tuple[Network, ...]:
+    out: list[Network] = []
+    for item in get_list(environ, name):
+        try:
+            out.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigError(f"{name}: {item!r} is not an IP address or CIDR") from None
+    return tuple(out)
+
+
+def _origins(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
+    origins = get_list(environ, name)
+    for origin in origins:
+        # A wildcard with credentials would let any site read authenticated responses; the
+        # CORS spec forbids it and browsers would refuse it anyway (Fetch §3.2.5).
+        if origin == "*" or "*" in origin:
+            raise ConfigError(f"{name} must list explicit origins; '*' is not allowed")
+        if not origin.startswith(("http://", "https://")) or origin.endswith("/"):
+            raise ConfigError(
+                f"{name}: {origin!r} must be scheme://host[:port] with no path or trailing slash"
+            )
+    return origins
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    redis_url: str
+    backend_url: str
+    jwt_access_secret: str = field(repr=False)
+    jwt_refresh_secret: str = field(repr=False)
+    internal_jwt_private_key: str = field(repr=False)
+    jwt_access_secret_previous: str | None = field(default=None, repr=False)
+    jwt_refresh_secret_previous: str | None = field(default=None, repr=False)
+    redis_key_prefix: str = "tokengate:"
+    gateway_id: str = "tokengate-gateway"
+    backend_id: str = "tokengate-backend"
+    access_token_audience: str = "tokengate-api"
+    access_token_ttl: int = 600
+    refresh_token_ttl: int = 1209600
+    refresh_family_lifetime: int = 2592000
+    refresh_grace_seconds: int = 10
+    internal_token_ttl: int = 30
+    cors_allowed_origins: tuple[str, ...] = ()
+    cookie_secure: bool = True
+    trusted_proxies: tuple[Network, ...] = ()
+    login_rate_limit_ip: str = "10/minute"
+    login_rate_limit_account: str = "5/minute"
+    refresh_rate_limit: str = "30/minute"
+    proxy_rate_limit_user: str = ""
+    proxy_max_body_bytes: int = 20971520
+    proxy_connect_timeout: float = 2.0
+    proxy_read_timeout: float = 30.0
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        access = _secret(environ, "JWT_ACCESS_SECRET", required=True)
+        refresh = _secret(environ, "JWT_REFRESH_SECRET", required=True)
+        access_prev = _secret(environ, "JWT_ACCESS_SECRET_PREVIOUS", required=False)
+        refresh_prev = _secret(environ, "JWT_REFRESH_SECRET_PREVIOUS", required=False)
+        assert access is not None and refresh is not None
+        # One secret for both types would let a refresh token be replayed as an access token
+        # if any verifier ever forgot the typ check (RFC 8725 §2.8, §3.11).
+        access_all = {access, access_prev} - {None}
+        refresh_all = {refresh, refresh_prev} - {None}
+        if access_all & refresh_all:
+            raise ConfigError(
+                "JWT_ACCESS_SECRET and JWT_REFRESH_SECRET (and their _PREVIOUS values) "
+                "must all be different"
+            )
+        private_key = env_or_file(environ, "INTERNAL_JWT_PRIVATE_KEY", required=True)
+        assert private_key is not None
+        prefix = environ.get("REDIS_KEY_PREFIX", "tokengate:")
+        if not prefix:
+            raise ConfigError("REDIS_KEY_PREFIX must not be empty")
+        access_ttl = get_int(environ, "ACCESS_TOKEN_TTL", 600, minimum=1)
+        refresh_ttl = get_int(environ, "REFRESH_TOKEN_TTL", 1209600, minimum=1)
+        level = environ.get("LOG_LEVEL", "INFO").upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
+        internal_ttl = get_int(environ, "INTERNAL_TOKEN_TTL", 30, minimum=1)
+        if internal_ttl > 60:
+            raise ConfigError("INTERNAL_TOKEN_TTL must be at most 60 seconds")
+        return cls(
+            database_url=get_str(environ, "DATABASE_URL"),
+            redis_url=get_str(environ, "REDIS_URL"),
+            backend_url=get_str(environ, "BACKEND_URL").rstrip("/"),
+            jwt_access_secret=access,
+            jwt_refresh_secret=refresh,
+            jwt_access_secret_previous=access_prev,
+            jwt_refresh_secret_previous=refresh_prev,
+            internal_jwt_private_key=private_key,
+            redis_key_prefix=prefix,
+            gateway_id=get_str(environ, "GATEWAY_ID", "tokengate-gateway"),
+            backend_id=get_str(environ, "BACKEND_ID", "tokengate-backend"),
+            access_token_audience=get_str(environ, "ACCESS_TOKEN_AUDIENCE", "tokengate-api"),
+            access_token_ttl=access_ttl,
+            refresh_token_ttl=refresh_ttl,
+            refresh_family_lifetime=get_int(environ, "REFRESH_FAMILY_LIFETIME", 2592000, minimum=1),
+            refresh_grace_seconds=get_int(environ, "REFRESH_GRACE_SECONDS", 10, minimum=0),
+            internal_token_ttl=internal_ttl,
+            cors_allowed_origins=_origins(environ, "CORS_ALLOWED_ORIGINS"),
+            cookie_secure=get_bool(environ, "COOKIE_SECURE", True),
+            trusted_proxies=_networks(environ, "TRUSTED_PROXIES"),
+            login_rate_limit_ip=_rate(environ, "LOGIN_RATE_LIMIT_IP", "10/minute"),
+            login_rate_limit_account=_rate(environ, "LOGIN_RATE_LIMIT_ACCOUNT", "5/minute"),
+            refresh_rate_limit=_rate(environ, "REFRESH_RATE_LIMIT", "30/minute"),
+            proxy_rate_limit_user=_rate(environ, "PROXY_RATE_LIMIT_USER", ""),
+            proxy_max_body_bytes=get_int(environ, "PROXY_MAX_BODY_BYTES", 20971520, minimum=1),
+            proxy_connect_timeout=get_float(environ, "PROXY_CONNECT_TIMEOUT", 2.0),
+            proxy_read_timeout=get_float(environ, "PROXY_READ_TIMEOUT", 30.0),
+            log_level=level,
+        )
