@@ -1,0 +1,20 @@
+"""What an internal token allows: one scope per kind of call from the gateway."""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["Scope"]
+
+
+class Scope(enum.StrEnum):
+    """The ``scope`` claim of an internal token (one value, RFC 9068 §2.2.3 style).
+
+    Each protected route needs exactly one scope, so a token minted for one kind of call cannot be
+    used for another. Add a member only for a new kind of gateway-to-service call.
+    """
+
+    #: A user's request proxied by the gateway; ``sub`` is the user id, ``sid`` their session.
+    USER_REQUEST = "user_request"
+    #: The gateway asking the backend to check a credential; ``sub`` is the gateway id.
+    AUTH_VALIDATE = "auth_validate"

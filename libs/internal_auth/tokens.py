@@ -1,0 +1,318 @@
+"""Minting and verifying internal tokens: the gateway's signed statement about one request.
+
+A token is a JWS compact serialisation (RFC 7515 §7.1) with the protected header
+``{"alg": "EdDSA", "typ": "internal+jwt", "kid": <RFC 7638 thumbprint>}`` and the claims
+``iss aud sub scope roles [sid] jti iat nbf exp htm htu``. ``htm``/``htu`` bind it to one method
+and path (the idea of RFC 9449 §4.2), so a leaked header cannot be replayed on another route.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from joserfc import jws
+from joserfc.errors import JoseError
+
+from ._jws import ALGORITHM, REGISTRY, TOKEN_TYPE, encode_header, sign_compact
+from .errors import InternalAuthError, Reason
+from .keys import KeySet, PrivateKey, PublicKey
+from .scopes import Scope
+
+__all__ = ["HEADER", "MAX_TTL", "Minter", "Principal", "Verifier"]
+
+#: The HTTP header that carries the internal token from the gateway to a service.
+HEADER = "X-Internal-Auth"
+#: Longest lifetime a token may have, minted or accepted (seconds).
+MAX_TTL = 60
+#: Upper bound on a token's length; ours are ~600 bytes. Stops oversized input early.
+MAX_TOKEN_LENGTH = 4096
+
+_ALLOWED_HEADER_PARAMS = frozenset({"alg", "typ", "kid"})
+# RFC 7515 §4.1.9: "typ" compares case-insensitively and may omit the "application/" prefix.
+_ACCEPTED_TYPES = frozenset({TOKEN_TYPE, "application/" + TOKEN_TYPE})
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who the gateway vouches for in a verified internal token.
+
+    ``sub`` is the user id for :attr:`Scope.USER_REQUEST` (the gateway id for system calls);
+    ``roles`` and ``sid`` come from the token as minted; ``jti``, ``iss``, ``iat`` and ``exp``
+    are there for audit logs.
+    """
+
+    sub: str
+    scope: Scope
+    roles: tuple[str, ...]
+    sid: str | None
+    jti: str
+    iss: str
+    iat: int
+    exp: int
+
+
+class Minter:
+    """Signs internal tokens with the gateway's Ed25519 key.
+
+    ``ttl`` is the token lifetime in seconds, 1..60: long enough for one request, short enough
+    that a leaked token is worthless soon after (RFC 8725 §3.10 style defence in depth).
+    The header segment is encoded once here; :meth:`mint` only serialises the claims and signs.
+    """
+
+    __slots__ = ("_audience", "_clock", "_header_segment", "_issuer", "_sign", "_ttl", "kid")
+
+    def __init__(
+        self,
+        private_key: PrivateKey,
+        *,
+        issuer: str,
+        audience: str,
+        ttl: int = 30,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not isinstance(private_key, PrivateKey):
+            raise TypeError("Minter needs a PrivateKey (load_private_key / generate_private_key)")
+        if not isinstance(ttl, int) or isinstance(ttl, bool) or not 1 <= ttl <= MAX_TTL:
+            raise ValueError(f"ttl must be an integer from 1 to {MAX_TTL} seconds")
+        _require_text("issuer", issuer)
+        _require_text("audience", audience)
+        self._issuer = issuer
+        self._audience = audience
+        self._ttl = ttl
+        self._clock = clock
+        self._sign = private_key._sign
+        #: ``kid`` header of every token this minter signs.
+        self.kid: str = private_key.kid
+        self._header_segment = encode_header(
+            {"alg": ALGORITHM, "typ": TOKEN_TYPE, "kid": private_key.kid}
+        )
+
+    def mint(
+        self,
+        *,
+        sub: str,
+        scope: Scope,
+        htm: str,
+        htu: str,
+        roles: Sequence[str] = (),
+        sid: str | None = None,
+    ) -> str:
+        """A signed token for one request: ``htm`` its method, ``htu`` the path the service sees.
+
+        ``htu`` is the path only (no scheme, host or query string), exactly as the receiving
+        service's ASGI ``scope["path"]``.
+        """
+        _require_text("sub", sub)
+        if not htu.startswith("/") or "?" in htu or "#" in htu:
+            raise ValueError("htu must be the request path only, starting with '/'")
+        if isinstance(roles, str):
+            raise TypeError("roles must be a sequence of role names, not one string")
+        now = int(self._clock())
+        claims: dict[str, Any] = {
+            "iss": self._issuer,
+            "aud": self._audience,
+            "sub": sub,
+            "scope": Scope(scope).value,
+            "roles": list(roles),
+        }
+        if sid is not None:
+            claims["sid"] = sid
+        # 128 random bits (RFC 7519 §4.1.7: jti must not collide) for replay detection and audit.
+        claims["jti"] = secrets.token_urlsafe(16)
+        claims["iat"] = now
+        claims["nbf"] = now
+        claims["exp"] = now + self._ttl
+        claims["htm"] = htm.upper()
+        claims["htu"] = htu
+        payload = json.dumps(claims, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+        return sign_compact(self._header_segment, payload, self._sign)
+
+    def __repr__(self) -> str:
+        return f"Minter(kid={self.kid!r}, issuer={self._issuer!r}, audience={self._audience!r})"
+
+
+class Verifier:
+    """Checks internal tokens against a key set, an issuer and an audience.
+
+    Every check is explicit (RFC 8725 §3): the algorithm is pinned to ``EdDSA`` through an
+    allow-list registry on every decode (§3.1), the key is chosen by ``kid`` from trusted public
+    keys only, ``typ`` must be ``internal+jwt`` (§3.11), ``iss`` and ``aud`` must match (§3.8,
+    §3.9), ``exp``/``nbf``/``iat`` hold within ``leeway`` seconds and the lifetime is at most
+    60 s, ``jti`` is present, the request binding matches, and finally the scope. Any failure
+    raises :class:`InternalAuthError` with a :class:`Reason`.
+    """
+
+    __slots__ = ("_audience", "_clock", "_issuer", "_keys", "_leeway")
+
+    def __init__(
+        self,
+        keys: KeySet | PublicKey,
+        *,
+        issuer: str,
+        audience: str,
+        leeway: int = 5,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if isinstance(keys, PublicKey):
+            keys = KeySet([keys])
+        if not isinstance(keys, KeySet):
+            raise TypeError("Verifier needs a KeySet of public keys (load_public_keys)")
+        if not isinstance(leeway, int) or isinstance(leeway, bool) or not 0 <= leeway <= MAX_TTL:
+            raise ValueError(f"leeway must be an integer from 0 to {MAX_TTL} seconds")
+        _require_text("issuer", issuer)
+        _require_text("audience", audience)
+        self._keys = keys
+        self._issuer = issuer
+        self._audience = audience
+        self._leeway = leeway
+        self._clock = clock
+
+    def verify(self, token: str | bytes, *, scope: Scope, htm: str, htu: str) -> Principal:
+        """Verify ``token`` for a request ``htm htu`` on a route that needs ``scope``."""
+        obj = self._verified_jws(token)
+        try:
+            claims = json.loads(obj.payload)
+        except ValueError:
+            raise InternalAuthError(Reason.MALFORMED, "claims are not JSON") from None
+        if not isinstance(claims, dict):
+            raise InternalAuthError(Reason.MALFORMED, "claims are not a JSON object")
+        return self._check_claims(claims, scope, htm, htu)
+
+    def _verified_jws(self, token: str | bytes) -> jws.CompactSignature:
+        if not token:
+            raise InternalAuthError(Reason.MISSING, "no internal token")
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise InternalAuthError(Reason.MALFORMED, "token too long")
+        try:
+            if isinstance(token, str):
+                raw = token.encode("ascii")
+            else:
+                token.decode("ascii")
+                raw = bytes(token)
+        except (UnicodeError, AttributeError):
+            raise InternalAuthError(Reason.MALFORMED, "token is not ASCII") from None
+        # No detached payload (RFC 7515 Appendix F); an empty signature fails on alg or signature.
+        parts = raw.split(b".")
+        if len(parts) != 3 or not parts[0] or not parts[1]:
+            raise InternalAuthError(Reason.MALFORMED, "not a JWS compact serialisation")
+        try:
+            obj = jws.extract_compact(raw, registry=REGISTRY)
+        except (JoseError, ValueError, TypeError):
+            raise InternalAuthError(Reason.MALFORMED, "not a JWS compact serialisation") from None
+        header = obj.headers()
+        if not isinstance(header, dict):
+            raise InternalAuthError(Reason.MALFORMED, "header is not a JSON object")
+        # RFC 8725 §3.1: decide by our allow-list before touching any key.
+        if header.get("alg") != ALGORITHM:
+            raise InternalAuthError(Reason.BAD_ALGORITHM, "algorithm not allowed")
+        typ = header.get("typ")
+        if not isinstance(typ, str) or typ.lower() not in _ACCEPTED_TYPES:
+            raise InternalAuthError(Reason.BAD_TYPE, "not an internal token (typ)")
+        # jku/x5u/jwk/crit are never honoured (RFC 8725 §3.10): a token cannot choose its key.
+        if not _ALLOWED_HEADER_PARAMS.issuperset(header):
+            raise InternalAuthError(Reason.MALFORMED, "unexpected header parameter")
+        kid = header.get("kid")
+        key = self._keys.get(kid) if isinstance(kid, str) else None
+        if key is None:
+            raise InternalAuthError(Reason.UNKNOWN_KID, "no trusted key for this kid")
+        try:
+            valid = jws.validate_compact(obj, key._jwk, registry=REGISTRY)
+        except JoseError:
+            valid = False
+        if not valid:
+            raise InternalAuthError(Reason.BAD_SIGNATURE, "signature does not verify")
+        return obj
+
+    def _check_claims(self, claims: dict[str, Any], scope: Scope, htm: str, htu: str) -> Principal:
+        iss = claims.get("iss")
+        if iss is None:
+            raise InternalAuthError(Reason.MISSING_CLAIM, "claim iss is missing")
+        if iss != self._issuer:
+            raise InternalAuthError(Reason.WRONG_ISSUER, "issuer not trusted")
+        # From here the issuer is authentic, so errors carry it for audit logs.
+        aud = claims.get("aud")
+        if aud is None:
+            raise InternalAuthError(Reason.MISSING_CLAIM, "claim aud is missing", iss=iss)
+        if isinstance(aud, list) and all(isinstance(item, str) for item in aud):
+            audience_ok = self._audience in aud
+        elif isinstance(aud, str):
+            audience_ok = aud == self._audience
+        else:
+            raise InternalAuthError(Reason.INVALID_CLAIM, "claim aud has the wrong type", iss=iss)
+        if not audience_ok:
+            raise InternalAuthError(Reason.WRONG_AUDIENCE, "token is for another audience", iss=iss)
+
+        now = self._clock()
+        exp = _numeric_date(claims, "exp", iss)
+        nbf = _numeric_date(claims, "nbf", iss)
+        iat = _numeric_date(claims, "iat", iss)
+        if now >= exp + self._leeway:
+            raise InternalAuthError(Reason.EXPIRED, "token expired", iss=iss)
+        if nbf > now + self._leeway or iat > now + self._leeway:
+            raise InternalAuthError(Reason.NOT_YET_VALID, "token not valid yet", iss=iss)
+        if exp - iat > MAX_TTL or exp < iat:
+            raise InternalAuthError(Reason.INVALID_CLAIM, "token lifetime out of range", iss=iss)
+
+        jti = _text_claim(claims, "jti", iss)
+        sub = _text_claim(claims, "sub", iss)
+        claimed_htm = _text_claim(claims, "htm", iss)
+        claimed_htu = _text_claim(claims, "htu", iss)
+        claimed_scope = _text_claim(claims, "scope", iss)
+        roles = claims.get("roles")
+        if roles is None:
+            raise InternalAuthError(Reason.MISSING_CLAIM, "claim roles is missing", iss=iss)
+        if not isinstance(roles, list) or not all(isinstance(role, str) for role in roles):
+            raise InternalAuthError(Reason.INVALID_CLAIM, "claim roles has the wrong type", iss=iss)
+        sid = claims.get("sid")
+        if sid is not None and (not isinstance(sid, str) or not sid):
+            raise InternalAuthError(Reason.INVALID_CLAIM, "claim sid has the wrong type", iss=iss)
+
+        if claimed_htm != htm.upper() or claimed_htu != htu:
+            raise InternalAuthError(
+                Reason.UNBOUND_REQUEST, "token bound to another request", iss=iss
+            )
+        # Last on purpose: only an otherwise valid token earns a 403 instead of a 401.
+        if claimed_scope != scope.value:
+            raise InternalAuthError(Reason.WRONG_SCOPE, "token scope not allowed here", iss=iss)
+        return Principal(
+            sub=sub,
+            scope=scope,
+            roles=tuple(roles),
+            sid=sid,
+            jti=jti,
+            iss=iss,
+            iat=int(iat),
+            exp=int(exp),
+        )
+
+    def __repr__(self) -> str:
+        return f"Verifier(kids={self._keys.kids!r}, issuer={self._issuer!r})"
+
+
+def _numeric_date(claims: dict[str, Any], name: str, iss: str) -> float:
+    value = claims.get(name)
+    if value is None:
+        raise InternalAuthError(Reason.MISSING_CLAIM, f"claim {name} is missing", iss=iss)
+    # RFC 7519 §2 NumericDate; bool is an int subclass in Python and must not pass.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InternalAuthError(Reason.INVALID_CLAIM, f"claim {name} is not a number", iss=iss)
+    return float(value)
+
+
+def _text_claim(claims: dict[str, Any], name: str, iss: str) -> str:
+    value = claims.get(name)
+    if value is None:
+        raise InternalAuthError(Reason.MISSING_CLAIM, f"claim {name} is missing", iss=iss)
+    if not isinstance(value, str) or not value:
+        raise InternalAuthError(Reason.INVALID_CLAIM, f"claim {name} is not a string", iss=iss)
+    return value
+
+
+def _require_text(name: str, value: object) -> None:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a non-empty string")
