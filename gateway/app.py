@@ -115,7 +115,10 @@ def _load_minter(settings: Settings) -> Minter:
     )
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(
+    settings: Settings, *, backend_transport: httpx.AsyncBaseTransport | None = None
+) -> Starlette:
+    """Build the gateway. ``backend_transport`` lets tests run a backend in process."""
     if "*" in settings.cors_allowed_origins:
         raise ConfigError("CORS_ALLOWED_ORIGINS must not contain '*' (credentials are allowed)")
     tokens = TokenService(settings)
@@ -131,6 +134,7 @@ def create_app(settings: Settings) -> Starlette:
         )
         http = httpx.AsyncClient(
             base_url=settings.backend_url,
+            transport=backend_transport,
             timeout=httpx.Timeout(
                 settings.proxy_read_timeout, connect=settings.proxy_connect_timeout
             ),
