@@ -8,6 +8,7 @@ it is a test double for a *service*, while PostgreSQL and Redis are the real ser
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import itertools
 import logging
 import re
@@ -56,9 +57,7 @@ def gateway_dsn(request: pytest.FixtureRequest, pg_dsn: str) -> str:
     Uses the shared ``migrated_dsn`` when the migration runner exists; until then applies the
     ``db/*.sql`` files directly (same files, same order).
     """
-    try:
-        import tokengate.migrate  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("tokengate.migrate") is None:
         files = sorted((Path(__file__).parents[2] / "db").glob("*.sql"))
 
         async def apply() -> None:
@@ -140,7 +139,7 @@ def backend(internal_key: PrivateKey) -> FakeBackend:
 def env(
     gateway_dsn: str, redis_url: str, redis_prefix: str, internal_key: PrivateKey
 ) -> dict[str, str]:
-    """A valid gateway environment; each test gets its own Redis sub-prefix (rate-limit counters)."""
+    """A valid gateway environment; each test has its own Redis sub-prefix (rate counters)."""
     return {
         "DATABASE_URL": gateway_dsn,
         "REDIS_URL": redis_url,
@@ -159,6 +158,12 @@ def env(
 Harness = Callable[..., Any]
 
 
+class GatewayClient(httpx.AsyncClient):
+    """An in-process client that also exposes the app (for ``app.state`` assertions)."""
+
+    app: Starlette
+
+
 @pytest.fixture
 def gateway(backend: FakeBackend) -> Harness:
     """``async with gateway(env, **overrides) as client``: a started gateway and an HTTP client."""
@@ -166,7 +171,7 @@ def gateway(backend: FakeBackend) -> Harness:
     @asynccontextmanager
     async def start(
         environ: dict[str, str], *, backend_up: bool = True, **overrides: str
-    ) -> AsyncIterator[httpx.AsyncClient]:
+    ) -> AsyncIterator[GatewayClient]:
         settings = Settings.from_env({**environ, **overrides})
         transport = httpx.ASGITransport(app=backend.app) if backend_up else None
         if not backend_up:
@@ -175,12 +180,12 @@ def gateway(backend: FakeBackend) -> Harness:
             )
         app = create_app(settings, backend_transport=transport)
         async with app.router.lifespan_context(app):
-            async with httpx.AsyncClient(
+            async with GatewayClient(
                 transport=httpx.ASGITransport(app=app, client=("203.0.113.7", 40000)),
                 base_url=BASE_URL,
                 headers={"Origin": ORIGIN},
             ) as client:
-                client.app = app  # type: ignore[attr-defined]
+                client.app = app
                 yield client
 
     return start
@@ -206,7 +211,7 @@ async def refresh_with(client: httpx.AsyncClient, token: str) -> httpx.Response:
 
 @pytest.fixture(autouse=True)
 def no_secrets_in_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
-    """Every log line written during a test, formatted as in production, holds no token or secret."""
+    """No log line written during a test (formatted as in production) holds a token or secret."""
     caplog.set_level(logging.DEBUG)
     yield
     formatter = JsonFormatter()

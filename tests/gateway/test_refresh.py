@@ -47,7 +47,7 @@ async def test_refresh_rotates_and_sets_new_cookie(
         successor = refresh_cookie(response)
         assert successor is not None and successor != token
         access = response.json()["access_token"]
-        claims = client.app.state.tokens.verify_access(access)  # type: ignore[attr-defined]
+        claims = client.app.state.tokens.verify_access(access)
         assert claims.roles == ("user",)
         assert (await refresh_with(client, successor)).status_code == 200
 
@@ -81,8 +81,8 @@ async def test_fifty_concurrent_refreshes_of_one_token(
         assert ok
         successors = {refresh_cookie(r) for r in ok}
         assert len(successors) == 1
-        pool = client.app.state.pool  # type: ignore[attr-defined]
-        jti = client.app.state.tokens.verify_refresh(token).jti  # type: ignore[attr-defined]
+        pool = client.app.state.pool
+        jti = client.app.state.tokens.verify_refresh(token).jti
         children = await pool.fetchval(
             "SELECT count(*) FROM refresh_token_family WHERE parent_jti = $1", jti
         )
@@ -104,8 +104,8 @@ async def test_reuse_after_grace_kills_family_on_every_instance(
         assert newest is not None
         # both instances accept the live access token before the replay
         for client in (one, two):
-            claims = client.app.state.tokens.verify_access(live_access)  # type: ignore[attr-defined]
-            assert claims.sid not in client.app.state.revoked  # type: ignore[attr-defined]
+            claims = client.app.state.tokens.verify_access(live_access)
+            assert claims.sid not in client.app.state.revoked
 
         replay = await refresh_with(one, token)
         assert replay.status_code == 401
@@ -114,11 +114,11 @@ async def test_reuse_after_grace_kills_family_on_every_instance(
         assert (await refresh_with(one, newest)).status_code == 401
         assert (await refresh_with(two, newest)).status_code == 401
         deadline = time.monotonic() + 1.0
-        revoked_two = two.app.state.revoked  # type: ignore[attr-defined]
+        revoked_two = two.app.state.revoked
         while claims.sid not in revoked_two and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         for client in (one, two):
-            assert claims.sid in client.app.state.revoked  # type: ignore[attr-defined]
+            assert claims.sid in client.app.state.revoked
             response = await client.get(
                 "/api/v1/auth/sessions", headers={"Authorization": f"Bearer {live_access}"}
             )
@@ -131,12 +131,12 @@ async def test_revocations_are_loaded_at_start_up(
 ) -> None:
     async with gateway(env) as one:
         access, _ = await _login(one, backend)
-        sid = one.app.state.tokens.verify_access(access).sid  # type: ignore[attr-defined]
+        sid = one.app.state.tokens.verify_access(access).sid
         assert (
             await one.post("/api/v1/auth/logout-all", headers={"Authorization": f"Bearer {access}"})
         ).status_code == 204
     async with gateway(env) as late:
-        assert sid in late.app.state.revoked  # type: ignore[attr-defined]
+        assert sid in late.app.state.revoked
 
 
 @pytest.mark.parametrize("cookie", [None, "garbage", "eyJhbGciOiJub25lIn0.eyJ9.x"])
@@ -249,12 +249,12 @@ async def test_cannot_delete_someone_elses_session(
     async with gateway(env) as client:
         access_a, _ = await _login(client, backend)
         access_b, _ = await _login(client, backend)
-        sid_b = client.app.state.tokens.verify_access(access_b).sid  # type: ignore[attr-defined]
+        sid_b = client.app.state.tokens.verify_access(access_b).sid
         response = await client.delete(
             f"/api/v1/auth/sessions/{sid_b}", headers={"Authorization": f"Bearer {access_a}"}
         )
         assert response.status_code == 404
-        assert sid_b not in client.app.state.revoked  # type: ignore[attr-defined]
+        assert sid_b not in client.app.state.revoked
 
 
 async def test_logout_all(gateway: Harness, env: dict[str, str], backend: FakeBackend) -> None:

@@ -116,7 +116,7 @@ async def test_unknown_jti(pool: asyncpg.Pool) -> None:
 async def test_concurrent_rotations_converge_on_one_successor(pool: asyncpg.Pool) -> None:
     led = ledger(pool)
     now = int(time.time())
-    _, sid, jti = await new_family(led, now)
+    _, _, jti = await new_family(led, now)
     results = await asyncio.gather(*(led.rotate(jti, now=now) for _ in range(30)))
     outcomes = sorted(r.outcome for r in results)
     assert outcomes.count(Outcome.ROTATED) == 1
