@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from joserfc.jwk import OKPKey
 
-from ._jws import ALGORITHM, b64url_decode, b64url_encode
+from ._jws import ALGORITHM, REGISTRY, b64url_decode, b64url_encode
 from .errors import KeyLoadError
 
 __all__ = [
@@ -52,6 +52,9 @@ class PublicKey:
             raise KeyLoadError(f"expected an Ed25519 public key, got {_describe(key)}")
         self._key = key
         self._jwk: OKPKey = OKPKey.import_key(key)
+        # Pin the key type once (OKP, usable for "sig" with "EdDSA"), so verifying needs no
+        # per-token key checks.
+        REGISTRY.get_alg(ALGORITHM).check_key(self._jwk)
         #: RFC 7638 JWK thumbprint (SHA-256, base64url), used as the JOSE ``kid``.
         self.kid: str = self._jwk.thumbprint()
 
