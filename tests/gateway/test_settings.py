@@ -1,0 +1,113 @@
+"""Start-up validation: bad settings are refused with the variable named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.app import create_app
+from gateway.settings import Settings
+from tokengate.config import ConfigError
+
+
+def test_defaults(env: dict[str, str]) -> None:
+    settings = Settings.from_env(env)
+    assert settings.gateway_id == "tokengate-gateway"
+    assert settings.backend_id == "tokengate-backend"
+    assert settings.access_token_audience == "tokengate-api"
+    assert (settings.access_token_ttl, settings.refresh_token_ttl) == (600, 1209600)
+    assert (settings.refresh_family_lifetime, settings.refresh_grace_seconds) == (2592000, 10)
+    assert settings.cookie_secure is True
+    assert settings.trusted_proxies == ()
+    assert settings.proxy_rate_limit_user == ""
+    assert settings.proxy_max_body_bytes == 20971520
+    assert (settings.proxy_connect_timeout, settings.proxy_read_timeout) == (2.0, 30.0)
+    text = repr(settings)
+    assert settings.jwt_access_secret not in text and settings.jwt_refresh_secret not in text
+
+
+@pytest.mark.parametrize(
+    ("overrides", "variable"),
+    [
+        ({"JWT_ACCESS_SECRET": "short"}, "JWT_ACCESS_SECRET"),
+        ({"JWT_REFRESH_SECRET": "x" * 31}, "JWT_REFRESH_SECRET"),
+        ({"JWT_ACCESS_SECRET_PREVIOUS": "short"}, "JWT_ACCESS_SECRET_PREVIOUS"),
+        ({"JWT_REFRESH_SECRET": None}, "JWT_REFRESH_SECRET"),
+        ({"JWT_ACCESS_SECRET": None}, "JWT_ACCESS_SECRET"),
+        ({"INTERNAL_JWT_PRIVATE_KEY": None}, "INTERNAL_JWT_PRIVATE_KEY"),
+        ({"DATABASE_URL": None}, "DATABASE_URL"),
+        ({"REDIS_URL": None}, "REDIS_URL"),
+        ({"BACKEND_URL": None}, "BACKEND_URL"),
+        ({"CORS_ALLOWED_ORIGINS": "*"}, "CORS_ALLOWED_ORIGINS"),
+        ({"CORS_ALLOWED_ORIGINS": "https://ok.test,https://*.test"}, "CORS_ALLOWED_ORIGINS"),
+        ({"CORS_ALLOWED_ORIGINS": "https://ok.test/"}, "CORS_ALLOWED_ORIGINS"),
+        ({"TRUSTED_PROXIES": "10.0.0.0/8,not-an-ip"}, "TRUSTED_PROXIES"),
+        ({"LOGIN_RATE_LIMIT_IP": "lots"}, "LOGIN_RATE_LIMIT_IP"),
+        ({"ACCESS_TOKEN_TTL": "ten"}, "ACCESS_TOKEN_TTL"),
+        ({"REFRESH_GRACE_SECONDS": "-1"}, "REFRESH_GRACE_SECONDS"),
+        ({"COOKIE_SECURE": "maybe"}, "COOKIE_SECURE"),
+        ({"INTERNAL_TOKEN_TTL": "120"}, "INTERNAL_TOKEN_TTL"),
+    ],
+)
+def test_bad_settings_name_the_variable(
+    env: dict[str, str], overrides: dict[str, str | None], variable: str
+) -> None:
+    environ = {**env}
+    for name, value in overrides.items():
+        if value is None:
+            environ.pop(name, None)
+        else:
+            environ[name] = value
+    with pytest.raises(ConfigError, match=variable):
+        Settings.from_env(environ)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"JWT_REFRESH_SECRET": "same-secret-for-both-" + "x" * 20,
+         "JWT_ACCESS_SECRET": "same-secret-for-both-" + "x" * 20},
+        {"JWT_REFRESH_SECRET_PREVIOUS": "access-secret-for-tests-0123456789abcdef"},
+    ],
+    ids=["identical", "previous-overlaps"],
+)  # fmt: skip
+def test_identical_secrets_are_refused(env: dict[str, str], overrides: dict[str, str]) -> None:
+    with pytest.raises(ConfigError, match="JWT_ACCESS_SECRET and JWT_REFRESH_SECRET"):
+        Settings.from_env({**env, **overrides})
+
+
+def test_secrets_from_files(env: dict[str, str], tmp_path: Path) -> None:
+    access = tmp_path / "access"
+    access.write_text("file-access-secret-0123456789abcdefgh\n")
+    key = tmp_path / "key.pem"
+    key.write_text(env["INTERNAL_JWT_PRIVATE_KEY"])
+    environ = {
+        **env,
+        "JWT_ACCESS_SECRET_FILE": str(access),
+        "INTERNAL_JWT_PRIVATE_KEY_FILE": str(key),
+    }
+    del environ["JWT_ACCESS_SECRET"], environ["INTERNAL_JWT_PRIVATE_KEY"]
+    settings = Settings.from_env(environ)
+    assert settings.jwt_access_secret == "file-access-secret-0123456789abcdefgh"
+    create_app(settings)
+
+
+def test_short_secret_from_file_names_the_variable(env: dict[str, str], tmp_path: Path) -> None:
+    secret = tmp_path / "refresh"
+    secret.write_text("short")
+    environ = {**env, "JWT_REFRESH_SECRET_FILE": str(secret)}
+    del environ["JWT_REFRESH_SECRET"]
+    with pytest.raises(ConfigError, match="JWT_REFRESH_SECRET"):
+        Settings.from_env(environ)
+
+
+def test_invalid_private_key_is_refused_at_start_up(env: dict[str, str]) -> None:
+    settings = Settings.from_env({**env, "INTERNAL_JWT_PRIVATE_KEY": "not a key"})
+    with pytest.raises(ConfigError, match="INTERNAL_JWT_PRIVATE_KEY"):
+        create_app(settings)
+
+
+def test_trusted_proxies_parse(env: dict[str, str]) -> None:
+    settings = Settings.from_env({**env, "TRUSTED_PROXIES": "10.0.0.0/8, 192.0.2.1"})
+    assert [str(n) for n in settings.trusted_proxies] == ["10.0.0.0/8", "192.0.2.1/32"]
