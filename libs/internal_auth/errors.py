@@ -11,8 +11,8 @@ class Reason(enum.StrEnum):
     """Why a token, a request or a key was refused.
 
     The value is stable and meant for audit logs and metrics; it is never sent to a client
-    (a response only says "unauthorized" or "forbidden", RFC 8725 §3.1: tell an attacker nothing
-    about which check failed).
+    (a response only says "unauthorized" or "forbidden"), so an attacker cannot learn which
+    check a forged token failed.
     """
 
     #: No token where one is required.

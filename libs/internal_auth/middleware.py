@@ -53,7 +53,7 @@ def _error_body(code: str, message: str) -> bytes:
 
 
 # One fixed body per status: which check failed stays in the audit log (on_reject), never in
-# the response, so a caller cannot probe the verifier (RFC 8725 §3.1 spirit).
+# the response, so a caller cannot probe the verifier check by check.
 _UNAUTHORIZED = _error_body("unauthorized", "Authentication required.")
 _FORBIDDEN = _error_body("forbidden", "Not allowed.")
 

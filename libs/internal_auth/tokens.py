@@ -62,7 +62,7 @@ class Minter:
     """Signs internal tokens with the gateway's Ed25519 key.
 
     ``ttl`` is the token lifetime in seconds, 1..60: long enough for one request, short enough
-    that a leaked token is worthless soon after (RFC 8725 §3.10 style defence in depth).
+    that a leaked token is worthless soon after; the verifier refuses lifetimes over 60 s too.
     The header segment is encoded once here; :meth:`mint` only serialises the claims and signs.
     """
 
