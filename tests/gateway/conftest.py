@@ -215,7 +215,9 @@ def no_secrets_in_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     caplog.set_level(logging.DEBUG)
     yield
     formatter = JsonFormatter()
-    for record in caplog.records:
+    # caplog.records would only hold this teardown phase; the test ran in setup and call.
+    records = caplog.get_records("setup") + caplog.get_records("call")
+    for record in records:
         line = formatter.format(record)
         assert not JWT_RE.search(line), f"token in log line: {record.getMessage()}"
         for secret in (PASSWORD, ACCESS_SECRET, REFRESH_SECRET, "PRIVATE KEY"):

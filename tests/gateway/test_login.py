@@ -10,7 +10,7 @@ from tests.gateway.conftest import PASSWORD, FakeBackend, Harness, login, refres
 
 
 async def test_login_returns_access_token_and_refresh_cookie(
-    gateway: Harness, env: dict[str, str], backend: FakeBackend
+    gateway: Harness, env: dict[str, str], backend: FakeBackend, caplog: pytest.LogCaptureFixture
 ) -> None:
     email = backend.add_user()
     async with gateway(env) as client:
@@ -26,6 +26,8 @@ async def test_login_returns_access_token_and_refresh_cookie(
         assert token is not None
         assert token not in response.text
         assert response.headers["cache-control"] == "no-store"
+    # the log-scrubbing check (conftest) really sees the gateway's structured events
+    assert "login_succeeded" in [r.getMessage() for r in caplog.records]
 
 
 async def test_refresh_cookie_attributes(

@@ -1,0 +1,184 @@
+"""Rate limits (real Redis), client IP trust, CORS, and behaviour with Redis unreachable."""
+
+from __future__ import annotations
+
+import pytest
+from starlette.requests import Request
+
+from gateway.ratelimit import client_ip
+from gateway.settings import Settings
+from tests.gateway.conftest import (
+    ORIGIN,
+    PASSWORD,
+    FakeBackend,
+    Harness,
+    login,
+    refresh_cookie,
+    refresh_with,
+)
+
+REDIS_DOWN = "redis://127.0.0.1:1/0"
+
+
+async def test_login_limited_per_ip(
+    gateway: Harness, env: dict[str, str], backend: FakeBackend
+) -> None:
+    async with gateway(env, LOGIN_RATE_LIMIT_IP="3/minute") as client:
+        for _ in range(3):
+            ok = await login(client, backend.add_user())
+            assert ok.status_code == 200
+            assert "x-ratelimit-remaining" in ok.headers
+        limited = await login(client, backend.add_user())
+    assert limited.status_code == 429
+    assert limited.json()["error"]["code"] == "rate_limited"
+    assert 1 <= int(limited.headers["retry-after"]) <= 60
+    assert limited.headers["x-ratelimit-limit"] == "3"
+    assert limited.headers["x-ratelimit-remaining"] == "0"
+    assert int(limited.headers["x-ratelimit-reset"]) > 0
+
+
+async def test_login_limited_per_account_even_with_wrong_passwords(
+    gateway: Harness, env: dict[str, str], backend: FakeBackend
+) -> None:
+    email = backend.add_user()
+    async with gateway(env, LOGIN_RATE_LIMIT_ACCOUNT="2/minute") as client:
+        for _ in range(2):
+            assert (await login(client, email, "wrong")).status_code == 401
+        # case and surrounding spaces do not make a new account bucket
+        limited = await login(client, f" {email.upper()} ", PASSWORD)
+        other = await login(client, backend.add_user())
+    assert limited.status_code == 429
+    assert "retry-after" in limited.headers
+    assert other.status_code == 200
+
+
+async def test_refresh_limited_per_ip(
+    gateway: Harness, env: dict[str, str], backend: FakeBackend
+) -> None:
+    async with gateway(env, REFRESH_RATE_LIMIT="2/minute") as client:
+        token = refresh_cookie(await login(client, backend.add_user()))
+        assert token is not None
+        for _ in range(2):
+            response = await refresh_with(client, token)
+            assert response.status_code == 200
+            token = refresh_cookie(response) or token
+        limited = await refresh_with(client, token)
+    assert limited.status_code == 429
+    assert "retry-after" in limited.headers
+
+
+async def test_forwarded_for_is_ignored_by_default(
+    gateway: Harness, env: dict[str, str], backend: FakeBackend
+) -> None:
+    async with gateway(env, LOGIN_RATE_LIMIT_IP="2/minute") as client:
+        statuses = [
+            (
+                await client.post(
+                    "/api/v1/auth/login",
+                    json={"email": backend.add_user(), "password": PASSWORD},
+                    headers={"X-Forwarded-For": f"198.51.100.{i}"},
+                )
+            ).status_code
+            for i in range(3)
+        ]
+    assert statuses == [200, 200, 429]
+
+
+async def test_trusted_proxy_supplies_the_client_ip(
+    gateway: Harness, env: dict[str, str], backend: FakeBackend
+) -> None:
+    async with gateway(env, TRUSTED_PROXIES="203.0.113.0/24") as client:
+        response = await client.post(
+            "/api/v1/auth/login",
+            json={"email": backend.add_user(), "password": PASSWORD},
+            headers={"X-Forwarded-For": "192.0.2.55, 203.0.113.9"},
+        )
+        access = response.json()["access_token"]
+        sessions = await client.get(
+            "/api/v1/auth/sessions", headers={"Authorization": f"Bearer {access}"}
+        )
+    assert sessions.json()["sessions"][0]["ip"] == "192.0.2.55"
+
+
+def _request(peer: str, forwarded: str | None) -> Request:
+    headers = [(b"x-forwarded-for", forwarded.encode())] if forwarded else []
+    return Request({"type": "http", "headers": headers, "client": (peer, 1234)})
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded", "trusted", "expected"),
+    [
+        ("198.51.100.1", "1.2.3.4", "", "198.51.100.1"),
+        ("198.51.100.1", "1.2.3.4", "10.0.0.0/8", "198.51.100.1"),
+        ("10.0.0.2", "1.2.3.4", "10.0.0.0/8", "1.2.3.4"),
+        ("10.0.0.2", "6.6.6.6, 1.2.3.4, 10.0.0.9", "10.0.0.0/8", "1.2.3.4"),
+        ("10.0.0.2", None, "10.0.0.0/8", "10.0.0.2"),
+        ("10.0.0.2", "garbage", "10.0.0.0/8", "garbage"),
+    ],
+)
+def test_client_ip(
+    env: dict[str, str], peer: str, forwarded: str | None, trusted: str, expected: str
+) -> None:
+    settings = Settings.from_env({**env, "TRUSTED_PROXIES": trusted})
+    assert client_ip(_request(peer, forwarded), settings.trusted_proxies) == expected
+
+
+async def test_cors_preflight_allowed_origin(gateway: Harness, env: dict[str, str]) -> None:
+    async with gateway(env) as client:
+        response = await client.options(
+            "/api/v1/auth/refresh",
+            headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST"},
+        )
+    assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] == ORIGIN
+    assert response.headers["access-control-allow-credentials"] == "true"
+
+
+async def test_cors_preflight_denied_origin(gateway: Harness, env: dict[str, str]) -> None:
+    async with gateway(env) as client:
+        response = await client.options(
+            "/api/v1/auth/refresh",
+            headers={
+                "Origin": "https://evil.example",
+                "Access-Control-Request-Method": "POST",
+            },
+        )
+        simple = await client.get("/healthz", headers={"Origin": "https://evil.example"})
+    assert response.status_code == 400
+    assert "access-control-allow-origin" not in response.headers
+    assert "access-control-allow-origin" not in simple.headers
+
+
+async def test_login_fails_closed_when_redis_is_down(
+    gateway: Harness, env: dict[str, str], backend: FakeBackend
+) -> None:
+    async with gateway(env, REDIS_URL=REDIS_DOWN) as client:
+        response = await login(client, backend.add_user())
+        ready = await client.get("/readyz")
+    assert response.status_code == 503
+    assert response.headers["retry-after"].isdigit()
+    assert response.json()["error"]["code"] == "service_unavailable"
+    assert backend.calls == 0  # no password was checked without a working limiter
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["redis"] is False
+
+
+async def test_sessions_keep_working_and_revocation_applies_locally_when_redis_is_down(
+    gateway: Harness, env: dict[str, str], backend: FakeBackend
+) -> None:
+    async with gateway(env) as healthy:
+        response = await login(healthy, backend.add_user())
+    access = response.json()["access_token"]
+    token = refresh_cookie(response)
+    assert token is not None
+    auth = {"Authorization": f"Bearer {access}"}
+    async with gateway(env, REDIS_URL=REDIS_DOWN) as client:
+        # requests that already hold an access token keep working (no Redis on that path)
+        assert (await client.get("/api/v1/auth/sessions", headers=auth)).status_code == 200
+        # refresh is rate limited per IP, so it fails closed like login (the cookie is kept)
+        refreshed = await refresh_with(client, token)
+        assert refreshed.status_code == 503
+        assert "set-cookie" not in refreshed.headers
+        # revocation still takes effect on this instance at once (queued for Redis)
+        assert (await client.post("/api/v1/auth/logout-all", headers=auth)).status_code == 204
+        assert (await client.get("/api/v1/auth/sessions", headers=auth)).status_code == 401
