@@ -182,3 +182,30 @@ def test_rule_prefixes_must_be_paths(verifier: Verifier) -> None:
         InternalAuthMiddleware(
             build_app(verifier, []), verifier=verifier, rules=[("v1/", Scope.USER_REQUEST)]
         )
+
+
+async def test_websocket_connections_are_refused(
+    verifier: Verifier, rejections: list[tuple[Reason, str, str | None]]
+) -> None:
+    # Driven as raw ASGI: httpx has no WebSocket support, and the app must never be reached.
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("the app must not see an unauthenticated WebSocket")
+
+    def on_reject(reason: Reason, scope: Any, iss: str | None) -> None:
+        rejections.append((reason, scope["path"], iss))
+
+    guard = InternalAuthMiddleware(
+        app, verifier=verifier, rules=[("/v1/", Scope.USER_REQUEST)], on_reject=on_reject
+    )
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "websocket.connect"}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {"type": "websocket", "path": "/v1/socket", "headers": []}
+    await guard(scope, receive, send)
+    assert sent == [{"type": "websocket.close", "code": 1008}]
+    assert rejections == [(Reason.NO_RULE, "/v1/socket", None)]
