@@ -1,10 +1,165 @@
-"""Placeholder: this module's subcommands are being built."""
+"""``tokengate gateway`` (run the server) and ``tokengate sessions list|revoke`` (operators).
+
+``sessions`` works on the refresh-family ledger directly and publishes revocations to Redis, so
+a revoked family's access tokens stop working on every running gateway within a second.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
+import sys
+import time
+import uuid
 from typing import Any
 
+import asyncpg
+import redis.asyncio as aioredis
 
-def register(sub: "argparse._SubParsersAction[Any]") -> None:
-    return None
+from gateway.revocation import RevokedSessions
+from gateway.sessions import Ledger
+from gateway.settings import OperatorSettings, Settings
+from tokengate.config import ConfigError
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    run = sub.add_parser("gateway", help="run the gateway (public HTTP server)")
+    run.add_argument("--host", default="127.0.0.1")
+    run.add_argument("--port", type=int, default=8000)
+    run.set_defaults(func=_run_gateway)
+
+    sessions = sub.add_parser("sessions", help="list or revoke users' login sessions")
+    actions = sessions.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="a user's live sessions")
+    _user_args(listing, required=True)
+    listing.set_defaults(func=_list)
+    revoke = actions.add_parser("revoke", help="revoke a user's sessions or one family")
+    group = _user_args(revoke, required=True)
+    group.add_argument("--family", help="one session (family) id")
+    revoke.set_defaults(func=_revoke)
+
+
+def _user_args(parser: argparse.ArgumentParser, *, required: bool) -> Any:
+    group = parser.add_mutually_exclusive_group(required=required)
+    group.add_argument("--email", help="resolved to a user id via BACKEND_DATABASE_URL")
+    group.add_argument("--user-id", help="the user's id (uuid)")
+    return group
+
+
+def _run_gateway(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gateway.app import create_app
+    from tokengate.logs import configure_logging
+
+    settings = Settings.from_env(os.environ)
+    configure_logging(settings.log_level)
+    app = create_app(settings)
+    # proxy_headers off: the client IP is decided by TRUSTED_PROXIES in gateway.ratelimit,
+    # never by a header uvicorn would trust on its own.
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        proxy_headers=False,
+        server_header=False,
+        access_log=False,
+    )
+    return 0
+
+
+async def _resolve_user(settings: OperatorSettings, args: argparse.Namespace) -> str:
+    if args.user_id:
+        try:
+            return str(uuid.UUID(args.user_id))
+        except ValueError:
+            raise ConfigError(f"--user-id {args.user_id!r} is not a uuid") from None
+    try:
+        conn = await asyncpg.connect(settings.users_database_url)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise ConfigError(
+            f"cannot connect to BACKEND_DATABASE_URL to resolve --email ({type(exc).__name__})"
+        ) from None
+    try:
+        user_id = await conn.fetchval(
+            "SELECT id FROM users WHERE lower(email) = lower($1)", args.email
+        )
+    except asyncpg.InsufficientPrivilegeError:
+        raise ConfigError(
+            "DATABASE_URL cannot read users; set BACKEND_DATABASE_URL to resolve --email"
+        ) from None
+    finally:
+        await conn.close()
+    if user_id is None:
+        raise ConfigError(f"no user with email {args.email!r}")
+    return str(user_id)
+
+
+async def _with_ledger(settings: OperatorSettings) -> tuple[asyncpg.Pool, Ledger]:
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+    # grace/ttl are irrelevant to listing and revoking
+    return pool, Ledger(pool, refresh_ttl=1, family_lifetime=1, grace_seconds=0)
+
+
+def _list(args: argparse.Namespace) -> int:
+    settings = OperatorSettings.from_env(os.environ)
+
+    async def main() -> int:
+        user_id = await _resolve_user(settings, args)
+        pool, ledger = await _with_ledger(settings)
+        try:
+            sessions = await ledger.list_sessions(user_id, now=int(time.time()))
+        finally:
+            await pool.close()
+        print(f"{'id':36}  {'created':25}  {'last used':25}  {'ip':15}  user agent")
+        for s in sessions:
+            print(
+                f"{s.id:36}  {s.created_at.isoformat(timespec='seconds'):25}  "
+                f"{s.last_used_at.isoformat(timespec='seconds'):25}  {s.ip or '-':15}  "
+                f"{(s.user_agent or '-')[:60]}"
+            )
+        return 0
+
+    return asyncio.run(main())
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    settings = OperatorSettings.from_env(os.environ)
+
+    async def main() -> int:
+        pool, ledger = await _with_ledger(settings)
+        now = int(time.time())
+        try:
+            if args.family:
+                try:
+                    sid = str(uuid.UUID(args.family))
+                except ValueError:
+                    raise ConfigError(f"--family {args.family!r} is not a uuid") from None
+                sids = await ledger.revoke_families([sid], reason="operator", now=now)
+            else:
+                user_id = await _resolve_user(settings, args)
+                sids = await ledger.revoke_all_for_user(user_id, reason="operator", now=now)
+        finally:
+            await pool.close()
+        client = aioredis.from_url(settings.redis_url, socket_connect_timeout=2.0)
+        revoked = RevokedSessions(
+            client, prefix=settings.redis_key_prefix, ttl=settings.access_token_ttl
+        )
+        try:
+            await revoked.revoke(sids)
+            published = not revoked.pending
+        finally:
+            await client.aclose()
+        print(f"revoked {len(sids)} session(s)")
+        if sids and not published:
+            print(
+                "warning: Redis unreachable; refresh is blocked now, live access tokens "
+                "expire within ACCESS_TOKEN_TTL",
+                file=sys.stderr,
+            )
+            return 1
+        return 0
+
+    return asyncio.run(main())

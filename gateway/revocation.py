@@ -60,6 +60,11 @@ class RevokedSessions:
     def __len__(self) -> int:
         return len(self._local)
 
+    @property
+    def pending(self) -> int:
+        """Revocations not yet pushed to Redis (it was unreachable when they were made)."""
+        return len(self._pending)
+
     async def start(self, *, wait: float = 2.0) -> None:
         """Start the listener; wait briefly for the first load so start-up begins warm."""
         self._task = asyncio.create_task(self._run(), name="revocation-listener")

@@ -162,3 +162,31 @@ class Settings:
             proxy_read_timeout=get_float(environ, "PROXY_READ_TIMEOUT", 30.0),
             log_level=level,
         )
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    """What ``tokengate sessions`` needs: the ledger, Redis, and optionally the users table.
+
+    The gateway's database role cannot read users (it has no business knowing emails), so
+    resolving ``--email`` needs a DSN that can: ``BACKEND_DATABASE_URL`` (the operator's or the
+    backend's), falling back to ``DATABASE_URL`` when one superuser DSN serves both (dev stack).
+    The gateway service itself never reads ``BACKEND_DATABASE_URL``.
+    """
+
+    database_url: str
+    redis_url: str
+    redis_key_prefix: str
+    access_token_ttl: int
+    users_database_url: str
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> OperatorSettings:
+        database_url = get_str(environ, "DATABASE_URL")
+        return cls(
+            database_url=database_url,
+            redis_url=get_str(environ, "REDIS_URL"),
+            redis_key_prefix=get_str(environ, "REDIS_KEY_PREFIX", "tokengate:"),
+            access_token_ttl=get_int(environ, "ACCESS_TOKEN_TTL", 600, minimum=1),
+            users_database_url=environ.get("BACKEND_DATABASE_URL") or database_url,
+        )

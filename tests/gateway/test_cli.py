@@ -1,0 +1,110 @@
+"""``tokengate sessions list|revoke`` against a real database and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import cast
+
+import asyncpg
+import pytest
+import redis
+
+from gateway.sessions import Ledger
+from tokengate.cli import main
+
+
+@pytest.fixture(scope="module")
+def operator_dsn(new_database: Callable[[], str]) -> str:
+    """A private database with the gateway's tables and a minimal users table (like dev's)."""
+    dsn = new_database()
+
+    async def setup() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute("CREATE TABLE users (id uuid PRIMARY KEY, email text NOT NULL)")
+            sql = Path(__file__).parents[2] / "db" / "002_refresh_token_family.sql"
+            await conn.execute(sql.read_text())
+        finally:
+            await conn.close()
+
+    asyncio.run(setup())
+    return dsn
+
+
+def _make_sessions(dsn: str, email: str, count: int) -> tuple[str, list[str]]:
+    user_id = str(uuid.uuid4())
+
+    async def go() -> list[str]:
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+        try:
+            await pool.execute("INSERT INTO users VALUES ($1, $2)", user_id, email)
+            ledger = Ledger(pool, refresh_ttl=3600, family_lifetime=86400, grace_seconds=10)
+            return [
+                (
+                    await ledger.create_family(
+                        user_id=user_id, roles=["user"], user_agent="cli-test", ip="192.0.2.1",
+                        now=int(time.time()),
+                    )
+                ).sid
+                for _ in range(count)
+            ]  # fmt: skip
+        finally:
+            await pool.close()
+
+    return user_id, asyncio.run(go())
+
+
+@pytest.fixture
+def cli_env(
+    monkeypatch: pytest.MonkeyPatch, operator_dsn: str, redis_url: str, redis_prefix: str
+) -> str:
+    prefix = f"{redis_prefix}cli:"
+    monkeypatch.setenv("DATABASE_URL", operator_dsn)
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("REDIS_KEY_PREFIX", prefix)
+    monkeypatch.delenv("BACKEND_DATABASE_URL", raising=False)
+    return prefix
+
+
+def test_list_by_email(cli_env: str, operator_dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
+    _, sids = _make_sessions(operator_dsn, "Listed@Example.test", 2)
+    assert main(["sessions", "list", "--email", "listed@example.test"]) == 0
+    out = capsys.readouterr().out
+    assert all(sid in out for sid in sids)
+    assert "cli-test" in out
+
+
+def test_revoke_by_email_publishes_to_redis(
+    cli_env: str, operator_dsn: str, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, sids = _make_sessions(operator_dsn, "revoke-me@example.test", 2)
+    assert main(["sessions", "revoke", "--email", "revoke-me@example.test"]) == 0
+    assert "revoked 2 session(s)" in capsys.readouterr().out
+    client = redis.Redis.from_url(redis_url)
+    try:
+        members = cast(list[bytes], client.zrange(f"{cli_env}revoked:sids", 0, -1))
+        stored = {m.decode() for m in members}
+    finally:
+        client.close()
+    assert set(sids) <= stored
+    assert main(["sessions", "list", "--email", "revoke-me@example.test"]) == 0
+    assert not any(sid in capsys.readouterr().out for sid in sids)
+
+
+def test_revoke_one_family(
+    cli_env: str, operator_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    user_id, sids = _make_sessions(operator_dsn, "family@example.test", 2)
+    assert main(["sessions", "revoke", "--family", sids[0]]) == 0
+    assert main(["sessions", "list", "--user-id", user_id]) == 0
+    out = capsys.readouterr().out
+    assert sids[0] not in out and sids[1] in out
+
+
+def test_unknown_email_is_a_clear_error(cli_env: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sessions", "list", "--email", "nobody@example.test"]) == 2
+    assert "no user with email" in capsys.readouterr().err
