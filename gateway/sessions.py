@@ -86,11 +86,16 @@ INSERT INTO refresh_token_family (jti, family_id, user_id, parent_jti, issued_at
 VALUES ($1, $2, $3, $4, $5, $6)
 """
 
-_MARK_USED = """
-WITH used AS (
-    UPDATE refresh_token_family SET used_at = $2, child_jti = $3 WHERE jti = $1 RETURNING family_id
+# One round trip for the whole write side of a rotation: the child row, the parent marked used
+# (pointing at its child for retries), the session's last use.
+_ROTATE = """
+WITH child AS (
+    INSERT INTO refresh_token_family (jti, family_id, user_id, parent_jti, issued_at, expires_at)
+    VALUES ($3, $4, $5, $1, $2, $6)
+), used AS (
+    UPDATE refresh_token_family SET used_at = $2, child_jti = $3 WHERE jti = $1
 )
-UPDATE refresh_session SET last_used_at = $2 WHERE family_id = (SELECT family_id FROM used)
+UPDATE refresh_session SET last_used_at = $2 WHERE family_id = $4
 """
 
 _REVOKE_FAMILIES = """
@@ -189,15 +194,8 @@ class Ledger:
                 exp=min(now + self.refresh_ttl, absolute),
             )
             await conn.execute(
-                _INSERT_TOKEN,
-                successor.jti,
-                sid,
-                user_id,
-                jti,
-                _ts(now),
-                _ts(successor.exp),
+                _ROTATE, jti, _ts(now), successor.jti, sid, user_id, _ts(successor.exp)
             )
-            await conn.execute(_MARK_USED, jti, _ts(now), successor.jti)
             return RotateResult(Outcome.ROTATED, successor=successor, **base)
 
     async def family_of(self, jti: str) -> tuple[str, str] | None:
