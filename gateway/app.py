@@ -28,11 +28,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway import auth_routes
+from gateway.access_log import AccessLogMiddleware
 from gateway.backend_client import BackendClient
 from gateway.cookies import clear_refresh_cookie
 from gateway.errors import GatewayError
+from gateway.proxy import BackendProxy, proxy_route
 from gateway.ratelimit import RateLimits
+from gateway.request_id import RequestIdMiddleware
 from gateway.revocation import RevokedSessions
+from gateway.security_headers import SecurityHeadersMiddleware
 from gateway.sessions import Ledger
 from gateway.settings import Settings
 from gateway.tokens import TokenService

@@ -1,0 +1,246 @@
+"""Which HTTP client should the gateway's proxy hop use? Measure, on this machine, with wrk.
+
+The same bare Starlette proxy (one catch-all route, pure ASGI endpoint, response streamed back)
+is run once per client against a trivial upstream, each under uvicorn with uvloop + httptools:
+
+- ``httpx``: ``httpx.AsyncClient`` with its default transport (httpcore);
+- ``aiohttp``: ``aiohttp.ClientSession`` with a keep-alive ``TCPConnector``;
+- ``direct``: wrk against the upstream itself, the floor the proxy hop adds to.
+
+Usage: ``python bench/proxy_client_bench.py [--duration 5] [--connections 32]``. Needs ``wrk``
+(Debian/Ubuntu: ``apt-get install wrk``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+UPSTREAM_BODY = b'{"id":"00000000-0000-0000-0000-000000000000","email":"bench@example.com"}'
+
+
+# -- the trivial upstream -------------------------------------------------------------------------
+
+
+async def upstream_app(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] != "http":
+        return
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(UPSTREAM_BODY)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": UPSTREAM_BODY})
+
+
+# -- the two proxies ------------------------------------------------------------------------------
+
+
+class AsgiEndpoint:
+    """Starlette wraps plain functions as request/response handlers; an instance stays raw ASGI."""
+
+    def __init__(self, fn: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        self.fn = fn
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.fn(scope, receive, send)
+
+
+def httpx_proxy(upstream: str) -> Any:
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    state: dict[str, httpx.AsyncClient] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> Any:
+        state["client"] = httpx.AsyncClient(
+            base_url=upstream, limits=httpx.Limits(max_keepalive_connections=64)
+        )
+        yield
+        await state["client"].aclose()
+
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        client = state["client"]
+        req = client.build_request(scope["method"], "/v1/" + scope["path_params"]["path"])
+        resp = await client.send(req, stream=True)
+        try:
+            headers = [(k, v) for k, v in resp.headers.raw if k.lower() != b"connection"]
+            await send(
+                {"type": "http.response.start", "status": resp.status_code, "headers": headers}
+            )
+            async for chunk in resp.aiter_raw():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            await resp.aclose()
+
+    return Starlette(
+        routes=[Route("/api/v1/{path:path}", AsgiEndpoint(endpoint))], lifespan=lifespan
+    )
+
+
+def aiohttp_proxy(upstream: str) -> Any:
+    import aiohttp
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    state: dict[str, aiohttp.ClientSession] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> Any:
+        state["client"] = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept"),
+        )
+        yield
+        await state["client"].close()
+
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        client = state["client"]
+        url = upstream + "/v1/" + scope["path_params"]["path"]
+        async with client.request(scope["method"], url, allow_redirects=False) as resp:
+            headers = [(k, v) for k, v in resp.raw_headers if k.lower() != b"connection"]
+            await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+            async for chunk in resp.content.iter_any():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+
+    return Starlette(
+        routes=[Route("/api/v1/{path:path}", AsgiEndpoint(endpoint))], lifespan=lifespan
+    )
+
+
+# -- driver ---------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on port {port}")
+
+
+@contextlib.contextmanager
+def serve(role: str, port: int, upstream: str = "") -> Iterator[None]:
+    cmd = [sys.executable, __file__, "--serve", role, "--port", str(port), "--upstream", upstream]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    if not m:
+        raise ValueError(text)
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def wrk(url: str, connections: int, duration: int) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        raise RuntimeError(f"{errors.group(1)} non-2xx responses from {url}")
+    return {"rps": rps, "p50": p50, "p99": p99}
+
+
+def run_server(role: str, port: int, upstream: str) -> None:
+    import uvicorn
+
+    app: Any
+    if role == "upstream":
+        app = upstream_app
+    elif role == "httpx":
+        app = httpx_proxy(upstream)
+    else:
+        app = aiohttp_proxy(upstream)
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        log_level="error",
+        access_log=False,
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--serve", choices=["upstream", "httpx", "aiohttp"])
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--upstream", default="")
+    parser.add_argument("--duration", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=32)
+    args = parser.parse_args()
+    if args.serve:
+        run_server(args.serve, args.port, args.upstream)
+        return 0
+    if shutil.which("wrk") is None:
+        print("wrk is not installed: apt-get install wrk", file=sys.stderr)
+        return 2
+    print(f"cpus={os.cpu_count()} duration={args.duration}s, wrk -t1, uvloop+httptools everywhere")
+    up_port = free_port()
+    rows: list[tuple[str, int, dict[str, float]]] = []
+    with serve("upstream", up_port):
+        upstream = f"http://127.0.0.1:{up_port}"
+        for conns in (1, args.connections):
+            rows.append(("direct", conns, wrk(upstream + "/v1/me", conns, args.duration)))
+        for client in ("httpx", "aiohttp"):
+            port = free_port()
+            with serve(client, port, upstream):
+                url = f"http://127.0.0.1:{port}/api/v1/me"
+                wrk(url, 4, 1)  # warm the pool
+                for conns in (1, args.connections):
+                    rows.append((client, conns, wrk(url, conns, args.duration)))
+    print(f"{'client':<10}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
+    for name, conns, r in rows:
+        print(f"{name:<10}{conns:>6}{r['rps']:>10.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,72 @@
+"""The request id: one value that ties together every log line of one request on both services.
+
+A client (or a load balancer in front) may send ``X-Request-Id`` so its own logs line up with
+ours, but the value lands in log lines and in a header to the backend, so it is accepted only when
+it is short and made of harmless characters; anything else (newlines for log injection, huge
+values, quotes) is replaced by a fresh random id rather than cleaned up.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from tokengate.logs import request_id_var
+
+HEADER = b"x-request-id"
+_WELL_FORMED = re.compile(rb"[A-Za-z0-9._-]{1,64}")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def new_request_id() -> str:
+    return secrets.token_hex(16)
+
+
+def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
+    """The client's ``X-Request-Id`` when well-formed, else a new one."""
+    for name, value in headers:
+        if name == HEADER:
+            if _WELL_FORMED.fullmatch(value):
+                return value.decode("ascii")
+            break
+    return new_request_id()
+
+
+class RequestIdMiddleware:
+    """Pick the request id, expose it to logs and handlers, and return it to the client.
+
+    The id is in :data:`tokengate.logs.request_id_var` for log lines and in
+    ``scope["state"]["request_id"]`` (``request.state.request_id``) for code that forwards it.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = request_id_from(scope["headers"])
+        scope.setdefault("state", {})["request_id"] = rid
+        header = (HEADER, rid.encode("ascii"))
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [
+                    *(h for h in message.get("headers", ()) if h[0].lower() != HEADER),
+                    header,
+                ]
+            await send(message)
+
+        token = request_id_var.set(rid)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            request_id_var.reset(token)

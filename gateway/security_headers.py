@@ -1,0 +1,76 @@
+"""Security headers on every gateway response.
+
+- ``X-Content-Type-Options: nosniff``: a JSON error must never be sniffed into HTML and run.
+- ``Referrer-Policy: no-referrer``: URLs of this API never leak to third parties.
+- ``Cache-Control: no-store`` on auth responses (tokens in bodies, cookies; RFC 6749 §5.1 asks
+  for it on token responses) and on any response that does not say otherwise, since everything
+  behind the gateway is per-user data that no shared cache should keep.
+- ``Strict-Transport-Security`` only when the request arrived over HTTPS (RFC 6797 §7.2: a
+  host must not send it over plain HTTP). Behind a TLS-terminating proxy, uvicorn's
+  ``--proxy-headers`` with ``--forwarded-allow-ips`` sets the scheme from the trusted proxy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+AUTH_PREFIX = "/api/v1/auth/"
+HSTS = (b"strict-transport-security", b"max-age=63072000; includeSubDomains")
+_ALWAYS = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+)
+_OWNED = frozenset({b"x-content-type-options", b"referrer-policy", b"strict-transport-security"})
+_NO_STORE = (b"cache-control", b"no-store")
+
+
+def security_headers(
+    headers: list[tuple[bytes, bytes]], *, path: str, https: bool
+) -> list[tuple[bytes, bytes]]:
+    """``headers`` with the security headers applied (the gateway's values win)."""
+    auth = path.startswith(AUTH_PREFIX)
+    out = []
+    has_cache_control = False
+    for name, value in headers:
+        lname = name.lower()
+        if lname in _OWNED:
+            continue
+        if lname == b"cache-control":
+            if auth:
+                continue
+            has_cache_control = True
+        out.append((name, value))
+    out.extend(_ALWAYS)
+    if not has_cache_control:
+        out.append(_NO_STORE)
+    if https:
+        out.append(HSTS)
+    return out
+
+
+class SecurityHeadersMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        https = scope.get("scheme") == "https"
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = security_headers(
+                    list(message.get("headers", ())), path=path, https=https
+                )
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
