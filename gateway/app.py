@@ -157,12 +157,16 @@ def create_app(
         )
         app.state.backend = BackendClient(http, minter, gateway_id=settings.gateway_id)
         app.state.ratelimits = RateLimits(settings)
+        proxy = BackendProxy(settings)
+        await proxy.start()
+        app.state.proxy = proxy
         await revoked.start()
         log_event(logger, "gateway_started", revocation_connected=revoked.connected)
         try:
             yield
         finally:
             await revoked.stop()
+            await proxy.close()
             await http.aclose()
             await redis_client.aclose()
             await pool.close()
@@ -172,8 +176,12 @@ def create_app(
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             *auth_routes.routes,
+            proxy_route(),
         ],
         middleware=[
+            Middleware(RequestIdMiddleware),
+            Middleware(AccessLogMiddleware),
+            Middleware(SecurityHeadersMiddleware),
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(settings.cors_allowed_origins),
