@@ -30,7 +30,7 @@ from starlette.routing import Route
 from gateway import auth_routes
 from gateway.access_log import AccessLogMiddleware
 from gateway.backend_client import BackendClient
-from gateway.cookies import clear_refresh_cookie
+from gateway.cookies import clear_refresh_cookie, cookie_secure
 from gateway.errors import GatewayError
 from gateway.proxy import BackendProxy, proxy_route
 from gateway.ratelimit import RateLimits
@@ -61,7 +61,8 @@ async def gateway_error(request: Request, exc: Exception) -> Response:
         headers=exc.headers,
     )
     if exc.clear_cookie:
-        clear_refresh_cookie(response, secure=request.app.state.settings.cookie_secure)
+        secure = cookie_secure(request, request.app.state.settings.cookie_secure)
+        clear_refresh_cookie(response, secure=secure)
     return response
 
 

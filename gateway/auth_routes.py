@@ -22,6 +22,7 @@ from starlette.routing import Route
 from gateway.cookies import (
     check_origin,
     clear_refresh_cookie,
+    cookie_secure,
     read_refresh_cookie,
     set_refresh_cookie,
 )
@@ -146,7 +147,7 @@ def _token_response(
         response,
         refresh,
         max_age=max(issued.exp - _now(), 1),
-        secure=settings.cookie_secure,
+        secure=cookie_secure(request, settings.cookie_secure),
     )
     return response
 
@@ -219,7 +220,7 @@ async def logout(request: Request) -> Response:
     check_origin(request, settings.cors_allowed_origins)
     token = read_refresh_cookie(request)
     response = Response(status_code=204, headers=NO_STORE)
-    clear_refresh_cookie(response, secure=settings.cookie_secure)
+    clear_refresh_cookie(response, secure=cookie_secure(request, settings.cookie_secure))
     if token is None:
         return response
     try:
@@ -242,7 +243,7 @@ async def logout_all(request: Request) -> Response:
     await request.app.state.revoked.revoke({*sids, claims.sid})
     log_event(logger, "logout_all", sub=claims.sub, count=len(sids))
     response = Response(status_code=204, headers=NO_STORE)
-    clear_refresh_cookie(response, secure=_settings(request).cookie_secure)
+    clear_refresh_cookie(response, secure=cookie_secure(request, _settings(request).cookie_secure))
     return response
 
 

@@ -23,6 +23,22 @@ REFRESH_COOKIE = "tg_refresh"
 COOKIE_PATH = "/api/v1/auth"
 
 
+_LOCAL_HOSTS = {"localhost", "127.0.0.1", "[::1]"}
+
+
+def cookie_secure(request: Request, configured: bool) -> bool:
+    """``Secure`` unless COOKIE_SECURE=false *and* the request is for localhost.
+
+    The development switch cannot strip ``Secure`` from a cookie served under a real host name,
+    so a misconfigured production deployment still never sends the refresh token in clear.
+    """
+    if configured:
+        return True
+    host = request.headers.get("host", "").lower()
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    return name not in _LOCAL_HOSTS
+
+
 def set_refresh_cookie(response: Response, token: str, *, max_age: int, secure: bool) -> None:
     response.set_cookie(
         REFRESH_COOKIE,

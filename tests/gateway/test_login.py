@@ -43,13 +43,22 @@ async def test_refresh_cookie_attributes(
     assert "SameSite=strict" in header or "SameSite=Strict" in header
 
 
-async def test_cookie_secure_can_be_switched_off_for_development(
-    gateway: Harness, env: dict[str, str], backend: FakeBackend
+@pytest.mark.parametrize(
+    ("url", "secure"),
+    [
+        ("http://localhost:8000/api/v1/auth/login", False),
+        ("http://127.0.0.1:8000/api/v1/auth/login", False),
+        ("http://gateway.example/api/v1/auth/login", True),
+    ],
+)
+async def test_cookie_secure_is_dropped_only_for_localhost_in_development(
+    gateway: Harness, env: dict[str, str], backend: FakeBackend, url: str, secure: bool
 ) -> None:
     email = backend.add_user()
     async with gateway(env, COOKIE_SECURE="false") as client:
-        response = await login(client, email)
-    assert "secure" not in response.headers["set-cookie"].lower()
+        response = await client.post(url, json={"email": email, "password": PASSWORD})
+    assert response.status_code == 200
+    assert ("secure" in response.headers["set-cookie"].lower()) is secure
 
 
 @pytest.mark.parametrize(
