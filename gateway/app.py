@@ -197,7 +197,7 @@ def create_app(
                     "X-Request-ID",
                 ],
                 max_age=600,
-            )
+            ),
         ],
         exception_handlers={GatewayError: gateway_error, HTTPException: http_error},
         lifespan=lifespan,

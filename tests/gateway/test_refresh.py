@@ -275,3 +275,38 @@ async def test_sessions_require_a_bearer_token(gateway: Harness, env: dict[str, 
         response = await client.get("/api/v1/auth/sessions")
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == "Bearer"
+
+
+async def test_postgres_down_gives_503_not_500(
+    gateway: Harness, env: dict[str, str], backend: FakeBackend
+) -> None:
+    async with gateway(env) as client:
+        access, token = await _login(client, backend)
+        await client.app.state.pool.close()
+        responses = [
+            await login(client, backend.add_user()),
+            await refresh_with(client, token),
+            await client.get(
+                "/api/v1/auth/sessions", headers={"Authorization": f"Bearer {access}"}
+            ),
+            await client.get("/readyz"),
+        ]
+    for response in responses:
+        assert response.status_code == 503
+        assert "retry-after" in response.headers
+    assert responses[-1].json()["checks"]["postgres"] is False
+
+
+async def test_revocation_set_reload_and_expiry(gateway: Harness, env: dict[str, str]) -> None:
+    async with gateway(env) as client:
+        revoked = client.app.state.revoked
+        redis = client.app.state.redis
+        # written by another instance while this one missed the pub/sub message
+        await redis.zadd(revoked.key, {"sid-from-elsewhere": time.time() + 60, "old": 1.0})
+        assert "sid-from-elsewhere" not in revoked
+        await revoked.reload()
+        assert "sid-from-elsewhere" in revoked
+        assert "old" not in revoked
+        # every key and channel lives under the configured prefix
+        assert revoked.key.startswith(env["REDIS_KEY_PREFIX"])
+        assert revoked.channel.startswith(env["REDIS_KEY_PREFIX"])
