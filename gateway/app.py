@@ -134,8 +134,13 @@ def create_app(
         pool = await asyncpg.create_pool(
             settings.database_url, min_size=1, max_size=10, command_timeout=10
         )
+        # health checks make a silently dead pub/sub connection fail (and so reconnect and
+        # reload the revocation set) instead of waiting forever for messages
         redis_client = aioredis.from_url(
-            settings.redis_url, socket_connect_timeout=1.0, socket_timeout=5.0
+            settings.redis_url,
+            socket_connect_timeout=1.0,
+            socket_timeout=5.0,
+            health_check_interval=15,
         )
         http = httpx.AsyncClient(
             base_url=settings.backend_url,

@@ -31,6 +31,7 @@ from tokengate.logs import log_event
 logger = logging.getLogger("gateway.revocation")
 
 _RECONNECT_DELAY = 0.5
+_PRUNE_INTERVAL = 60.0
 
 
 class RevokedSessions:
@@ -70,6 +71,8 @@ class RevokedSessions:
         self._task = asyncio.create_task(self._run(), name="revocation-listener")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._subscribed.wait(), wait)
+        if not self.connected:
+            log_event(logger, "revocation_listener_unavailable", logging.WARNING)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -111,6 +114,10 @@ class RevokedSessions:
         for member, score in rows:
             sid = member.decode() if isinstance(member, bytes) else str(member)
             self._local[sid] = max(float(score), self._local.get(sid, 0.0))
+        self._prune()
+
+    def _prune(self) -> None:
+        now = time.time()
         for sid in [s for s, exp in self._local.items() if exp < now]:
             self._local.pop(sid, None)
 
@@ -124,8 +131,15 @@ class RevokedSessions:
                 self.connected = True
                 self._subscribed.set()
                 log_event(logger, "revocation_listener_ready", revoked=len(self._local))
+                last_prune = time.monotonic()
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
+                    if self._pending:
+                        # a revocation made during a blip that the listener did not notice
+                        await self._flush()
+                    if time.monotonic() - last_prune > _PRUNE_INTERVAL:
+                        self._prune()
+                        last_prune = time.monotonic()
                     if message is None or message.get("type") != "message":
                         continue
                     data = message["data"]
