@@ -12,8 +12,8 @@ Each header carries a ``kid`` derived from a one-way hash of the secret that sig
 secret. The previous secret of each type (``*_PREVIOUS``) is accepted for verification only, so
 secrets rotate without logging anyone out.
 
-The algorithm is pinned: every decode passes ``algorithms=["HS256"]`` (RFC 8725 §3.1), so ``none``
-and asymmetric-confusion tokens are refused before any claim is read.
+The algorithm is pinned: every encode and decode passes a joserfc registry allowing HS256 only
+(RFC 8725 §3.1), so ``none`` and algorithm-confusion tokens are refused before a claim is read.
 
 Refresh tokens are deterministic given their claims (HMAC has no randomness), which lets the
 ledger re-issue the very same successor on a retried rotation from its stored ``jti``, ``iat`` and
@@ -32,11 +32,15 @@ from typing import Any
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import GuestProtocol, OctKey
+from joserfc.jws import JWSRegistry
 
 from gateway.errors import InvalidToken
 from gateway.settings import Settings
 
 ALGORITHMS = ["HS256"]
+# The registry is the allow-list joserfc consults on every encode and decode; with only HS256 in
+# it, "none", HS384/512 and every asymmetric algorithm are refused before a claim is read.
+REGISTRY = JWSRegistry(algorithms=ALGORITHMS)
 ACCESS_TYP_HEADER = "at+jwt"
 REFRESH_TYP_HEADER = "refresh+jwt"
 
@@ -134,7 +138,7 @@ class TokenService:
             "exp": claims.exp,
         }
         header = {"alg": "HS256", "typ": ACCESS_TYP_HEADER, "kid": self._access.signing_kid}
-        return jwt.encode(header, payload, self._access.signing_key, algorithms=ALGORITHMS), claims
+        return jwt.encode(header, payload, self._access.signing_key, registry=REGISTRY), claims
 
     def verify_access(self, token: str) -> AccessClaims:
         """Verify an access token or raise :class:`InvalidToken` (401) whatever went wrong."""
@@ -166,7 +170,7 @@ class TokenService:
             "exp": exp,
         }
         header = {"alg": "HS256", "typ": REFRESH_TYP_HEADER, "kid": self._refresh.signing_kid}
-        return jwt.encode(header, payload, self._refresh.signing_key, algorithms=ALGORITHMS)
+        return jwt.encode(header, payload, self._refresh.signing_key, registry=REGISTRY)
 
     def verify_refresh(self, token: str) -> RefreshClaims:
         claims = self._decode(token, self._refresh, REFRESH_TYP_HEADER, self._refresh_registry)
@@ -187,7 +191,7 @@ class TokenService:
         if not isinstance(token, str) or not token or len(token) > 4096:
             raise InvalidToken()
         try:
-            decoded = jwt.decode(token, ring.resolve, algorithms=ALGORITHMS)
+            decoded = jwt.decode(token, ring.resolve, registry=REGISTRY)
             if decoded.header.get("typ") != typ_header:
                 raise InvalidToken()
             registry.validate(decoded.claims)
