@@ -310,3 +310,19 @@ async def test_revocation_set_reload_and_expiry(gateway: Harness, env: dict[str,
         # every key and channel lives under the configured prefix
         assert revoked.key.startswith(env["REDIS_KEY_PREFIX"])
         assert revoked.channel.startswith(env["REDIS_KEY_PREFIX"])
+
+
+async def test_expired_access_token_and_absolute_family_expiry_over_http(
+    gateway: Harness, env: dict[str, str], backend: FakeBackend
+) -> None:
+    async with gateway(env, ACCESS_TOKEN_TTL="1", REFRESH_FAMILY_LIFETIME="1") as client:
+        access, token = await _login(client, backend)
+        auth = {"Authorization": f"Bearer {access}"}
+        assert (await client.get("/api/v1/auth/sessions", headers=auth)).status_code == 200
+        await asyncio.sleep(2.1)
+        expired = await client.get("/api/v1/auth/sessions", headers=auth)
+        assert expired.status_code == 401
+        assert expired.json()["error"]["code"] == "invalid_token"
+        refreshed = await refresh_with(client, token)
+        assert refreshed.status_code == 401
+        _assert_cleared(refreshed)
