@@ -78,7 +78,8 @@ async def test_fifty_concurrent_refreshes_of_one_token(
         statuses = [r.status_code for r in responses]
         assert all(s < 500 for s in statuses), statuses
         ok = [r for r in responses if r.status_code == 200]
-        assert ok
+        # inside the grace window every loser of the row lock is a retry, so all succeed
+        assert len(ok) == 50, statuses
         successors = {refresh_cookie(r) for r in ok}
         assert len(successors) == 1
         pool = client.app.state.pool
