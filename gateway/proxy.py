@@ -135,7 +135,12 @@ async def proxy_request(scope: Scope, receive: Receive, send: Send) -> None:
     target = backend_path(scope.get("raw_path"), scope["path"])
 
     # 1. Authenticate.
-    claims = app_state.tokens.verify_access(_bearer_token(headers))
+    try:
+        claims = app_state.tokens.verify_access(_bearer_token(headers))
+    except Unauthorized as exc:
+        # RFC 6750 §3: a 401 for a bearer-protected resource says how to authenticate.
+        exc.headers.setdefault("WWW-Authenticate", _INVALID_CHALLENGE["WWW-Authenticate"])
+        raise
     request_state["user_id"] = claims.sub
 
     # 2. Check revocation (a logged-out session's access tokens die at once), then the limit.
