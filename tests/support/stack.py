@@ -1,0 +1,194 @@
+"""Run the real stack for end-to-end tests and benchmarks: backend and gateway as separate
+processes (``tokengate backend`` / ``tokengate gateway``, i.e. uvicorn), each on a free port, both
+configured only through environment variables, against real PostgreSQL and Redis.
+
+Usage::
+
+    with running_stack(database_url=dsn, redis_url=url, redis_prefix=prefix) as stack:
+        stack.create_user("a@example.test", "a long password")
+        httpx.post(stack.gateway_url + "/api/v1/auth/login", json=...)
+        stack.stop_backend(); ...; stack.start_backend()
+
+The database must already be migrated (the ``migrated_dsn`` fixture). Each process writes its
+log to a file in a temporary folder (``stack.log_text("gateway")``); the folder is removed on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import httpx
+from internal_auth import Minter, PrivateKey, Scope, generate_private_key
+
+GATEWAY_ID = "tokengate-gateway"
+BACKEND_ID = "tokengate-backend"
+START_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _tokengate(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tokengate.cli", *args]
+
+
+class StackError(RuntimeError):
+    pass
+
+
+class _Service:
+    def __init__(self, name: str, env: dict[str, str], port: int, logdir: Path) -> None:
+        self.name = name
+        self.env = env
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = logdir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                _tokengate(self.name, "--host", "127.0.0.1", "--port", str(self.port)),
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.wait_healthy()
+
+    def wait_healthy(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise StackError(f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.url + "/healthz", timeout=1.0).status_code == 200:
+                    return
+            time.sleep(0.1)
+        raise StackError(f"{self.name} did not become healthy:\n{self.tail()}")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def tail(self, lines: int = 40) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+class Stack:
+    """A running backend + gateway pair. URLs are fixed for the life of the stack."""
+
+    def __init__(self, backend: _Service, gateway: _Service, key: PrivateKey) -> None:
+        self._backend = backend
+        self._gateway = gateway
+        self.internal_key = key
+        self.backend_url = backend.url
+        self.gateway_url = gateway.url
+        self.backend_env = backend.env
+        self.gateway_env = gateway.env
+        self._minter = Minter(key, issuer=GATEWAY_ID, audience=BACKEND_ID, ttl=60)
+
+    def stop_backend(self) -> None:
+        self._backend.stop()
+
+    def start_backend(self) -> None:
+        self._backend.start()
+
+    def restart_gateway(self) -> None:
+        self._gateway.stop()
+        self._gateway.start()
+
+    def create_user(self, email: str, password: str, *, admin: bool = False) -> None:
+        args = ["users", "create", "--email", email, "--password-stdin"]
+        if admin:
+            args += ["--role", "admin"]
+        done = subprocess.run(
+            _tokengate(*args),
+            input=password.encode(),
+            env=self.backend_env,
+            capture_output=True,
+            timeout=60,
+        )
+        if done.returncode != 0:
+            raise StackError(f"users create failed: {done.stderr.decode(errors='replace')}")
+
+    def internal_token(
+        self, *, sub: str, method: str, path: str, roles: tuple[str, ...] = ("user",)
+    ) -> str:
+        """An internal token for calling the backend directly (bench floor); valid 60 s."""
+        return self._minter.mint(
+            sub=sub, scope=Scope.USER_REQUEST, htm=method, htu=path, roles=roles, sid="direct"
+        )
+
+    def log_text(self, service: str) -> str:
+        svc = self._gateway if service == "gateway" else self._backend
+        return svc.log_path.read_text(errors="replace") if svc.log_path.exists() else ""
+
+
+@contextlib.contextmanager
+def running_stack(
+    *,
+    database_url: str,
+    redis_url: str,
+    redis_prefix: str,
+    gateway_env: Mapping[str, str] | None = None,
+    backend_env: Mapping[str, str] | None = None,
+) -> Iterator[Stack]:
+    key = generate_private_key()
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("JWT_", "INTERNAL_JWT"))}
+    base.update({"GATEWAY_ID": GATEWAY_ID, "BACKEND_ID": BACKEND_ID, "LOG_LEVEL": "INFO"})
+    backend_port, gateway_port = free_port(), free_port()
+    benv = {
+        **base,
+        "DATABASE_URL": database_url,
+        "INTERNAL_JWT_PUBLIC_KEY": key.public_pem(),
+        **(backend_env or {}),
+    }
+    genv = {
+        **base,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "REDIS_KEY_PREFIX": f"{redis_prefix}stack{gateway_port}:",
+        "BACKEND_URL": f"http://127.0.0.1:{backend_port}",
+        "JWT_ACCESS_SECRET": secrets.token_urlsafe(32),
+        "JWT_REFRESH_SECRET": secrets.token_urlsafe(32),
+        "INTERNAL_JWT_PRIVATE_KEY": key.private_pem(),
+        "COOKIE_SECURE": "false",
+        "CORS_ALLOWED_ORIGINS": "http://localhost:5173",
+        **(gateway_env or {}),
+    }
+    with tempfile.TemporaryDirectory(prefix="tokengate-stack-") as tmp:
+        backend = _Service("backend", benv, backend_port, Path(tmp))
+        gateway = _Service("gateway", genv, gateway_port, Path(tmp))
+        try:
+            backend.start()
+            gateway.start()
+            yield Stack(backend, gateway, key)
+        finally:
+            gateway.stop()
+            backend.stop()
