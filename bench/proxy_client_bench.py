@@ -16,14 +16,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
-import shutil
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import wrk_tools
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -161,30 +164,9 @@ def serve(role: str, port: int, upstream: str = "") -> Iterator[None]:
         proc.wait(10)
 
 
-_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-
-
-def _ms(text: str) -> float:
-    m = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
-    if not m:
-        raise ValueError(text)
-    return float(m.group(1)) * _UNITS[m.group(2)]
-
-
 def wrk(url: str, connections: int, duration: int) -> dict[str, float]:
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if errors:
-        raise RuntimeError(f"{errors.group(1)} non-2xx responses from {url}")
-    return {"rps": rps, "p50": p50, "p99": p99}
+    r = wrk_tools.run(url, connections=connections, duration=duration)
+    return {"rps": r.rps, "p50": r.p50_ms, "p99": r.p99_ms}
 
 
 def run_server(role: str, port: int, upstream: str) -> None:
@@ -219,9 +201,7 @@ def main() -> int:
     if args.serve:
         run_server(args.serve, args.port, args.upstream)
         return 0
-    if shutil.which("wrk") is None:
-        print("wrk is not installed: apt-get install wrk", file=sys.stderr)
-        return 2
+    wrk_tools.require_wrk()
     print(f"cpus={os.cpu_count()} duration={args.duration}s, wrk -t1, uvloop+httptools everywhere")
     up_port = free_port()
     rows: list[tuple[str, int, dict[str, float]]] = []

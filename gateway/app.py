@@ -163,7 +163,7 @@ def create_app(
         )
         app.state.backend = BackendClient(http, minter, gateway_id=settings.gateway_id)
         app.state.ratelimits = RateLimits(settings)
-        proxy = BackendProxy(settings)
+        proxy = BackendProxy(settings, tokens)
         await proxy.start()
         app.state.proxy = proxy
         await revoked.start()

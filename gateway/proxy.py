@@ -41,7 +41,9 @@ from gateway.forwarding import client_ip, request_headers, response_headers
 from gateway.paths import backend_path
 from gateway.request_id import new_request_id
 from gateway.settings import Settings
+from gateway.tokens import TokenService
 from gateway.user_limit import UserLimit
+from gateway.verified_tokens import VerifiedTokens
 from tokengate.logs import log_event
 
 logger = logging.getLogger("gateway.proxy")
@@ -77,7 +79,8 @@ class BackendProxy:
     ``app.state.proxy``.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, tokens: TokenService) -> None:
+        self.access_tokens = VerifiedTokens(tokens.verify_access)
         self.base_url = settings.backend_url.rstrip("/")
         self.max_body = settings.proxy_max_body_bytes
         self.trusted_proxies = settings.trusted_proxies
@@ -136,7 +139,7 @@ async def proxy_request(scope: Scope, receive: Receive, send: Send) -> None:
 
     # 1. Authenticate.
     try:
-        claims = app_state.tokens.verify_access(_bearer_token(headers))
+        claims = proxy.access_tokens.verify(_bearer_token(headers))
     except Unauthorized as exc:
         # RFC 6750 §3: a 401 for a bearer-protected resource says how to authenticate.
         exc.headers.setdefault("WWW-Authenticate", _INVALID_CHALLENGE["WWW-Authenticate"])
