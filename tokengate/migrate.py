@@ -1,0 +1,74 @@
+"""Apply the numbered SQL migrations in ``db/`` in order, each once, each in its own transaction.
+
+``tokengate migrate`` calls :func:`migrate`. Concurrent runs (two replicas starting at once) are
+serialised by a PostgreSQL advisory lock, so the second one finds everything applied and does
+nothing. The files themselves are idempotent too, so a database migrated by hand is safe.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import asyncpg
+
+# Any fixed 64-bit number works; it only has to be the same for every migrate run.
+_LOCK_ID = 0x746F6B656E67  # "tokeng"
+_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
+
+
+class MigrationError(Exception):
+    """A migration file could not be applied; the message names it."""
+
+
+def default_directory() -> Path:
+    configured = os.environ.get("TOKENGATE_MIGRATIONS_DIR")
+    if configured:
+        return Path(configured)
+    return Path(__file__).resolve().parent.parent / "db"
+
+
+def migration_files(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        raise MigrationError(
+            f"migrations folder {str(directory)!r} not found (set TOKENGATE_MIGRATIONS_DIR)"
+        )
+    files = sorted(p for p in directory.iterdir() if _NAME.match(p.name))
+    numbers = [p.name[:3] for p in files]
+    if len(set(numbers)) != len(numbers):
+        raise MigrationError("two migration files share a number in " + repr(str(directory)))
+    return files
+
+
+async def migrate(dsn: str, directory: Path | None = None) -> list[str]:
+    """Apply pending migrations; return the names applied by this call (empty when up to date)."""
+    files = migration_files(directory or default_directory())
+    conn = await asyncpg.connect(dsn)
+    applied: list[str] = []
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_ID)
+        try:
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
+            for path in files:
+                if path.name in done:
+                    continue
+                sql = path.read_text(encoding="utf-8")
+                try:
+                    async with conn.transaction():
+                        await conn.execute(sql)
+                        await conn.execute(
+                            "INSERT INTO schema_migrations (name) VALUES ($1)", path.name
+                        )
+                except asyncpg.PostgresError as exc:
+                    raise MigrationError(f"{path.name}: {exc}") from exc
+                applied.append(path.name)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_ID)
+    finally:
+        await conn.close()
+    return applied
