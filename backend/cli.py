@@ -1,10 +1,149 @@
-"""Placeholder: this module's subcommands are being built."""
+"""``tokengate migrate``, ``tokengate users create|disable`` and ``tokengate backend``."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import sys
 from typing import Any
 
+import asyncpg
 
-def register(sub: "argparse._SubParsersAction[Any]") -> None:
-    return None
+from backend.errors import BackendError
+from backend.passwords import Argon2Params, Passwords
+from backend.users import UserStore, check_password_policy
+from tokengate import config
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    migrate = sub.add_parser("migrate", help="apply pending database migrations from db/")
+    migrate.add_argument("--database-url", help="PostgreSQL DSN (default: $DATABASE_URL)")
+    migrate.set_defaults(func=_migrate)
+
+    users = sub.add_parser("users", help="manage backend users")
+    actions = users.add_subparsers(dest="users_command", required=True, metavar="ACTION")
+    create = actions.add_parser("create", help="add a user (password read from standard input)")
+    create.add_argument("--email", required=True)
+    create.add_argument("--role", action="append", choices=["admin"], default=[])
+    create.add_argument(
+        "--password-stdin",
+        action="store_true",
+        required=True,
+        help="read the password from standard input (never from the command line)",
+    )
+    create.set_defaults(func=_users_create)
+    disable = actions.add_parser("disable", help="stop a user from logging in")
+    disable.add_argument("--email", required=True)
+    disable.set_defaults(func=_users_disable)
+
+    serve = sub.add_parser("backend", help="run the backend service (settings from environment)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8001)
+    serve.set_defaults(func=_serve)
+
+
+def _database_url(args: argparse.Namespace) -> str:
+    url = getattr(args, "database_url", None)
+    return url or config.get_str(config.environ(), "DATABASE_URL")
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from tokengate.migrate import MigrationError, migrate
+
+    try:
+        applied = asyncio.run(migrate(_database_url(args)))
+    except (MigrationError, OSError, asyncpg.PostgresError) as exc:
+        print(f"tokengate migrate: {exc}", file=sys.stderr)
+        return 1
+    for name in applied:
+        print(f"applied {name}")
+    if not applied:
+        print("database is up to date")
+    return 0
+
+
+def _password_from_stdin() -> str:
+    if sys.stdin.isatty():
+        print("password: ", end="", file=sys.stderr, flush=True)
+    line = sys.stdin.readline()
+    return line.rstrip("\r\n")
+
+
+def _argon2_params() -> Argon2Params:
+    env = config.environ()
+    return Argon2Params(
+        time_cost=config.get_int(env, "ARGON2_TIME_COST", 3, minimum=1),
+        memory_kib=config.get_int(env, "ARGON2_MEMORY_KIB", 65536, minimum=8),
+        parallelism=config.get_int(env, "ARGON2_PARALLELISM", 4, minimum=1),
+    )
+
+
+async def _with_store(dsn: str) -> tuple[asyncpg.Pool, UserStore]:
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+    return pool, UserStore(pool)
+
+
+async def _create(dsn: str, email: str, password: str, roles: tuple[str, ...]) -> str:
+    pool, store = await _with_store(dsn)
+    try:
+        password_hash = await Passwords(_argon2_params()).hash(password)
+        user = await store.create(email, password_hash, roles)
+        return str(user.id)
+    finally:
+        await pool.close()
+
+
+def _users_create(args: argparse.Namespace) -> int:
+    password = _password_from_stdin()
+    try:
+        check_password_policy(password)
+        roles = ("user", *sorted(set(args.role)))
+        user_id = asyncio.run(_create(_database_url(args), args.email, password, roles))
+    except BackendError as exc:
+        print(f"tokengate users create: {exc.message}", file=sys.stderr)
+        return 1
+    except (OSError, asyncpg.PostgresError) as exc:
+        print(f"tokengate users create: database error: {type(exc).__name__}", file=sys.stderr)
+        return 1
+    print(user_id)
+    return 0
+
+
+async def _disable(dsn: str, email: str) -> bool:
+    pool, store = await _with_store(dsn)
+    try:
+        return await store.disable(email)
+    finally:
+        await pool.close()
+
+
+def _users_disable(args: argparse.Namespace) -> int:
+    try:
+        changed = asyncio.run(_disable(_database_url(args), args.email))
+    except (OSError, asyncpg.PostgresError) as exc:
+        print(f"tokengate users disable: database error: {type(exc).__name__}", file=sys.stderr)
+        return 1
+    if not changed:
+        print("tokengate users disable: no active user with that email", file=sys.stderr)
+        return 1
+    print("disabled")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from backend.app import create_app
+    from backend.settings import Settings
+
+    uvicorn.run(
+        create_app(Settings.from_env()),
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+        server_header=False,
+    )
+    return 0

@@ -1,0 +1,282 @@
+"""The backend application: ``create_app(settings)``.
+
+Every route except ``/healthz`` and ``/readyz`` sits behind :class:`internal_auth.
+InternalAuthMiddleware`: ``/internal/auth/`` needs scope ``auth_validate`` (the gateway's own
+identity), ``/v1/`` needs ``user_request``. Identity comes only from the verified token — no
+request header can change who the caller is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+from internal_auth import InternalAuthMiddleware, Principal, Scope, Verifier, get_principal
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Send
+from starlette.types import Scope as ASGIScope
+
+from backend import audit
+from backend.errors import BackendError, Forbidden, NotFound, ServiceUnavailable, Unauthenticated
+from backend.notes import MAX_BODY, MAX_TITLE, NoteStore
+from backend.passwords import Passwords
+from backend.settings import Settings
+from backend.users import UserStore, check_credentials
+from backend.validation import int_param, json_object, string_field, uuid_path
+from tokengate.logs import configure_logging, log_event, request_id_var
+
+logger = logging.getLogger("backend.app")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# Failures that mean "PostgreSQL is not reachable right now": a 503 with Retry-After, not a 500.
+_DB_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+    asyncpg.TooManyConnectionsError,
+)
+
+
+class RequestIdMiddleware:
+    """Carry the gateway's ``X-Request-Id`` into every log line of this request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                text = value.decode("latin-1")
+                rid = text if _REQUEST_ID.match(text) else None
+                break
+        token = request_id_var.set(rid or uuid.uuid4().hex)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            request_id_var.reset(token)
+
+
+def _principal_user_id(request: Request) -> tuple[Principal, uuid.UUID]:
+    principal = get_principal(request)
+    try:
+        return principal, uuid.UUID(principal.sub)
+    except ValueError:
+        # a system identity (the gateway's own sub) is not a user
+        raise Forbidden() from None
+
+
+# --- routes -------------------------------------------------------------------------------
+
+
+async def validate_credentials(request: Request) -> Response:
+    data = await json_object(request, allowed={"email", "password"}, required={"email", "password"})
+    email = string_field(data, "email", min_len=0, max_len=1024)
+    password = string_field(data, "password", min_len=0, max_len=4096)
+    assert email is not None and password is not None
+    user = await check_credentials(
+        request.app.state.users, request.app.state.passwords, email, password
+    )
+    return JSONResponse({"id": str(user.id), "email": user.email, "roles": list(user.roles)})
+
+
+async def me(request: Request) -> Response:
+    _, user_id = _principal_user_id(request)
+    user = await request.app.state.users.by_id(user_id)
+    if user is None or user.disabled_at is not None:
+        raise Unauthenticated()
+    return JSONResponse(user.public())
+
+
+async def list_users(request: Request) -> Response:
+    principal, _ = _principal_user_id(request)
+    if "admin" not in principal.roles:
+        raise Forbidden("this route needs the admin role")
+    limit = int_param(request, "limit", default=50, low=1, high=200)
+    offset = int_param(request, "offset", default=0, low=0, high=10_000_000)
+    users, total = await request.app.state.users.page(limit=limit, offset=offset)
+    return JSONResponse(
+        {"items": [u.public() for u in users], "total": total, "limit": limit, "offset": offset}
+    )
+
+
+async def list_notes(request: Request) -> Response:
+    _, owner = _principal_user_id(request)
+    limit = int_param(request, "limit", default=50, low=1, high=200)
+    offset = int_param(request, "offset", default=0, low=0, high=10_000_000)
+    notes = await request.app.state.notes.list(owner, limit=limit, offset=offset)
+    return JSONResponse({"items": [n.public() for n in notes], "limit": limit, "offset": offset})
+
+
+async def create_note(request: Request) -> Response:
+    _, owner = _principal_user_id(request)
+    data = await json_object(request, allowed={"title", "body"}, required={"title"})
+    title = string_field(data, "title", min_len=1, max_len=MAX_TITLE)
+    body = string_field(data, "body", min_len=0, max_len=MAX_BODY) or ""
+    assert title is not None
+    note = await request.app.state.notes.create(owner, title, body)
+    return JSONResponse(note.public(), status_code=201)
+
+
+async def get_note(request: Request) -> Response:
+    _, owner = _principal_user_id(request)
+    note = await request.app.state.notes.get(owner, uuid_path(request, "note_id"))
+    if note is None:
+        raise NotFound()
+    return JSONResponse(note.public())
+
+
+async def update_note(request: Request) -> Response:
+    _, owner = _principal_user_id(request)
+    note_id = uuid_path(request, "note_id")
+    data = await json_object(request, allowed={"title", "body"}, required=set())
+    title = string_field(data, "title", min_len=1, max_len=MAX_TITLE)
+    body = string_field(data, "body", min_len=0, max_len=MAX_BODY)
+    note = await request.app.state.notes.update(owner, note_id, title=title, body=body)
+    if note is None:
+        raise NotFound()
+    return JSONResponse(note.public())
+
+
+async def delete_note(request: Request) -> Response:
+    _, owner = _principal_user_id(request)
+    if not await request.app.state.notes.delete(owner, uuid_path(request, "note_id")):
+        raise NotFound()
+    return Response(status_code=204)
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    try:
+        await asyncio.wait_for(request.app.state.pool.fetchval("SELECT 1"), 2.0)
+    except Exception:
+        log_event(logger, "readiness_failed", logging.WARNING, dependency="postgres")
+        return JSONResponse(
+            {"status": "unavailable", "checks": {"postgres": False}},
+            status_code=503,
+            headers={"Retry-After": "2"},
+        )
+    return JSONResponse({"status": "ready", "checks": {"postgres": True}})
+
+
+# --- errors -------------------------------------------------------------------------------
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+async def backend_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, BackendError)
+    return JSONResponse(
+        {"error": {"code": exc.code, "message": exc.message}},
+        status_code=exc.status,
+        headers=exc.headers,
+    )
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "error")
+    return JSONResponse(
+        {"error": {"code": code, "message": code.replace("_", " ")}},
+        status_code=exc.status_code,
+        headers=exc.headers,
+    )
+
+
+async def database_error(request: Request, exc: Exception) -> Response:
+    log_event(logger, "database_unavailable", logging.ERROR, exc_type=type(exc).__name__)
+    return await backend_error(request, ServiceUnavailable())
+
+
+async def unexpected_error(request: Request, exc: Exception) -> Response:
+    # The type only: a traceback in a response or a log line can carry request data.
+    log_event(logger, "unhandled_error", logging.ERROR, exc_type=type(exc).__name__)
+    return JSONResponse(
+        {"error": {"code": "internal_error", "message": "internal error"}}, status_code=500
+    )
+
+
+def create_app(settings: Settings, *, passwords: Passwords | None = None) -> Starlette:
+    """Build the backend. ``passwords`` lets tests use cheaper argon2 parameters."""
+    configure_logging(settings.log_level)
+    verifier = Verifier(
+        settings.public_keys,
+        issuer=settings.gateway_id,
+        audience=settings.backend_id,
+        leeway=settings.leeway,
+    )
+    hasher = passwords or Passwords(settings.argon2)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # min_size=0: the service starts (and answers /readyz with 503) while PostgreSQL is
+        # down, and connects once it comes back.
+        pool = await asyncpg.create_pool(
+            settings.database_url,
+            min_size=0,
+            max_size=settings.pool_max,
+            command_timeout=10,
+            timeout=3,
+        )
+        app.state.pool = pool
+        app.state.users = UserStore(pool)
+        app.state.notes = NoteStore(pool)
+        app.state.passwords = hasher
+        log_event(logger, "backend_started")
+        try:
+            yield
+        finally:
+            await pool.close()
+
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/internal/auth/validate", validate_credentials, methods=["POST"]),
+        Route("/v1/me", me, methods=["GET"]),
+        Route("/v1/users", list_users, methods=["GET"]),
+        Route("/v1/notes", list_notes, methods=["GET"]),
+        Route("/v1/notes", create_note, methods=["POST"]),
+        Route("/v1/notes/{note_id}", get_note, methods=["GET"]),
+        Route("/v1/notes/{note_id}", update_note, methods=["PATCH"]),
+        Route("/v1/notes/{note_id}", delete_note, methods=["DELETE"]),
+    ]
+    middleware = [
+        Middleware(RequestIdMiddleware),
+        Middleware(
+            InternalAuthMiddleware,
+            verifier=verifier,
+            rules=[("/v1/", Scope.USER_REQUEST), ("/internal/auth/", Scope.AUTH_VALIDATE)],
+            public_paths=("/healthz", "/readyz"),
+            on_reject=audit.token_rejected,
+        ),
+    ]
+    handlers = {
+        BackendError: backend_error,
+        HTTPException: http_error,
+        Exception: unexpected_error,
+        **dict.fromkeys(_DB_ERRORS, database_error),
+    }
+    return Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers=handlers,
+        lifespan=lifespan,
+    )

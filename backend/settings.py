@@ -1,0 +1,55 @@
+"""The backend's settings, read from the environment in one place and validated at start-up."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from internal_auth import KeyLoadError, KeySet, load_public_keys
+
+from backend.passwords import Argon2Params
+from tokengate import config
+from tokengate.config import ConfigError
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    public_keys: KeySet
+    gateway_id: str = "tokengate-gateway"
+    backend_id: str = "tokengate-backend"
+    leeway: int = 5
+    pool_min: int = 1
+    pool_max: int = 10
+    log_level: str = "INFO"
+    argon2: Argon2Params = field(default_factory=Argon2Params)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = config.environ() if environ is None else environ
+        raw_keys = config.env_or_file(env, "INTERNAL_JWT_PUBLIC_KEY")
+        assert raw_keys is not None
+        try:
+            keys = load_public_keys(raw_keys)
+        except KeyLoadError as exc:
+            # The backend must never hold signing material; load_public_keys refuses it.
+            raise ConfigError(f"INTERNAL_JWT_PUBLIC_KEY: {exc}") from None
+        pool_min = config.get_int(env, "DB_POOL_MIN", 1)
+        pool_max = config.get_int(env, "DB_POOL_MAX", 10, minimum=1)
+        if pool_min > pool_max:
+            raise ConfigError("DB_POOL_MIN must not exceed DB_POOL_MAX")
+        return cls(
+            database_url=config.get_str(env, "DATABASE_URL"),
+            public_keys=keys,
+            gateway_id=config.get_str(env, "GATEWAY_ID", "tokengate-gateway"),
+            backend_id=config.get_str(env, "BACKEND_ID", "tokengate-backend"),
+            leeway=config.get_int(env, "INTERNAL_TOKEN_LEEWAY", 5),
+            pool_min=pool_min,
+            pool_max=pool_max,
+            log_level=config.get_str(env, "LOG_LEVEL", "INFO"),
+            argon2=Argon2Params(
+                time_cost=config.get_int(env, "ARGON2_TIME_COST", 3, minimum=1),
+                memory_kib=config.get_int(env, "ARGON2_MEMORY_KIB", 65536, minimum=8),
+                parallelism=config.get_int(env, "ARGON2_PARALLELISM", 4, minimum=1),
+            ),
+        )

@@ -1,0 +1,67 @@
+"""Reading and checking request bodies and query parameters: 400 for unreadable JSON, 413 for a
+body over the limit, 422 naming the field for anything of the wrong shape."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from starlette.requests import Request
+
+from backend.errors import BadRequest, NotFound, PayloadTooLarge, ValidationFailed
+
+MAX_JSON_BYTES = 64 * 1024
+
+
+async def json_object(request: Request, *, allowed: set[str], required: set[str]) -> dict[str, Any]:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_JSON_BYTES:
+        raise PayloadTooLarge()
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_JSON_BYTES:
+            raise PayloadTooLarge()
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest() from None
+    if not isinstance(data, dict):
+        raise ValidationFailed("the body must be a JSON object")
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ValidationFailed(f"unknown field: {unknown[0]}")
+    missing = sorted(required - set(data))
+    if missing:
+        raise ValidationFailed(f"{missing[0]}: required")
+    return data
+
+
+def string_field(data: Mapping[str, Any], name: str, *, min_len: int, max_len: int) -> str | None:
+    if name not in data:
+        return None
+    value = data[name]
+    if not isinstance(value, str):
+        raise ValidationFailed(f"{name}: must be a string")
+    if not min_len <= len(value) <= max_len:
+        raise ValidationFailed(f"{name}: must be {min_len} to {max_len} characters")
+    return value
+
+
+def int_param(request: Request, name: str, *, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ValidationFailed(f"{name}: must be a whole number from {low} to {high}")
+    return int(raw)
+
+
+def uuid_path(request: Request, name: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(request.path_params[name])
+    except ValueError:
+        # a malformed id names nothing, exactly like an id that does not exist
+        raise NotFound() from None
