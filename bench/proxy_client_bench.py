@@ -5,7 +5,11 @@ is run once per client against a trivial upstream, each under uvicorn with uvloo
 
 - ``httpx``: ``httpx.AsyncClient`` with its default transport (httpcore);
 - ``aiohttp``: ``aiohttp.ClientSession`` with a keep-alive ``TCPConnector``;
-- ``direct``: wrk against the upstream itself, the floor the proxy hop adds to.
+- ``direct``: wrk against the upstream itself, the floor the proxy hop adds to;
+- ``tokengate``: the real gateway (``tokengate gateway``: access-token check, revocation check,
+  internal token minted, header hygiene, request id, access log) over the same upstream, to show
+  what the gateway costs on top of the bare aiohttp hop. Its lifespan needs PostgreSQL and Redis
+  (``BENCH_DATABASE_URL``, ``BENCH_REDIS_URL``; no tables are touched on this path).
 
 Usage: ``python bench/proxy_client_bench.py [--duration 5] [--connections 32]``. Needs ``wrk``
 (Debian/Ubuntu: ``apt-get install wrk``).
@@ -169,6 +173,57 @@ def wrk(url: str, connections: int, duration: int) -> dict[str, float]:
     return {"rps": r.rps, "p50": r.p50_ms, "p99": r.p99_ms}
 
 
+@contextlib.contextmanager
+def tokengate_gateway(upstream: str, port: int) -> Iterator[str]:
+    """The real gateway process over ``upstream``; yields a valid access token."""
+    import secrets
+
+    from internal_auth import generate_private_key
+
+    from gateway.settings import Settings
+    from gateway.tokens import TokenService
+
+    env = {
+        **os.environ,
+        "DATABASE_URL": os.environ.get(
+            "BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
+        "REDIS_URL": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        "REDIS_KEY_PREFIX": f"tokengate-bench-{secrets.token_hex(4)}:",
+        "BACKEND_URL": upstream,
+        "JWT_ACCESS_SECRET": secrets.token_urlsafe(32),
+        "JWT_REFRESH_SECRET": secrets.token_urlsafe(32),
+        "INTERNAL_JWT_PRIVATE_KEY": generate_private_key().private_pem(),
+        "LOG_LEVEL": "WARNING",
+    }
+    token, _ = TokenService(Settings.from_env(env)).issue_access(
+        sub="00000000-0000-0000-0000-000000000001", sid="bench", roles=["user"]
+    )
+    cmd = [sys.executable, "-m", "tokengate.cli", "gateway", "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        yield token
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def tokengate_rows(
+    upstream: str, connections: int, duration: int
+) -> list[tuple[str, int, dict[str, float]]]:
+    port = free_port()
+    rows = []
+    with tokengate_gateway(upstream, port) as token:
+        url = f"http://127.0.0.1:{port}/api/v1/me"
+        headers = {"Authorization": f"Bearer {token}"}
+        wrk_tools.run(url, connections=4, duration=1, headers=headers)
+        for conns in (1, connections):
+            r = wrk_tools.run(url, connections=conns, duration=duration, headers=headers)
+            rows.append(("tokengate", conns, {"rps": r.rps, "p50": r.p50_ms, "p99": r.p99_ms}))
+    return rows
+
+
 def run_server(role: str, port: int, upstream: str) -> None:
     import uvicorn
 
@@ -216,6 +271,7 @@ def main() -> int:
                 wrk(url, 4, 1)  # warm the pool
                 for conns in (1, args.connections):
                     rows.append((client, conns, wrk(url, conns, args.duration)))
+        rows.extend(tokengate_rows(upstream, args.connections, args.duration))
     print(f"{'client':<10}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
     for name, conns, r in rows:
         print(f"{name:<10}{conns:>6}{r['rps']:>10.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}")

@@ -48,8 +48,8 @@ def parse(out: str) -> WrkResult:
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     return WrkResult(
         rps=float(find(r"Requests/sec:\s+([\d.]+)")),
-        p50_ms=_ms(find(r"50%\s+(\S+)")),
-        p99_ms=_ms(find(r"99%\s+(\S+)")),
+        p50_ms=_ms(find(r"(?m)^\s*50%\s+(\S+)")),
+        p99_ms=_ms(find(r"(?m)^\s*99%\s+(\S+)")),
         requests=int(find(r"(\d+) requests in")),
         non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
         errors=sum(int(g) for g in sock.groups()) if sock else 0,

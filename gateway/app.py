@@ -187,7 +187,7 @@ def create_app(
         middleware=[
             Middleware(RequestIdMiddleware),
             Middleware(AccessLogMiddleware),
-            Middleware(SecurityHeadersMiddleware),
+            Middleware(SecurityHeadersMiddleware, trusted_proxies=settings.trusted_proxies),
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(settings.cors_allowed_origins),

@@ -118,6 +118,18 @@ def client_ip(peer: str | None, forwarded_for: bytes | None, trusted: Sequence[N
     return hops[0] if hops and _is_ip(hops[0]) else address
 
 
+def request_scheme(
+    scheme: str, peer: str | None, forwarded_proto: bytes | None, trusted: Sequence[Network]
+) -> str:
+    """``http`` or ``https`` as the client used it: a trusted proxy that terminated TLS says so
+    in ``X-Forwarded-Proto``; from anyone else the header is ignored."""
+    if forwarded_proto and peer and trusted and _trusted(peer, trusted):
+        proto = forwarded_proto.split(b",")[0].strip().lower()
+        if proto in (b"http", b"https"):
+            return proto.decode("ascii")
+    return scheme
+
+
 def _is_ip(text: str) -> bool:
     try:
         ipaddress.ip_address(text)

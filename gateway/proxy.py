@@ -37,7 +37,7 @@ from gateway.errors import (
     SessionRevoked,
     Unauthorized,
 )
-from gateway.forwarding import client_ip, request_headers, response_headers
+from gateway.forwarding import client_ip, request_headers, request_scheme, response_headers
 from gateway.paths import backend_path
 from gateway.request_id import new_request_id
 from gateway.settings import Settings
@@ -179,14 +179,16 @@ async def proxy_request(scope: Scope, receive: Receive, send: Send) -> None:
         data = body_stream.chunks()
 
     client = scope.get("client")
+    peer = client[0] if client else None
     outbound = request_headers(
         headers,
-        client_ip=client_ip(
-            client[0] if client else None,
-            _header(headers, b"x-forwarded-for"),
+        client_ip=client_ip(peer, _header(headers, b"x-forwarded-for"), proxy.trusted_proxies),
+        proto=request_scheme(
+            scope.get("scheme", "http"),
+            peer,
+            _header(headers, b"x-forwarded-proto"),
             proxy.trusted_proxies,
         ),
-        proto=scope.get("scheme", "http"),
         host=(_header(headers, b"host") or b"").decode("latin-1"),
         request_id=request_state.get("request_id") or new_request_id(),
         internal_token=internal_token,

@@ -6,14 +6,16 @@
   for it on token responses) and on any response that does not say otherwise, since everything
   behind the gateway is per-user data that no shared cache should keep.
 - ``Strict-Transport-Security`` only when the request arrived over HTTPS (RFC 6797 §7.2: a
-  host must not send it over plain HTTP). Behind a TLS-terminating proxy, uvicorn's
-  ``--proxy-headers`` with ``--forwarded-allow-ips`` sets the scheme from the trusted proxy.
+  host must not send it over plain HTTP). Behind a TLS-terminating proxy listed in
+  ``TRUSTED_PROXIES``, its ``X-Forwarded-Proto`` says whether the client used HTTPS.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
+
+from gateway.forwarding import Network, request_scheme
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -56,15 +58,31 @@ def security_headers(
 
 
 class SecurityHeadersMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, trusted_proxies: Sequence[Network] = ()) -> None:
         self.app = app
+        self.trusted_proxies = tuple(trusted_proxies)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        https = scope.get("scheme") == "https"
+        client = scope.get("client")
+        proto = None
+        if self.trusted_proxies:
+            for name, value in scope["headers"]:
+                if name == b"x-forwarded-proto":
+                    proto = value
+                    break
+        https = (
+            request_scheme(
+                scope.get("scheme", "http"),
+                client[0] if client else None,
+                proto,
+                self.trusted_proxies,
+            )
+            == "https"
+        )
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from gateway.forwarding import client_ip, request_headers, response_headers
+from gateway.forwarding import client_ip, request_headers, request_scheme, response_headers
 from gateway.request_id import request_id_from
 from gateway.security_headers import security_headers
 
@@ -158,3 +158,20 @@ def test_security_headers_keep_backend_cache_control_and_add_hsts_over_https() -
     out = dict(security_headers([(b"cache-control", b"private")], path="/api/v1/me", https=True))
     assert out[b"cache-control"] == b"private"
     assert out[b"strict-transport-security"].startswith(b"max-age=")
+
+
+@pytest.mark.parametrize(
+    ("peer", "proto", "trusted", "expected"),
+    [
+        ("10.0.0.2", b"https", TRUSTED, "https"),
+        ("10.0.0.2", b"HTTPS, http", TRUSTED, "https"),
+        ("203.0.113.7", b"https", TRUSTED, "http"),  # not a trusted proxy: ignored
+        ("10.0.0.2", b"https", (), "http"),
+        ("10.0.0.2", b"gopher", TRUSTED, "http"),
+        ("10.0.0.2", None, TRUSTED, "http"),
+    ],
+)
+def test_request_scheme(
+    peer: str, proto: bytes | None, trusted: tuple[ipaddress.IPv4Network, ...], expected: str
+) -> None:
+    assert request_scheme("http", peer, proto, trusted) == expected
