@@ -65,7 +65,7 @@ def start(
     script: Path | None = None,
     threads: int = 1,
 ) -> subprocess.Popen[str]:
-    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency"]
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency"]
     for name, value in (headers or {}).items():
         cmd += ["-H", f"{name}: {value}"]
     if script is not None:
