@@ -72,3 +72,38 @@ async def migrate(dsn: str, directory: Path | None = None) -> list[str]:
     finally:
         await conn.close()
     return applied
+
+
+ROLE_PASSWORD_VARIABLES = {
+    "tokengate_backend": "TOKENGATE_BACKEND_DB_PASSWORD",
+    "tokengate_gateway": "TOKENGATE_GATEWAY_DB_PASSWORD",
+}
+
+
+async def set_role_passwords(dsn: str, passwords: dict[str, str]) -> list[str]:
+    """Give each service role its login password; return the roles changed.
+
+    ``ALTER ROLE`` takes no bind parameters, so PostgreSQL itself quotes the name and the
+    password (``format('%I', '%L')``) rather than this code building SQL from strings.
+    """
+    unknown = set(passwords) - set(ROLE_PASSWORD_VARIABLES)
+    if unknown:
+        raise MigrationError(f"not a tokengate role: {sorted(unknown)[0]}")
+    conn = await asyncpg.connect(dsn)
+    changed: list[str] = []
+    try:
+        for role, password in sorted(passwords.items()):
+            statement = await conn.fetchval(
+                "SELECT format('ALTER ROLE %I PASSWORD %L', $1::text, $2::text)", role, password
+            )
+            try:
+                await conn.execute(statement)
+            except asyncpg.UndefinedObjectError:
+                raise MigrationError(
+                    f"role {role} does not exist (run migrations as a user "
+                    "that may create roles, or create it yourself)"
+                ) from None
+            changed.append(role)
+    finally:
+        await conn.close()
+    return changed

@@ -132,3 +132,45 @@ def test_backend_refuses_a_private_key_as_its_public_key(tmp_path: object) -> No
     assert done.returncode == 2
     assert "INTERNAL_JWT_PUBLIC_KEY" in done.stderr
     assert "PRIVATE KEY" not in done.stderr
+
+
+def test_migrate_sets_role_passwords_safely(migrated_dsn: str) -> None:
+    # A password that would break out of naive string building must arrive as a literal.
+    hostile = "x'; DROP TABLE users; --"
+    done = tokengate(
+        "migrate",
+        "--set-role-passwords",
+        env={
+            "DATABASE_URL": migrated_dsn,
+            "TOKENGATE_BACKEND_DB_PASSWORD": hostile,
+            "TOKENGATE_GATEWAY_DB_PASSWORD": "another-password-for-the-gateway",
+        },
+    )
+    assert done.returncode == 0, done.stderr
+    assert "set password for role tokengate_backend" in done.stdout
+    assert hostile not in done.stdout + done.stderr
+    rows = _fetch(
+        migrated_dsn,
+        "SELECT rolname, rolpassword IS NOT NULL AS has_password FROM pg_authid"
+        " WHERE rolname IN ('tokengate_backend', 'tokengate_gateway') ORDER BY 1",
+    )
+    assert [(r["rolname"], r["has_password"]) for r in rows] == [
+        ("tokengate_backend", True),
+        ("tokengate_gateway", True),
+    ]
+    assert _fetch(migrated_dsn, "SELECT to_regclass('users') IS NOT NULL AS ok")[0]["ok"]
+
+
+def test_set_role_passwords_requires_both_variables(migrated_dsn: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENGATE_")}
+    env["DATABASE_URL"] = migrated_dsn
+    done = subprocess.run(
+        [sys.executable, "-m", "tokengate.cli", "migrate", "--set-role-passwords"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "TOKENGATE_BACKEND_DB_PASSWORD" in done.stderr

@@ -1,0 +1,35 @@
+# syntax=docker/dockerfile:1
+# One image definition, two final targets: `backend` and `gateway`. The wheel is built in a
+# throw-away stage so no compiler, no dev extra and no source tree reach the final images.
+
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY libs ./libs
+COPY gateway ./gateway
+COPY backend ./backend
+COPY tokengate ./tokengate
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+FROM python:3.11-slim AS runtime
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    TOKENGATE_MIGRATIONS_DIR=/app/db
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
+    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin tokengate
+COPY db /app/db
+WORKDIR /app
+USER 10001
+
+FROM runtime AS backend
+EXPOSE 8001
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8001/healthz', timeout=2)"]
+CMD ["tokengate", "backend", "--host", "0.0.0.0", "--port", "8001"]
+
+FROM runtime AS gateway
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
+CMD ["tokengate", "gateway", "--host", "0.0.0.0", "--port", "8000"]
