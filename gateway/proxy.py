@@ -58,6 +58,8 @@ Send = Callable[[Message], Awaitable[None]]
 _BUFFER_LIMIT = 64 * 1024
 # The gateway's own routes: never proxied, whatever the method.
 GATEWAY_PREFIX = "/api/v1/auth/"
+# aiohttp's timeouts subclass TimeoutError; refused and reset connections are ClientError/OSError.
+_BACKEND_FAILURES = (aiohttp.ClientError, TimeoutError, OSError)
 _BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
 _INVALID_CHALLENGE = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
 
@@ -85,9 +87,11 @@ class BackendProxy:
         self.max_body = settings.proxy_max_body_bytes
         self.trusted_proxies = settings.trusted_proxies
         # sock_connect bounds reaching the backend, sock_read bounds every wait for response
-        # bytes; no total, so a long download that keeps moving is not cut off.
+        # bytes, connect bounds waiting for a free pooled connection under overload; no total,
+        # so a long download that keeps moving is not cut off.
         self.timeout = aiohttp.ClientTimeout(
             total=None,
+            connect=settings.proxy_read_timeout,
             sock_connect=settings.proxy_connect_timeout,
             sock_read=settings.proxy_read_timeout,
         )
@@ -208,11 +212,14 @@ async def proxy_request(scope: Scope, receive: Receive, send: Send) -> None:
             allow_redirects=False,
         )
     except Exception as exc:
+        # aiohttp may wrap what the body iterator raised; its flags say what really happened.
         if body_stream is not None and body_stream.too_large:
             raise PayloadTooLarge() from None
         if body_stream is not None and body_stream.client_gone:
             log_event(logger, "proxy_client_gone", method=method, path=target.path)
             return
+        if not isinstance(exc, _BACKEND_FAILURES):
+            raise
         raise _backend_error(exc, method, target.path) from None
 
     # 5. Stream back.
@@ -224,7 +231,7 @@ async def proxy_request(scope: Scope, receive: Receive, send: Send) -> None:
             # backend failing mid-body still gets the client a clean 502/504.
             try:
                 payload = await response.read()
-            except Exception as exc:
+            except _BACKEND_FAILURES as exc:
                 raise _backend_error(exc, method, target.path) from None
             await send(
                 {"type": "http.response.start", "status": response.status, "headers": out_headers}
@@ -237,7 +244,7 @@ async def proxy_request(scope: Scope, receive: Receive, send: Send) -> None:
         try:
             async for chunk in response.content.iter_any():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        except _BACKEND_FAILURES as exc:
             # The status line is already out; all that is left is to cut the connection so the
             # client sees a truncated body rather than a complete-looking one.
             log_event(
@@ -361,6 +368,8 @@ class _BodyStream:
 
 
 def _backend_error(exc: BaseException, method: str, path: str) -> GatewayError:
+    """504 for a backend that did not answer in time, 502 for one that could not be reached or
+    broke the connection."""
     timeout = isinstance(exc, TimeoutError)
     log_event(
         logger,
@@ -372,6 +381,4 @@ def _backend_error(exc: BaseException, method: str, path: str) -> GatewayError:
     )
     if timeout:
         return GatewayTimeout()
-    if isinstance(exc, aiohttp.ClientError | OSError):
-        return BadGateway("the backend is unreachable")
-    raise exc
+    return BadGateway("the backend is unreachable")

@@ -433,3 +433,19 @@ async def test_per_user_limit(env: dict[str, str], key: PrivateKey) -> None:
     assert statuses == [200, 200, 200, 429]
     assert other.status_code == 200
     assert int(limited.headers["retry-after"]) >= 1
+
+
+async def test_one_access_log_line_per_request(
+    env: dict[str, str], key: PrivateKey, caplog: pytest.LogCaptureFixture
+) -> None:
+    sub = str(uuid.uuid4())
+    async with stack(env, key) as s:
+        caplog.clear()
+        await s.client.get("/api/v1/me?secret=query", headers=s.auth(sub=sub))
+        await s.client.get("/api/v1/me")
+    lines = [r for r in caplog.records if r.name == "gateway.access"]
+    assert len(lines) == 2
+    ok, denied = (r.fields for r in lines)  # type: ignore[attr-defined]
+    assert ok["method"] == "GET" and ok["path"] == "/api/v1/me" and ok["status"] == 200
+    assert ok["user_id"] == sub and ok["duration_ms"] > 0
+    assert denied["status"] == 401 and denied["user_id"] is None
