@@ -79,7 +79,7 @@ def migrated_dsn(pg_dsn: str) -> str:
 
 @pytest.fixture(scope="session")
 def redis_prefix() -> Iterator[str]:
-    """A key (and pub/sub channel) prefix private to this session; its keys are deleted at the end."""
+    """A key and pub/sub channel prefix private to this session; its keys are deleted at the end."""
     prefix = f"tgtest:{os.getpid()}:{secrets.token_hex(4)}:"
     yield prefix
     client = redis.Redis.from_url(REDIS_BASE_URL)

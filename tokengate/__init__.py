@@ -1,1 +1,1 @@
-"""tokengate: the command line, the one-command dev stack, and what both services share at run time."""
+"""tokengate: the command line, the dev stack, and run-time helpers both services share."""

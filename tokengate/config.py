@@ -58,7 +58,9 @@ def get_int(environ: Mapping[str, str], name: str, default: int, *, minimum: int
     return value
 
 
-def get_float(environ: Mapping[str, str], name: str, default: float, *, minimum: float = 0) -> float:
+def get_float(
+    environ: Mapping[str, str], name: str, default: float, *, minimum: float = 0
+) -> float:
     raw = environ.get(name)
     if raw is None or raw == "":
         return default
@@ -86,7 +88,9 @@ def get_bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
-def get_list(environ: Mapping[str, str], name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+def get_list(
+    environ: Mapping[str, str], name: str, default: tuple[str, ...] = ()
+) -> tuple[str, ...]:
     raw = environ.get(name)
     if raw is None:
         return default
