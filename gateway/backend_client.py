@@ -14,7 +14,7 @@ import httpx
 from internal_auth import HEADER, Minter, Scope
 
 from gateway.errors import BadGateway, InvalidCredentials, ServiceUnavailable
-from tokengate.logs import log_event
+from tokengate.logs import log_event, request_id_var
 
 logger = logging.getLogger("gateway.backend_client")
 
@@ -44,11 +44,16 @@ class BackendClient:
         token = self._minter.mint(
             sub=self._gateway_id, scope=Scope.AUTH_VALIDATE, htm="POST", htu=VALIDATE_PATH
         )
+        headers = {HEADER: token}
+        rid = request_id_var.get()
+        if rid is not None:
+            # The backend writes it in its audit line, tying the two services' logs together.
+            headers["X-Request-Id"] = rid
         try:
             response = await self._client.post(
                 VALIDATE_PATH,
                 json={"email": email, "password": password},
-                headers={HEADER: token},
+                headers=headers,
             )
         except httpx.HTTPError as exc:
             log_event(logger, "backend_unreachable", logging.WARNING, error=type(exc).__name__)

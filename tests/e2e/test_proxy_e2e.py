@@ -245,3 +245,29 @@ def test_logout_revokes_the_session_for_the_proxy(stack: Stack) -> None:
     assert out.status_code == 204, out.text
     r = carol.get("/api/v1/me")
     assert r.status_code == 401
+
+
+def _wait_for_line(stack: Stack, service: str, needle: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        for line in stack.log_text(service).splitlines():
+            if needle in line:
+                record: dict[str, Any] = json.loads(line)
+                return record
+        time.sleep(0.05)
+    raise AssertionError(f"no {service} log line with {needle!r}")
+
+
+def test_request_id_reaches_the_backend_log(stack: Stack) -> None:
+    email = f"e2e-{uuid.uuid4().hex[:10]}@example.test"
+    stack.create_user(email, PASSWORD)
+    rid = f"e2e-login-{uuid.uuid4().hex}"
+    r = httpx.post(
+        stack.gateway_url + "/api/v1/auth/login",
+        json={"email": email, "password": PASSWORD},
+        headers={"X-Request-Id": rid},
+    )
+    assert r.status_code == 200
+    assert r.headers["x-request-id"] == rid
+    assert _wait_for_line(stack, "backend", rid)["request_id"] == rid
+    assert _wait_for_line(stack, "gateway", rid)["request_id"] == rid
