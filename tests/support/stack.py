@@ -104,6 +104,7 @@ class Stack:
     """A running backend + gateway pair. URLs are fixed for the life of the stack."""
 
     def __init__(self, backend: _Service, gateway: _Service, key: PrivateKey) -> None:
+        self._logdir = gateway.log_path.parent
         self._backend = backend
         self._gateway = gateway
         self.internal_key = key
@@ -122,6 +123,19 @@ class Stack:
     def restart_gateway(self) -> None:
         self._gateway.stop()
         self._gateway.start()
+
+    @contextlib.contextmanager
+    def extra_gateway(self, **env: str) -> Iterator[str]:
+        """A second gateway process (same secrets and backend, ``env`` overrides); yields its
+        URL. Lets benchmarks compare two configurations side by side, interleaving runs."""
+        port = free_port()
+        service = _Service("gateway", {**self.gateway_env, **env}, port, self._logdir)
+        service.log_path = self._logdir / f"gateway-{port}.log"
+        service.start()
+        try:
+            yield service.url
+        finally:
+            service.stop()
 
     def create_user(self, email: str, password: str, *, admin: bool = False) -> None:
         args = ["users", "create", "--email", email, "--password-stdin"]
