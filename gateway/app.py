@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import httpx
@@ -25,7 +26,8 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from gateway import auth_routes
 from gateway.access_log import AccessLogMiddleware
@@ -44,6 +46,8 @@ from tokengate.config import ConfigError
 from tokengate.logs import log_event
 
 logger = logging.getLogger("gateway.app")
+
+DEMO_DIR = Path(__file__).parent / "static" / "demo"
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -182,6 +186,7 @@ def create_app(
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             *auth_routes.routes,
+            Mount("/demo", app=StaticFiles(directory=DEMO_DIR, html=True), name="demo"),
             proxy_route(),
         ],
         middleware=[

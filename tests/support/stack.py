@@ -172,11 +172,13 @@ def running_stack(
     redis_prefix: str,
     gateway_env: Mapping[str, str] | None = None,
     backend_env: Mapping[str, str] | None = None,
+    gateway_port: int | None = None,
 ) -> Iterator[Stack]:
     key = generate_private_key()
     base = {k: v for k, v in os.environ.items() if not k.startswith(("JWT_", "INTERNAL_JWT"))}
     base.update({"GATEWAY_ID": GATEWAY_ID, "BACKEND_ID": BACKEND_ID, "LOG_LEVEL": "INFO"})
-    backend_port, gateway_port = free_port(), free_port()
+    # a caller may pick the gateway port up front when its settings must name its own origin
+    backend_port, gateway_port = free_port(), gateway_port or free_port()
     benv = {
         **base,
         "DATABASE_URL": database_url,

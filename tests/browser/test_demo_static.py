@@ -1,0 +1,97 @@
+"""The demo page is served by the gateway itself under /demo/ (in process, no browser).
+
+No lifespan runs here: static files need neither PostgreSQL nor Redis, so the page loads even
+while the gateway's dependencies are down.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import re
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from internal_auth import generate_private_key
+
+from gateway.app import create_app
+from gateway.settings import Settings
+
+DEMO_FILES = ("index.html", "app.js", "style.css")
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    settings = Settings.from_env(
+        {
+            "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
+            "REDIS_URL": "redis://127.0.0.1:1/0",
+            "BACKEND_URL": "http://backend.internal",
+            "JWT_ACCESS_SECRET": "a" * 40,
+            "JWT_REFRESH_SECRET": "r" * 40,
+            "INTERNAL_JWT_PRIVATE_KEY": generate_private_key().private_pem(),
+            "CORS_ALLOWED_ORIGINS": "http://127.0.0.1:8000",
+        }
+    )
+    app = create_app(settings)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as c:
+        yield c
+
+
+def test_demo_files_ship_in_the_gateway_package() -> None:
+    demo = importlib.resources.files("gateway") / "static" / "demo"
+    for name in DEMO_FILES:
+        assert (demo / name).is_file(), name
+
+
+async def test_demo_index_is_served_with_security_headers(client: httpx.AsyncClient) -> None:
+    r = await client.get("/demo/")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/html")
+    assert '<script src="app.js" defer></script>' in r.text
+    assert 'id="login-form"' in r.text
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert r.headers["referrer-policy"] == "no-referrer"
+    # the page restricts itself to its own origin (meta CSP: the gateway sets no CSP header)
+    assert re.search(r"Content-Security-Policy\"\s+content=\"default-src 'self'", r.text)
+
+
+async def test_demo_without_slash_redirects(client: httpx.AsyncClient) -> None:
+    r = await client.get("/demo")
+    assert r.status_code in (307, 308)
+    assert r.headers["location"].endswith("/demo/")
+
+
+@pytest.mark.parametrize(
+    ("name", "content_type"),
+    [("app.js", "javascript"), ("style.css", "text/css")],
+)
+async def test_demo_assets_are_served(
+    client: httpx.AsyncClient, name: str, content_type: str
+) -> None:
+    r = await client.get(f"/demo/{name}")
+    assert r.status_code == 200
+    assert content_type in r.headers["content-type"]
+
+
+async def test_demo_script_keeps_tokens_out_of_storage_and_markup(
+    client: httpx.AsyncClient,
+) -> None:
+    source = (await client.get("/demo/app.js")).text
+    for forbidden in (
+        ".innerHTML",
+        ".outerHTML",
+        "localStorage.",
+        "sessionStorage.",
+        "document.cookie",
+    ):
+        assert forbidden not in source, forbidden
+    assert "textContent" in source
+
+
+async def test_paths_outside_the_demo_folder_are_not_served(client: httpx.AsyncClient) -> None:
+    for path in ("/demo/../app.py", "/demo/%2e%2e/app.py", "/demo/missing.js"):
+        r = await client.get(path)
+        assert r.status_code == 404, path
+        assert "create_app" not in r.text
