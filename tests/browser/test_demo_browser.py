@@ -1,0 +1,270 @@
+"""The demo page in headless Chromium against the real stack (gateway and backend processes).
+
+The page is loaded from the gateway's own origin, which is also the only CORS-allowed origin,
+so the SameSite=Strict refresh cookie and the Origin check behave as in a deployment. A second
+origin (another port on the same host, so the same *site*: SameSite alone would still send the
+cookie) shows that CORS keeps responses from its script and the Origin check refuses the refresh.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import shutil
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.stack import Stack, free_port, running_stack
+
+CHROMIUM = Path("/usr/bin/chromium")
+if not CHROMIUM.exists():
+    pytest.skip(
+        f"Chromium is not installed at {CHROMIUM} (Debian package 'chromium'); "
+        "the browser test needs it",
+        allow_module_level=True,
+    )
+
+from playwright.sync_api import Browser, Page, Route, expect, sync_playwright  # noqa: E402
+
+pytestmark = pytest.mark.browser
+
+PASSWORD = "browser correct horse battery staple"
+REFRESH_COOKIE = "tg_refresh"
+TIMEOUT_MS = 10_000
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+# The other origin's script: try the gateway with the victim's cookies and report what it saw.
+ATTACKER_HTML = """<!doctype html>
+<html><body><script>
+async function attempt(url, init) {
+  try {
+    const response = await fetch(url, init);
+    return {read: true, status: response.status, body: await response.text()};
+  } catch (err) {
+    return {read: false, error: err.name};
+  }
+}
+window.results = Promise.all([
+  attempt(GATEWAY + "/api/v1/auth/refresh", {method: "POST", credentials: "include"}),
+  attempt(GATEWAY + "/api/v1/me", {credentials: "include"}),
+]);
+</script></body></html>
+"""
+
+
+@pytest.fixture(scope="module")
+def stack(migrated_dsn: str, redis_url: str, redis_prefix: str) -> Iterator[Stack]:
+    port = free_port()
+    with running_stack(
+        database_url=migrated_dsn,
+        redis_url=redis_url,
+        redis_prefix=redis_prefix,
+        gateway_port=port,
+        gateway_env={
+            "CORS_ALLOWED_ORIGINS": f"http://127.0.0.1:{port}",
+            "COOKIE_SECURE": "false",
+        },
+    ) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture(scope="module")
+def other_origin(stack: Stack) -> Iterator[str]:
+    """A static page on another port of the same host: a different origin, not allowlisted."""
+    folder = Path(tempfile.mkdtemp(prefix="tokengate-other-origin-"))
+    html = ATTACKER_HTML.replace("GATEWAY", json.dumps(stack.gateway_url), 2)
+    (folder / "index.html").write_text(html)
+    handler = functools.partial(_QuietHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def _log_requests(stack: Stack, path: str) -> list[dict[str, Any]]:
+    lines = []
+    for line in stack.log_text("gateway").splitlines():
+        try:
+            data = json.loads(line)
+        except ValueError:
+            continue
+        if data.get("event") == "request" and data.get("path") == path:
+            lines.append(data)
+    return lines
+
+
+def _login(page: Page, email: str) -> None:
+    page.fill("#email", email)
+    page.fill("#password", PASSWORD)
+    page.click("#login-button")
+    expect(page.locator("#profile-email")).to_have_text(email, timeout=TIMEOUT_MS)
+
+
+def test_login_reload_cookie_isolation_and_logout(
+    stack: Stack, browser: Browser, other_origin: str
+) -> None:
+    email = f"browser-{uuid.uuid4().hex[:10]}@example.test"
+    stack.create_user(email, PASSWORD)
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        demo = stack.gateway_url + "/demo/"
+
+        page.goto(demo)
+        expect(page.locator("#login-form")).to_be_visible()
+        _login(page, email)
+
+        # a note with markup in it comes back as text, not as elements
+        title = f"<b>note</b> {uuid.uuid4().hex[:6]}"
+        page.fill("#note-title", title)
+        page.fill("#note-body", "written in the browser")
+        page.click("#note-button")
+        expect(page.locator("#notes .note-title")).to_have_text([title])
+        assert page.locator("#notes b").count() == 0
+
+        expect(page.locator("#sessions .session")).to_have_count(1)
+        expect(page.locator("#sessions .session")).to_contain_text("(this tab)")
+
+        # the refresh token is an HttpOnly cookie: the browser holds it, page script cannot see it
+        cookies = {c["name"]: c for c in context.cookies(stack.gateway_url + "/api/v1/auth/")}
+        refresh = cookies[REFRESH_COOKIE]
+        assert refresh["httpOnly"] is True
+        assert refresh["sameSite"] == "Strict"
+        assert refresh["path"] == "/api/v1/auth"
+        assert REFRESH_COOKIE not in page.evaluate("document.cookie")
+        # ...and the access token is not kept in web storage either
+        assert page.evaluate("localStorage.length + sessionStorage.length") == 0
+
+        # a reload loses the in-memory access token; the refresh cookie restores the session
+        page.reload()
+        expect(page.locator("#profile-email")).to_have_text(email)
+        expect(page.locator("#notes .note-title")).to_have_text([title])
+        assert page.evaluate("document.body.dataset.state") == "logged-in"
+
+        # another origin, with the same browser (and so the same cookie jar), gets nothing
+        before = context.cookies(stack.gateway_url + "/api/v1/auth/")
+        refusals_before = len(
+            [r for r in _log_requests(stack, "/api/v1/auth/refresh") if r["status"] == 403]
+        )
+        attacker = context.new_page()
+        attacker.goto(other_origin + "/index.html")
+        refresh_attempt, me_attempt = attacker.evaluate("window.results")
+        attacker.close()
+        assert refresh_attempt == {"read": False, "error": "TypeError"}
+        assert me_attempt == {"read": False, "error": "TypeError"}
+        refused = [r for r in _log_requests(stack, "/api/v1/auth/refresh") if r["status"] == 403]
+        assert len(refused) == refusals_before + 1, "the gateway did not refuse the refresh"
+        # nothing was rotated: the cookie the victim holds is unchanged
+        assert context.cookies(stack.gateway_url + "/api/v1/auth/") == before
+        # the same request outside a browser, cookie and all, is refused by the Origin check
+        r = httpx.post(
+            stack.gateway_url + "/api/v1/auth/refresh",
+            headers={"Origin": other_origin},
+            cookies={REFRESH_COOKIE: refresh["value"]},
+        )
+        assert r.status_code == 403
+        assert r.json()["error"]["code"] == "forbidden"
+        assert "access-control-allow-origin" not in r.headers
+
+        # the victim's session still works after all that
+        page.reload()
+        expect(page.locator("#profile-email")).to_have_text(email)
+
+        page.click("#logout-button")
+        expect(page.locator("#login-form")).to_be_visible()
+        assert REFRESH_COOKIE not in {c["name"] for c in context.cookies(stack.gateway_url)}
+        page.reload()
+        expect(page.locator("#login-form")).to_be_visible()
+        expect(page.locator("#status")).to_have_text("Please log in.")
+        assert page.locator("#profile-email").text_content() == ""
+    finally:
+        context.close()
+
+
+def test_access_token_refreshes_before_expiry_and_after_a_401(
+    stack: Stack, browser: Browser
+) -> None:
+    email = f"browser-{uuid.uuid4().hex[:10]}@example.test"
+    stack.create_user(email, PASSWORD)
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        # page timers run on a controlled clock, so "shortly before expiry" needs no real wait
+        page.clock.install()
+        page.goto(stack.gateway_url + "/demo/")
+        expect(page.locator("#login-form")).to_be_visible()
+        _login(page, email)
+
+        def refreshes() -> int:
+            return int(page.evaluate("Number(document.body.dataset.refreshes || 0)"))
+
+        cookie_before = context.cookies(stack.gateway_url + "/api/v1/auth/")
+        assert refreshes() == 0
+        # ACCESS_TOKEN_TTL is 600 s: not yet refreshed one minute before expiry...
+        page.clock.run_for("09:00")
+        assert refreshes() == 0
+        # ...but refreshed by the time it would expire (the refresh cookie rotates too)
+        page.clock.run_for("00:50")
+        page.wait_for_function("document.body.dataset.refreshes === '1'")
+        assert context.cookies(stack.gateway_url + "/api/v1/auth/") != cookie_before
+
+        # the API says 401 once (as for an expired token): the page refreshes and retries once
+        seen: list[str] = []
+
+        def first_call_unauthorized(route: Route) -> None:
+            seen.append(route.request.method)
+            if len(seen) == 1:
+                route.fulfill(
+                    status=401,
+                    content_type="application/json",
+                    body='{"error": {"code": "invalid_token", "message": "expired"}}',
+                )
+            else:
+                route.continue_()
+
+        page.route("**/api/v1/me", first_call_unauthorized)
+        page.evaluate("loadProfile()")
+        assert seen == ["GET", "GET"]
+        assert refreshes() == 2
+        expect(page.locator("#profile-email")).to_have_text(email)
+        assert page.evaluate("document.body.dataset.state") == "logged-in"
+    finally:
+        context.close()
