@@ -268,3 +268,40 @@ def test_access_token_refreshes_before_expiry_and_after_a_401(
         assert page.evaluate("document.body.dataset.state") == "logged-in"
     finally:
         context.close()
+
+
+def test_revoking_another_session_logs_that_browser_out(stack: Stack, browser: Browser) -> None:
+    email = f"browser-{uuid.uuid4().hex[:10]}@example.test"
+    stack.create_user(email, PASSWORD)
+    laptop, phone = browser.new_context(), browser.new_context()
+    try:
+        pages = []
+        for context in (laptop, phone):
+            page = context.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(stack.gateway_url + "/demo/")
+            expect(page.locator("#login-form")).to_be_visible()
+            _login(page, email)
+            pages.append(page)
+        on_laptop, on_phone = pages
+
+        on_laptop.click("#sessions-reload")
+        sessions = on_laptop.locator("#sessions .session")
+        expect(sessions).to_have_count(2)
+        other = sessions.filter(has_not_text="(this tab)")
+        other.get_by_role("button", name="Revoke").click()
+        expect(on_laptop.locator("#status")).to_have_text("Session revoked.")
+        expect(sessions).to_have_count(1)
+
+        # the phone's in-memory access token dies at once, and its refresh cookie with it
+        on_phone.evaluate("loadProfile().catch(() => {})")
+        expect(on_phone.locator("#login-form")).to_be_visible()
+        on_phone.reload()
+        expect(on_phone.locator("#status")).to_have_text("Please log in.")
+
+        # the laptop is unaffected
+        on_laptop.reload()
+        expect(on_laptop.locator("#profile-email")).to_have_text(email)
+    finally:
+        laptop.close()
+        phone.close()
