@@ -32,6 +32,8 @@ if not CHROMIUM.exists():
         allow_module_level=True,
     )
 
+pytest.importorskip("playwright.sync_api", reason="the Playwright package is not installed")
+
 from playwright.sync_api import Browser, Page, Route, expect, sync_playwright  # noqa: E402
 
 pytestmark = pytest.mark.browser
