@@ -223,7 +223,7 @@ def create_app(settings: Settings, *, passwords: Passwords | None = None) -> Sta
         audience=settings.backend_id,
         leeway=settings.leeway,
     )
-    hasher = passwords or Passwords(settings.argon2)
+    hasher = passwords or Passwords(settings.argon2, settings.argon2_max_concurrent)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

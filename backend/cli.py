@@ -95,7 +95,7 @@ def _argon2_params() -> Argon2Params:
     return Argon2Params(
         time_cost=config.get_int(env, "ARGON2_TIME_COST", 3, minimum=1),
         memory_kib=config.get_int(env, "ARGON2_MEMORY_KIB", 65536, minimum=8),
-        parallelism=config.get_int(env, "ARGON2_PARALLELISM", 4, minimum=1),
+        parallelism=config.get_int(env, "ARGON2_PARALLELISM", 1, minimum=1),
     )
 
 

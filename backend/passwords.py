@@ -1,10 +1,16 @@
 """Password hashing with argon2id: parameters in one place, verification off the event loop.
 
-Parameters (defaults are argon2-cffi's RFC 9106 "low memory" profile, which also meets OWASP's
-argon2id guidance): ``time_cost=3``, ``memory_cost=65536`` KiB (64 MiB), ``parallelism=4``,
-16-byte salt, 32-byte hash. They can be changed with ``ARGON2_TIME_COST``,
-``ARGON2_MEMORY_KIB`` and ``ARGON2_PARALLELISM``; existing hashes are upgraded on the next
-successful login (``check_needs_rehash``).
+Parameters: argon2id, ``time_cost=3``, ``memory_cost=65536`` KiB (64 MiB), ``parallelism=1``,
+16-byte salt, 32-byte hash — RFC 9106's memory and passes with one lane, above OWASP's argon2id
+minimums. They can be changed with ``ARGON2_TIME_COST``, ``ARGON2_MEMORY_KIB`` and
+``ARGON2_PARALLELISM``; existing hashes are upgraded on the next successful login
+(``check_needs_rehash``).
+
+Why one lane, and why at most ``ARGON2_MAX_CONCURRENT`` verifications at once (default: half the
+CPUs, at least one): with four lanes every login spreads over every core, and a burst of logins
+starved the proxied traffic sharing the machine (bench/README.md). One lane costs less CPU in
+total for the same memory hardness, and the cap keeps logins on a bounded share of the cores;
+excess logins wait their turn instead of competing.
 
 Every check costs one full argon2 verification, including for an unknown email (verified against
 a dummy hash made with the same parameters) and for a disabled account, so the response time does
@@ -14,7 +20,9 @@ not tell a caller which case it hit.
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
+import threading
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher, Type
@@ -25,14 +33,21 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 class Argon2Params:
     time_cost: int = 3
     memory_kib: int = 65536
-    parallelism: int = 4
+    parallelism: int = 1
+
+
+def default_max_concurrent() -> int:
+    return max(1, (os.cpu_count() or 2) // 2)
 
 
 class Passwords:
     """Hash and verify passwords; ``verify`` and ``hash`` run argon2 in a worker thread."""
 
-    def __init__(self, params: Argon2Params | None = None) -> None:
+    def __init__(self, params: Argon2Params | None = None, max_concurrent: int | None = None):
         self.params = params or Argon2Params()
+        # A thread semaphore, not an asyncio one: it is taken inside the worker thread, so it
+        # works whichever event loop calls in and never blocks the loop itself.
+        self._slots = threading.BoundedSemaphore(max_concurrent or default_max_concurrent())
         self._hasher = PasswordHasher(
             time_cost=self.params.time_cost,
             memory_cost=self.params.memory_kib,
@@ -44,16 +59,18 @@ class Passwords:
         self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(32))
 
     def hash_sync(self, password: str) -> str:
-        return self._hasher.hash(password)
+        with self._slots:
+            return self._hasher.hash(password)
 
     async def hash(self, password: str) -> str:
-        return await asyncio.to_thread(self._hasher.hash, password)
+        return await asyncio.to_thread(self.hash_sync, password)
 
     def _verify_sync(self, password_hash: str | None, password: str) -> bool:
-        try:
-            return self._hasher.verify(password_hash or self._dummy_hash, password)
-        except (VerifyMismatchError, VerificationError, InvalidHashError):
-            return False
+        with self._slots:
+            try:
+                return self._hasher.verify(password_hash or self._dummy_hash, password)
+            except (VerifyMismatchError, VerificationError, InvalidHashError):
+                return False
 
     async def verify(self, password_hash: str | None, password: str) -> bool:
         """True only when ``password`` matches; ``None`` verifies against the dummy hash."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from internal_auth import KeyLoadError, KeySet, load_public_keys
 
-from backend.passwords import Argon2Params
+from backend.passwords import Argon2Params, default_max_concurrent
 from tokengate import config
 from tokengate.config import ConfigError
 
@@ -23,6 +23,7 @@ class Settings:
     pool_max: int = 10
     log_level: str = "INFO"
     argon2: Argon2Params = field(default_factory=Argon2Params)
+    argon2_max_concurrent: int = field(default_factory=default_max_concurrent)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -50,6 +51,9 @@ class Settings:
             argon2=Argon2Params(
                 time_cost=config.get_int(env, "ARGON2_TIME_COST", 3, minimum=1),
                 memory_kib=config.get_int(env, "ARGON2_MEMORY_KIB", 65536, minimum=8),
-                parallelism=config.get_int(env, "ARGON2_PARALLELISM", 4, minimum=1),
+                parallelism=config.get_int(env, "ARGON2_PARALLELISM", 1, minimum=1),
+            ),
+            argon2_max_concurrent=config.get_int(
+                env, "ARGON2_MAX_CONCURRENT", default_max_concurrent(), minimum=1
             ),
         )

@@ -116,10 +116,41 @@ def test_old_hash_is_upgraded_on_successful_login(backend: Backend, migrated_dsn
     assert backend.validate(email, PASSWORD).status_code == 200
 
 
-def test_production_parameters_are_argon2id_rfc9106_low_memory() -> None:
+def test_production_parameters_are_argon2id_64mib_t3_one_lane() -> None:
     params = Argon2Params()
-    assert (params.time_cost, params.memory_kib, params.parallelism) == (3, 65536, 4)
-    assert Passwords(params).hash_sync("x" * 12).startswith("$argon2id$v=19$m=65536,t=3,p=4$")
+    assert (params.time_cost, params.memory_kib, params.parallelism) == (3, 65536, 1)
+    assert Passwords(params).hash_sync("x" * 12).startswith("$argon2id$v=19$m=65536,t=3,p=1$")
+
+
+async def test_concurrent_verifications_are_capped() -> None:
+    """A burst of logins must not take every core (the proxied traffic shares them)."""
+    import threading
+
+    passwords = Passwords(
+        Argon2Params(time_cost=1, memory_kib=8192, parallelism=1), max_concurrent=1
+    )
+    stored = passwords.hash_sync(PASSWORD)
+    running = peak = 0
+    lock = threading.Lock()
+    real = passwords._hasher
+
+    class Counting:
+        def verify(self, h: str, p: str) -> bool:
+            nonlocal running, peak
+            with lock:
+                running += 1
+                peak = max(peak, running)
+            try:
+                time.sleep(0.01)
+                return real.verify(h, p)
+            finally:
+                with lock:
+                    running -= 1
+
+    passwords._hasher = Counting()  # type: ignore[assignment]
+    results = await asyncio.gather(*(passwords.verify(stored, PASSWORD) for _ in range(6)))
+    assert all(results)
+    assert peak == 1
 
 
 async def test_verification_does_not_block_the_event_loop() -> None:
