@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 
 from backend.errors import BackendError
-from backend.passwords import Argon2Params, Passwords
+from backend.passwords import Passwords, params_from_env
 from backend.users import UserStore, check_password_policy
 from tokengate import config
 
@@ -90,15 +90,6 @@ def _password_from_stdin() -> str:
     return line.rstrip("\r\n")
 
 
-def _argon2_params() -> Argon2Params:
-    env = config.environ()
-    return Argon2Params(
-        time_cost=config.get_int(env, "ARGON2_TIME_COST", 3, minimum=1),
-        memory_kib=config.get_int(env, "ARGON2_MEMORY_KIB", 65536, minimum=8),
-        parallelism=config.get_int(env, "ARGON2_PARALLELISM", 1, minimum=1),
-    )
-
-
 async def _with_store(dsn: str) -> tuple[asyncpg.Pool, UserStore]:
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
     return pool, UserStore(pool)
@@ -107,7 +98,7 @@ async def _with_store(dsn: str) -> tuple[asyncpg.Pool, UserStore]:
 async def _create(dsn: str, email: str, password: str, roles: tuple[str, ...]) -> str:
     pool, store = await _with_store(dsn)
     try:
-        password_hash = await Passwords(_argon2_params()).hash(password)
+        password_hash = await Passwords(params_from_env(config.environ())).hash(password)
         user = await store.create(email, password_hash, roles)
         return str(user.id)
     finally:

@@ -23,10 +23,13 @@ import asyncio
 import os
 import secrets
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from tokengate import config
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,16 @@ class Argon2Params:
 
 def default_max_concurrent() -> int:
     return max(1, (os.cpu_count() or 2) // 2)
+
+
+def params_from_env(environ: Mapping[str, str]) -> Argon2Params:
+    """``ARGON2_TIME_COST``, ``ARGON2_MEMORY_KIB``, ``ARGON2_PARALLELISM``; defaults above."""
+    defaults = Argon2Params()
+    return Argon2Params(
+        time_cost=config.get_int(environ, "ARGON2_TIME_COST", defaults.time_cost, minimum=1),
+        memory_kib=config.get_int(environ, "ARGON2_MEMORY_KIB", defaults.memory_kib, minimum=8),
+        parallelism=config.get_int(environ, "ARGON2_PARALLELISM", defaults.parallelism, minimum=1),
+    )
 
 
 class Passwords:

