@@ -1,4 +1,4 @@
-"""``tokengate dev`` as a user runs it: embedded servers, login through the gateway, Ctrl-C, rerun."""
+"""`tokengate dev` as run by a user: embedded servers, login, Ctrl-C, and a rerun."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def _free_port() -> int:
 
 
 def _start(data: Path, gateway_port: int, backend_port: int) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(  # noqa: S603 - fixed argv
+    proc = subprocess.Popen(
         [
             sys.executable, "-m", "tokengate.cli", "dev",
             "--data-dir", str(data),
