@@ -7,18 +7,15 @@ it is a test double for a *service*, while PostgreSQL and Redis are the real ser
 
 from __future__ import annotations
 
-import asyncio
-import importlib.util
 import itertools
 import logging
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import httpx
 import pytest
 from internal_auth import (
@@ -50,28 +47,17 @@ JWT_RE = re.compile(r"eyJ[\w-]+\.eyJ[\w-]+\.[\w-]+")
 _counter = itertools.count()
 
 
+def as_role(dsn: str, role: str) -> str:
+    """The same database, connecting as ``role`` (the test server trusts local connections)."""
+    parts = urlsplit(dsn)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{role}@{host}"))
+
+
 @pytest.fixture(scope="session")
-def gateway_dsn(request: pytest.FixtureRequest, pg_dsn: str) -> str:
-    """The session database with the gateway's tables.
-
-    Uses the shared ``migrated_dsn`` when the migration runner exists; until then applies the
-    ``db/*.sql`` files directly (same files, same order).
-    """
-    if importlib.util.find_spec("tokengate.migrate") is None:
-        files = sorted((Path(__file__).parents[2] / "db").glob("*.sql"))
-
-        async def apply() -> None:
-            conn = await asyncpg.connect(pg_dsn)
-            try:
-                for f in files:
-                    await conn.execute(f.read_text())
-            finally:
-                await conn.close()
-
-        asyncio.run(apply())
-        return pg_dsn
-    dsn: str = request.getfixturevalue("migrated_dsn")
-    return dsn
+def gateway_dsn(migrated_dsn: str) -> str:
+    """The migrated session database as the gateway's own role, so the grants are tested too."""
+    return as_role(migrated_dsn, "tokengate_gateway")
 
 
 @pytest.fixture(scope="session")
