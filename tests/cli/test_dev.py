@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -102,3 +103,33 @@ def test_dev_runs_stops_on_ctrl_c_and_reuses_its_data(tmp_path: Path) -> None:
     finally:
         assert _stop(proc) == 0
     assert {path.name: path.read_bytes() for path in sorted(secrets_dir.iterdir())} == before
+
+
+def test_dev_uses_the_given_database_and_redis(
+    tmp_path: Path, new_database: object, redis_url: str, redis_prefix: str
+) -> None:
+    dsn = new_database()  # type: ignore[operator]
+    gateway_port, backend_port = _free_port(), _free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": dsn,
+        "REDIS_URL": redis_url,
+        "REDIS_KEY_PREFIX": redis_prefix,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tokengate.cli", "dev", "--data-dir", str(tmp_path / "data"),
+         "--gateway-port", str(gateway_port), "--backend-port", str(backend_port),
+         "--demo-email", "dev@example.test", "--demo-password", PASSWORD],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if "demo user:" in line:
+                break
+        assert _login(gateway_port).status_code == 200
+    finally:
+        assert _stop(proc) == 0
+    # nothing embedded was started: no cluster or Redis data in the folder
+    assert not (tmp_path / "data" / "postgres").exists()
+    assert not (tmp_path / "data" / "redis").exists()
