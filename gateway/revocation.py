@@ -44,6 +44,7 @@ class RevokedSessions:
         self._pending: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
+        self._stopping = False
         self.connected = False
 
     def __contains__(self, sid: object) -> bool:
@@ -75,11 +76,18 @@ class RevokedSessions:
             log_event(logger, "revocation_listener_unavailable", logging.WARNING)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopping = True
+        task.cancel()
+        # A cancellation that lands while redis-py's own read timeout fires inside
+        # get_message() can be swallowed (asyncio.timeout on Python 3.11), and awaiting the task
+        # would then hang shutdown forever. The flag ends the loop at its next turn (within the
+        # 1 s poll) either way, and the wait is bounded regardless.
+        done, _ = await asyncio.wait({task}, timeout=_RECONNECT_DELAY + 2.0)
+        if not done:
+            log_event(logger, "revocation_listener_stuck", logging.WARNING)
 
     async def revoke(self, sids: Iterable[str]) -> None:
         """Deny the families locally now, then tell every other instance through Redis."""
@@ -122,7 +130,7 @@ class RevokedSessions:
             self._local.pop(sid, None)
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             pubsub = self._client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)
@@ -132,7 +140,7 @@ class RevokedSessions:
                 self._subscribed.set()
                 log_event(logger, "revocation_listener_ready", revoked=len(self._local))
                 last_prune = time.monotonic()
-                while True:
+                while not self._stopping:
                     message = await pubsub.get_message(timeout=1.0)
                     if self._pending:
                         # a revocation made during a blip that the listener did not notice

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from starlette.requests import Request
 
@@ -182,3 +184,29 @@ async def test_sessions_keep_working_and_revocation_applies_locally_when_redis_i
         # revocation still takes effect on this instance at once (queued for Redis)
         assert (await client.post("/api/v1/auth/logout-all", headers=auth)).status_code == 204
         assert (await client.get("/api/v1/auth/sessions", headers=auth)).status_code == 401
+
+
+async def test_redis_keys_live_under_the_configured_prefix(
+    gateway: Harness, env: dict[str, str], backend: FakeBackend
+) -> None:
+    prefix = env["REDIS_KEY_PREFIX"]
+    async with gateway(env) as client:
+        response = await login(client, backend.add_user())
+        access = response.json()["access_token"]
+        await client.post("/api/v1/auth/logout-all", headers={"Authorization": f"Bearer {access}"})
+        redis = client.app.state.redis
+        # An explicit SCAN loop: redis-py's asyncio scan_iter sometimes never returned here
+        # (seen with redis-py 7.4 on a keyspace of a few dozen keys); plain SCAN never did.
+        cursor, found = 0, []
+        while True:
+            cursor, batch = await asyncio.wait_for(
+                redis.scan(cursor, match=f"{prefix}*", count=1000), 5
+            )
+            found += batch
+            if cursor == 0:
+                break
+    keys = sorted(k.decode() for k in found)
+    assert f"{prefix}revoked:sids" in keys
+    assert sum(k.startswith(f"{prefix}ratelimit:") and "/login-" in k for k in keys) == 2
+    # nothing this app wrote lives outside the prefix
+    assert all(k.startswith(prefix) for k in keys)
