@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import uuid
 from collections.abc import AsyncIterator
 
@@ -33,11 +32,11 @@ from backend.passwords import Passwords
 from backend.settings import Settings
 from backend.users import UserStore, check_credentials
 from backend.validation import int_param, json_object, string_field, uuid_path
-from tokengate.logs import configure_logging, log_event, request_id_var
+from tokengate.http_errors import error_response, http_exception
+from tokengate.logs import configure_logging, log_event, request_id_from, request_id_var
 
 logger = logging.getLogger("backend.app")
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # Failures that mean "PostgreSQL is not reachable right now": a 503 with Retry-After, not a 500.
 _DB_ERRORS: tuple[type[Exception], ...] = (
     OSError,
@@ -59,13 +58,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = None
-        for name, value in scope["headers"]:
-            if name == b"x-request-id":
-                text = value.decode("latin-1")
-                rid = text if _REQUEST_ID.match(text) else None
-                break
-        token = request_id_var.set(rid or uuid.uuid4().hex)
+        token = request_id_var.set(request_id_from(scope["headers"]))
         try:
             await self.app(scope, receive, send)
         finally:
@@ -179,26 +172,10 @@ async def readyz(request: Request) -> Response:
 
 # --- errors -------------------------------------------------------------------------------
 
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
-
 
 async def backend_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, BackendError)
-    return JSONResponse(
-        {"error": {"code": exc.code, "message": exc.message}},
-        status_code=exc.status,
-        headers=exc.headers,
-    )
-
-
-async def http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    code = _HTTP_CODES.get(exc.status_code, "error")
-    return JSONResponse(
-        {"error": {"code": code, "message": code.replace("_", " ")}},
-        status_code=exc.status_code,
-        headers=exc.headers,
-    )
+    return error_response(exc.status, exc.code, exc.message, exc.headers)
 
 
 async def database_error(request: Request, exc: Exception) -> Response:
@@ -209,9 +186,7 @@ async def database_error(request: Request, exc: Exception) -> Response:
 async def unexpected_error(request: Request, exc: Exception) -> Response:
     # The type only: a traceback in a response or a log line can carry request data.
     log_event(logger, "unhandled_error", logging.ERROR, exc_type=type(exc).__name__)
-    return JSONResponse(
-        {"error": {"code": "internal_error", "message": "internal error"}}, status_code=500
-    )
+    return error_response(500, "internal_error", "internal error")
 
 
 def create_app(settings: Settings, *, passwords: Passwords | None = None) -> Starlette:
@@ -270,7 +245,7 @@ def create_app(settings: Settings, *, passwords: Passwords | None = None) -> Sta
     ]
     handlers = {
         BackendError: backend_error,
-        HTTPException: http_error,
+        HTTPException: http_exception,
         Exception: unexpected_error,
         **dict.fromkeys(_DB_ERRORS, database_error),
     }

@@ -43,18 +43,12 @@ from gateway.sessions import Ledger
 from gateway.settings import Settings
 from gateway.tokens import TokenService
 from tokengate.config import ConfigError
+from tokengate.http_errors import http_exception
 from tokengate.logs import log_event
 
 logger = logging.getLogger("gateway.app")
 
 DEMO_DIR = Path(__file__).parent / "static" / "demo"
-
-_HTTP_CODES = {
-    400: "bad_request",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "payload_too_large",
-}
 
 
 async def gateway_error(request: Request, exc: Exception) -> Response:
@@ -68,16 +62,6 @@ async def gateway_error(request: Request, exc: Exception) -> Response:
         secure = cookie_secure(request, request.app.state.settings.cookie_secure)
         clear_refresh_cookie(response, secure=secure)
     return response
-
-
-async def http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    code = _HTTP_CODES.get(exc.status_code, "error")
-    return JSONResponse(
-        {"error": {"code": code, "message": code.replace("_", " ")}},
-        status_code=exc.status_code,
-        headers=exc.headers,
-    )
 
 
 async def healthz(request: Request) -> Response:
@@ -209,7 +193,7 @@ def create_app(
                 max_age=600,
             ),
         ],
-        exception_handlers={GatewayError: gateway_error, HTTPException: http_error},
+        exception_handlers={GatewayError: gateway_error, HTTPException: http_exception},
         lifespan=lifespan,
     )
     app.state.settings = settings

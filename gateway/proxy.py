@@ -39,12 +39,11 @@ from gateway.errors import (
 )
 from gateway.forwarding import client_ip, request_headers, request_scheme, response_headers
 from gateway.paths import backend_path
-from gateway.request_id import new_request_id
 from gateway.settings import Settings
 from gateway.tokens import TokenService
 from gateway.user_limit import UserLimit
 from gateway.verified_tokens import VerifiedTokens
-from tokengate.logs import log_event
+from tokengate.logs import log_event, new_request_id
 
 logger = logging.getLogger("gateway.proxy")
 

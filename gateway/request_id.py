@@ -8,35 +8,22 @@ values, quotes) is replaced by a fresh random id rather than cleaned up.
 
 from __future__ import annotations
 
-import re
-import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from tokengate.logs import request_id_var
+from tokengate.logs import (
+    REQUEST_ID_HEADER,
+    request_id_from,
+    request_id_var,
+)
 
-HEADER = b"x-request-id"
-_WELL_FORMED = re.compile(rb"[A-Za-z0-9._-]{1,64}")
+HEADER = REQUEST_ID_HEADER
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-def new_request_id() -> str:
-    return secrets.token_hex(16)
-
-
-def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
-    """The client's ``X-Request-Id`` when well-formed, else a new one."""
-    for name, value in headers:
-        if name == HEADER:
-            if _WELL_FORMED.fullmatch(value):
-                return value.decode("ascii")
-            break
-    return new_request_id()
 
 
 class RequestIdMiddleware:

@@ -11,8 +11,11 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
+import secrets
 import sys
 import time
+from collections.abc import Iterable
 from typing import Any
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -38,6 +41,26 @@ class JsonFormatter(logging.Formatter):
             # The type only: a traceback can carry local values (tokens, passwords).
             data["exc_type"] = record.exc_info[0].__name__
         return json.dumps(data, default=str, separators=(",", ":"))
+
+
+REQUEST_ID_HEADER = b"x-request-id"
+# The id lands in log lines and in a header to the backend, so only short, harmless values are
+# kept; anything else (newlines for log injection, huge values, quotes) is replaced, not cleaned.
+_WELL_FORMED_REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
+
+
+def new_request_id() -> str:
+    return secrets.token_hex(16)
+
+
+def request_id_from(headers: Iterable[tuple[bytes, bytes]]) -> str:
+    """The caller's ``X-Request-Id`` when well-formed, else a new one."""
+    for name, value in headers:
+        if name == REQUEST_ID_HEADER:
+            if _WELL_FORMED_REQUEST_ID.fullmatch(value):
+                return value.decode("ascii")
+            break
+    return new_request_id()
 
 
 def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **fields: Any) -> None:
