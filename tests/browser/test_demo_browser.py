@@ -14,6 +14,7 @@ import json
 import shutil
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -245,7 +246,12 @@ def test_access_token_refreshes_before_expiry_and_after_a_401(
         assert refreshes() == 0
         # ...but refreshed by the time it would expire (the refresh cookie rotates too)
         page.clock.run_for("00:50")
-        page.wait_for_function("document.body.dataset.refreshes === '1'")
+        # polled from Python: wait_for_function evaluates its predicate with eval(), which the
+        # page's Content-Security-Policy (rightly) refuses whenever the first check is false
+        deadline = time.monotonic() + TIMEOUT_MS / 1000
+        while refreshes() != 1:
+            assert time.monotonic() < deadline, "the page did not refresh its access token"
+            time.sleep(0.05)
         assert context.cookies(stack.gateway_url + "/api/v1/auth/") != cookie_before
 
         # the API says 401 once (as for an expired token): the page refreshes and retries once
