@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 from internal_auth import InternalAuthMiddleware, Principal, Scope, Verifier, get_principal
+from servicekit.http_errors import error_response, http_exception
+from servicekit.logs import configure_logging, log_event, request_id_from, request_id_var
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -32,8 +34,6 @@ from backend.passwords import Passwords
 from backend.settings import Settings
 from backend.users import UserStore, check_credentials
 from backend.validation import int_param, json_object, string_field, uuid_path
-from tokengate.http_errors import error_response, http_exception
-from tokengate.logs import configure_logging, log_event, request_id_from, request_id_var
 
 logger = logging.getLogger("backend.app")
 

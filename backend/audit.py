@@ -10,8 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from internal_auth import Reason
-
-from tokengate.logs import log_event
+from servicekit.logs import log_event
 
 logger = logging.getLogger("backend.audit")
 

@@ -1,4 +1,4 @@
-"""``tokengate migrate``, ``tokengate users create|disable`` and ``tokengate backend``."""
+"""``tokengate users create|disable`` and ``tokengate backend``."""
 
 from __future__ import annotations
 
@@ -8,24 +8,14 @@ import sys
 from typing import Any
 
 import asyncpg
+from servicekit import config
 
 from backend.errors import BackendError
 from backend.passwords import Passwords, params_from_env
 from backend.users import UserStore, check_password_policy
-from tokengate import config
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    migrate = sub.add_parser("migrate", help="apply pending database migrations from db/")
-    migrate.add_argument("--database-url", help="PostgreSQL DSN (default: $DATABASE_URL)")
-    migrate.add_argument(
-        "--set-role-passwords",
-        action="store_true",
-        help="also set the service roles' passwords from TOKENGATE_BACKEND_DB_PASSWORD and "
-        "TOKENGATE_GATEWAY_DB_PASSWORD (or their _FILE forms)",
-    )
-    migrate.set_defaults(func=_migrate)
-
     users = sub.add_parser("users", help="manage backend users")
     actions = users.add_subparsers(dest="users_command", required=True, metavar="ACTION")
     create = actions.add_parser("create", help="add a user (password read from standard input)")
@@ -51,36 +41,6 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 def _database_url(args: argparse.Namespace) -> str:
     url = getattr(args, "database_url", None)
     return url or config.get_str(config.environ(), "DATABASE_URL")
-
-
-def _migrate(args: argparse.Namespace) -> int:
-    from tokengate.migrate import (
-        ROLE_PASSWORD_VARIABLES,
-        MigrationError,
-        migrate,
-        set_role_passwords,
-    )
-
-    dsn = _database_url(args)
-    passwords: dict[str, str] = {}
-    if args.set_role_passwords:
-        for role, variable in ROLE_PASSWORD_VARIABLES.items():
-            value = config.env_or_file(config.environ(), variable)
-            assert value is not None
-            passwords[role] = value
-    try:
-        applied = asyncio.run(migrate(dsn))
-        changed = asyncio.run(set_role_passwords(dsn, passwords)) if passwords else []
-    except (MigrationError, OSError, asyncpg.PostgresError) as exc:
-        print(f"tokengate migrate: {exc}", file=sys.stderr)
-        return 1
-    for name in applied:
-        print(f"applied {name}")
-    if not applied:
-        print("database is up to date")
-    for role in changed:
-        print(f"set password for role {role}")
-    return 0
 
 
 def _password_from_stdin() -> str:

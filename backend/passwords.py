@@ -28,8 +28,7 @@ from dataclasses import dataclass
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-
-from tokengate import config
+from servicekit import config
 
 
 @dataclass(frozen=True)

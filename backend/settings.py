@@ -6,10 +6,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from internal_auth import KeyLoadError, KeySet, load_public_keys
+from servicekit import config
+from servicekit.config import ConfigError
 
 from backend.passwords import Argon2Params, default_max_concurrent, params_from_env
-from tokengate import config
-from tokengate.config import ConfigError
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 The path is logged without its query string (queries can carry personal data) and the user id is
 whatever the handler put at ``scope["state"]["user_id"]`` once the caller was authenticated. The
-request id comes with every line through :data:`tokengate.logs.request_id_var`, so this middleware
+request id comes with every line through :data:`servicekit.logs.request_id_var`, so this middleware
 sits inside :class:`gateway.request_id.RequestIdMiddleware`.
 """
 
@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from tokengate.logs import log_event
+from servicekit.logs import log_event
 
 logger = logging.getLogger("gateway.access")
 

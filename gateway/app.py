@@ -20,6 +20,9 @@ import asyncpg
 import httpx
 import redis.asyncio as aioredis
 from internal_auth import KeyLoadError, Minter, load_private_key
+from servicekit.config import ConfigError
+from servicekit.http_errors import http_exception
+from servicekit.logs import log_event
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -42,9 +45,6 @@ from gateway.security_headers import SecurityHeadersMiddleware
 from gateway.sessions import Ledger
 from gateway.settings import Settings
 from gateway.tokens import TokenService
-from tokengate.config import ConfigError
-from tokengate.http_errors import http_exception
-from tokengate.logs import log_event
 
 logger = logging.getLogger("gateway.app")
 

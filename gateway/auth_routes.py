@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
+from servicekit.logs import log_event
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -40,7 +41,6 @@ from gateway.ratelimit import account_key
 from gateway.sessions import IssuedRefresh, Ledger, Outcome
 from gateway.settings import Settings
 from gateway.tokens import AccessClaims, TokenService
-from tokengate.logs import log_event
 
 logger = logging.getLogger("gateway.auth")
 

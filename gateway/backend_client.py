@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import httpx
 from internal_auth import HEADER, Minter, Scope
+from servicekit.logs import log_event, request_id_var
 
 from gateway.errors import BadGateway, InvalidCredentials, ServiceUnavailable
-from tokengate.logs import log_event, request_id_var
 
 logger = logging.getLogger("gateway.backend_client")
 

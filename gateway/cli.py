@@ -16,11 +16,11 @@ from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
+from servicekit.config import ConfigError
 
 from gateway.revocation import RevokedSessions
 from gateway.sessions import Ledger
 from gateway.settings import OperatorSettings, Settings
-from tokengate.config import ConfigError
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -49,9 +49,9 @@ def _user_args(parser: argparse.ArgumentParser, *, required: bool) -> Any:
 
 def _run_gateway(args: argparse.Namespace) -> int:
     import uvicorn
+    from servicekit.logs import configure_logging
 
     from gateway.app import create_app
-    from tokengate.logs import configure_logging
 
     settings = Settings.from_env(os.environ)
     configure_logging(settings.log_level)

@@ -24,6 +24,7 @@ from typing import Any
 
 import aiohttp
 from internal_auth import Scope as TokenScope
+from servicekit.logs import log_event, new_request_id
 from starlette.exceptions import HTTPException
 from starlette.routing import Match, Route
 from yarl import URL
@@ -43,7 +44,6 @@ from gateway.settings import Settings
 from gateway.tokens import TokenService
 from gateway.user_limit import UserLimit
 from gateway.verified_tokens import VerifiedTokens
-from tokengate.logs import log_event, new_request_id
 
 logger = logging.getLogger("gateway.proxy")
 

@@ -30,13 +30,13 @@ from typing import Any
 from limits import RateLimitItem
 from limits import parse as parse_limit
 from redis.exceptions import RedisError
+from servicekit.logs import log_event
 from slowapi import Limiter
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from gateway.errors import RateLimited, ServiceUnavailable
 from gateway.settings import Network, Settings
-from tokengate.logs import log_event
 
 logger = logging.getLogger("gateway.ratelimit")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from tokengate.logs import (
+from servicekit.logs import (
     REQUEST_ID_HEADER,
     request_id_from,
     request_id_var,
@@ -29,7 +29,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 class RequestIdMiddleware:
     """Pick the request id, expose it to logs and handlers, and return it to the client.
 
-    The id is in :data:`tokengate.logs.request_id_var` for log lines and in
+    The id is in :data:`servicekit.logs.request_id_var` for log lines and in
     ``scope["state"]["request_id"]`` (``request.state.request_id``) for code that forwards it.
     """
 

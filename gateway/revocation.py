@@ -25,8 +25,7 @@ from collections.abc import Iterable
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
-
-from tokengate.logs import log_event
+from servicekit.logs import log_event
 
 logger = logging.getLogger("gateway.revocation")
 

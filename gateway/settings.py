@@ -11,8 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from limits import parse as parse_limit
-
-from tokengate.config import (
+from servicekit.config import (
     ConfigError,
     env_or_file,
     get_bool,

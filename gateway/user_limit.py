@@ -18,9 +18,9 @@ import time
 from limits import RateLimitItem, parse
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import FixedWindowRateLimiter
+from servicekit.logs import log_event
 
 from gateway.errors import RateLimited
-from tokengate.logs import log_event
 
 logger = logging.getLogger("gateway.user_limit")
 

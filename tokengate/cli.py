@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from tokengate.config import ConfigError
+from servicekit.config import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,11 +14,12 @@ def build_parser() -> argparse.ArgumentParser:
     # embedded stack) cannot stop the other commands from loading.
     from backend import cli as backend_cli
     from gateway import cli as gateway_cli
-    from tokengate import dev, keys
+    from tokengate import dev, keys, migrate
 
     parser = argparse.ArgumentParser(prog="tokengate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     keys.register(sub)
+    migrate.register(sub)
     backend_cli.register(sub)
     gateway_cli.register(sub)
     dev.register(sub)

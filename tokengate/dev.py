@@ -28,8 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
-from tokengate.config import ConfigError
+from servicekit.config import ConfigError
 
 SECRET_FILES = ("internal_jwt_private_key.pem", "jwt_access_secret", "jwt_refresh_secret")
 START_TIMEOUT = 60.0

@@ -7,11 +7,16 @@ nothing. The files themselves are idempotent too, so a database migrated by hand
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import os
 import re
+import sys
 from pathlib import Path
+from typing import Any
 
 import asyncpg
+from servicekit import config
 
 # Any fixed 64-bit number works; it only has to be the same for every migrate run.
 _LOCK_ID = 0x746F6B656E67  # "tokeng"
@@ -107,3 +112,38 @@ async def set_role_passwords(dsn: str, passwords: dict[str, str]) -> list[str]:
     finally:
         await conn.close()
     return changed
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    parser = sub.add_parser("migrate", help="apply pending database migrations from db/")
+    parser.add_argument("--database-url", help="PostgreSQL DSN (default: $DATABASE_URL)")
+    parser.add_argument(
+        "--set-role-passwords",
+        action="store_true",
+        help="also set the service roles' passwords from TOKENGATE_BACKEND_DB_PASSWORD and "
+        "TOKENGATE_GATEWAY_DB_PASSWORD (or their _FILE forms)",
+    )
+    parser.set_defaults(func=_migrate)
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    dsn = args.database_url or config.get_str(config.environ(), "DATABASE_URL")
+    passwords: dict[str, str] = {}
+    if args.set_role_passwords:
+        for role, variable in ROLE_PASSWORD_VARIABLES.items():
+            value = config.env_or_file(config.environ(), variable)
+            assert value is not None
+            passwords[role] = value
+    try:
+        applied = asyncio.run(migrate(dsn))
+        changed = asyncio.run(set_role_passwords(dsn, passwords)) if passwords else []
+    except (MigrationError, OSError, asyncpg.PostgresError) as exc:
+        print(f"tokengate migrate: {exc}", file=sys.stderr)
+        return 1
+    for name in applied:
+        print(f"applied {name}")
+    if not applied:
+        print("database is up to date")
+    for role in changed:
+        print(f"set password for role {role}")
+    return 0

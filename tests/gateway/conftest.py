@@ -27,6 +27,7 @@ from internal_auth import (
     generate_private_key,
     get_principal,
 )
+from servicekit.logs import JsonFormatter
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -35,7 +36,6 @@ from starlette.routing import Route
 
 from gateway.app import create_app
 from gateway.settings import Settings
-from tokengate.logs import JsonFormatter
 
 ACCESS_SECRET = "access-secret-for-tests-0123456789abcdef"
 REFRESH_SECRET = "refresh-secret-for-tests-0123456789abcdef"

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from servicekit.config import ConfigError
 
 from gateway.app import create_app
 from gateway.settings import Settings
-from tokengate.config import ConfigError
 
 
 def test_defaults(env: dict[str, str]) -> None:

@@ -1,0 +1,9 @@
+"""servicekit: the run-time helpers both services share, one implementation each.
+
+Library layer: it imports nothing from ``gateway``, ``backend`` or ``tokengate`` (a test walks the
+tree and fails when an import goes the wrong way). Modules:
+
+- :mod:`servicekit.config`: settings from the environment, ``*_FILE`` forms, :class:`ConfigError`;
+- :mod:`servicekit.logs`: structured JSON log lines and the request id context;
+- :mod:`servicekit.http_errors`: the JSON error body ``{"error": {"code", "message"}}``.
+"""

@@ -1,0 +1,69 @@
+"""Imports run one way: libraries <- services <- command line (DESIGN: packages and layers).
+
+Every module of the tree is parsed (not imported, so a lazy import inside a function counts too)
+and each ``import`` of a project package is checked against the layer table below.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: package -> (folder, layer rank). A module may import packages of a lower rank and its own
+#: package; two packages of the same rank never import each other (the services are independent,
+#: and so are the libraries).
+PACKAGES = {
+    "internal_auth": (ROOT / "libs" / "internal_auth", 0),
+    "servicekit": (ROOT / "libs" / "servicekit", 0),
+    "gateway": (ROOT / "gateway", 1),
+    "backend": (ROOT / "backend", 1),
+    "tokengate": (ROOT / "tokengate", 2),
+}
+
+
+def _imported_packages(tree: ast.AST) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found & set(PACKAGES)
+
+
+def _violations() -> list[str]:
+    problems = []
+    for package, (folder, rank) in PACKAGES.items():
+        for path in sorted(folder.rglob("*.py")):
+            tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+            for target in sorted(_imported_packages(tree) - {package}):
+                if PACKAGES[target][1] >= rank:
+                    problems.append(f"{path.relative_to(ROOT)} imports {target}")
+    return problems
+
+
+def test_imports_run_one_way() -> None:
+    assert _violations() == []
+
+
+@pytest.mark.parametrize(
+    ("package", "source", "allowed"),
+    [
+        ("servicekit", "import gateway.app\n", False),
+        ("internal_auth", "from servicekit import logs\n", False),
+        ("gateway", "from backend.users import UserStore\n", False),
+        ("backend", "import tokengate.migrate\n", False),
+        ("gateway", "from servicekit.logs import log_event\n", True),
+        ("tokengate", "from gateway.app import create_app\n", True),
+    ],
+)
+def test_layer_rule(package: str, source: str, allowed: bool) -> None:
+    """The checker itself: it must flag an upward or sideways import and pass a downward one."""
+    rank = PACKAGES[package][1]
+    targets = _imported_packages(ast.parse(source)) - {package}
+    assert targets
+    assert all(PACKAGES[t][1] < rank for t in targets) is allowed
