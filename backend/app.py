@@ -14,8 +14,8 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 
-import asyncpg
 from internal_auth import InternalAuthMiddleware, Principal, Scope, Verifier, get_principal
+from servicekit import db
 from servicekit.http_errors import error_response, http_exception
 from servicekit.logs import configure_logging, log_event, request_id_from, request_id_var
 from starlette.applications import Starlette
@@ -36,16 +36,6 @@ from backend.users import UserStore, check_credentials
 from backend.validation import int_param, json_object, string_field, uuid_path
 
 logger = logging.getLogger("backend.app")
-
-# Failures that mean "PostgreSQL is not reachable right now": a 503 with Retry-After, not a 500.
-_DB_ERRORS: tuple[type[Exception], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.InterfaceError,
-    asyncpg.TooManyConnectionsError,
-)
 
 
 class RequestIdMiddleware:
@@ -179,7 +169,9 @@ async def backend_error(request: Request, exc: Exception) -> Response:
 
 
 async def database_error(request: Request, exc: Exception) -> Response:
-    log_event(logger, "database_unavailable", logging.ERROR, exc_type=type(exc).__name__)
+    if not db.is_unavailable(exc):
+        return await unexpected_error(request, exc)
+    request.app.state.db_outages.record(exc, path=request.url.path)
     return await backend_error(request, ServiceUnavailable())
 
 
@@ -202,15 +194,9 @@ def create_app(settings: Settings, *, passwords: Passwords | None = None) -> Sta
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        # min_size=0: the service starts (and answers /readyz with 503) while PostgreSQL is
-        # down, and connects once it comes back.
-        pool = await asyncpg.create_pool(
-            settings.database_url,
-            min_size=0,
-            max_size=settings.pool_max,
-            command_timeout=10,
-            timeout=3,
-        )
+        # DB_POOL_MIN defaults to 0: the service starts (and answers /readyz with 503) while
+        # PostgreSQL is down, and connects once it comes back.
+        pool = await db.Database.connect(settings.database_url, settings.pool)
         app.state.pool = pool
         app.state.users = UserStore(pool)
         app.state.notes = NoteStore(pool)
@@ -247,11 +233,13 @@ def create_app(settings: Settings, *, passwords: Passwords | None = None) -> Sta
         BackendError: backend_error,
         HTTPException: http_exception,
         Exception: unexpected_error,
-        **dict.fromkeys(_DB_ERRORS, database_error),
+        **dict.fromkeys(db.UNAVAILABLE, database_error),
     }
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=middleware,
         exception_handlers=handlers,
         lifespan=lifespan,
     )
+    app.state.db_outages = db.Outages(logger)
+    return app

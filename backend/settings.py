@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from internal_auth import KeyLoadError, KeySet, load_public_keys
 from servicekit import config
 from servicekit.config import ConfigError
+from servicekit.db import PoolSettings
 
 from backend.passwords import Argon2Params, default_max_concurrent, params_from_env
 
@@ -19,8 +20,7 @@ class Settings:
     gateway_id: str = "tokengate-gateway"
     backend_id: str = "tokengate-backend"
     leeway: int = 5
-    pool_min: int = 1
-    pool_max: int = 10
+    pool: PoolSettings = field(default_factory=PoolSettings)
     log_level: str = "INFO"
     argon2: Argon2Params = field(default_factory=Argon2Params)
     argon2_max_concurrent: int = field(default_factory=default_max_concurrent)
@@ -35,18 +35,13 @@ class Settings:
         except KeyLoadError as exc:
             # The backend must never hold signing material; load_public_keys refuses it.
             raise ConfigError(f"INTERNAL_JWT_PUBLIC_KEY: {exc}") from None
-        pool_min = config.get_int(env, "DB_POOL_MIN", 1)
-        pool_max = config.get_int(env, "DB_POOL_MAX", 10, minimum=1)
-        if pool_min > pool_max:
-            raise ConfigError("DB_POOL_MIN must not exceed DB_POOL_MAX")
         return cls(
             database_url=config.get_str(env, "DATABASE_URL"),
             public_keys=keys,
             gateway_id=config.get_str(env, "GATEWAY_ID", "tokengate-gateway"),
             backend_id=config.get_str(env, "BACKEND_ID", "tokengate-backend"),
             leeway=config.get_int(env, "INTERNAL_TOKEN_LEEWAY", 5),
-            pool_min=pool_min,
-            pool_max=pool_max,
+            pool=PoolSettings.from_env(env),
             log_level=config.get_str(env, "LOG_LEVEL", "INFO"),
             argon2=params_from_env(env),
             argon2_max_concurrent=config.get_int(

@@ -16,10 +16,10 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import httpx
 import redis.asyncio as aioredis
 from internal_auth import KeyLoadError, Minter, load_private_key
+from servicekit import db
 from servicekit.config import ConfigError
 from servicekit.http_errors import http_exception
 from servicekit.logs import log_event
@@ -119,9 +119,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        pool = await asyncpg.create_pool(
-            settings.database_url, min_size=1, max_size=10, command_timeout=10
-        )
+        pool = await db.Database.connect(settings.database_url, settings.pool)
         # health checks make a silently dead pub/sub connection fail (and so reconnect and
         # reload the revocation set) instead of waiting forever for messages
         redis_client = aioredis.from_url(
@@ -197,6 +195,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.db_outages = db.Outages(logger)
     app.state.tokens = tokens
     app.state.minter = minter
     return app

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import asyncpg
+from servicekit import db
 from servicekit.logs import log_event
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -51,19 +51,18 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
-# What a lost PostgreSQL connection looks like from asyncpg: map to 503, never 500.
-_DB_DOWN = (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError, TimeoutError)
-
 
 def _db_guard(endpoint: Endpoint) -> Endpoint:
+    """PostgreSQL gone or too slow (:data:`servicekit.db.UNAVAILABLE`): 503, never a 500."""
+
     @functools.wraps(endpoint)
     async def wrapper(request: Request) -> Response:
         try:
             return await endpoint(request)
-        except _DB_DOWN as exc:
-            log_event(logger, "database_unavailable", logging.WARNING, error=type(exc).__name__)
-            raise ServiceUnavailable() from None
-        except asyncpg.CannotConnectNowError:
+        except db.UNAVAILABLE as exc:
+            if not db.is_unavailable(exc):
+                raise
+            request.app.state.db_outages.record(exc, path=request.url.path)
             raise ServiceUnavailable() from None
 
     return wrapper

@@ -20,6 +20,7 @@ from servicekit.config import (
     get_list,
     get_str,
 )
+from servicekit.db import PoolSettings
 
 # RFC 7518 §3.2: an HS256 key must be at least as long as the hash output (256 bits).
 MIN_SECRET_BYTES = 32
@@ -101,6 +102,7 @@ class Settings:
     proxy_connect_timeout: float = 2.0
     proxy_read_timeout: float = 30.0
     log_level: str = "INFO"
+    pool: PoolSettings = field(default_factory=PoolSettings)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -160,6 +162,7 @@ class Settings:
             proxy_connect_timeout=get_float(environ, "PROXY_CONNECT_TIMEOUT", 2.0),
             proxy_read_timeout=get_float(environ, "PROXY_READ_TIMEOUT", 30.0),
             log_level=level,
+            pool=PoolSettings.from_env(environ),
         )
 
 

@@ -1,0 +1,161 @@
+"""PostgreSQL for both services: one bounded pool, and one answer to "is the database down?".
+
+:data:`UNAVAILABLE` is every exception class that means the connection or the server went away,
+or did not answer in time; each service maps exactly these to 503 with ``Retry-After`` (never to a
+500), and nothing else. The classes are the ones the fault-injection test
+(``tests/faults/test_faults.py``) provokes by killing, restarting and stalling PostgreSQL under
+load:
+
+- the server refuses or resets connections: :class:`OSError` (``ConnectionRefusedError``, ...);
+- a fast shutdown ends sessions: ``AdminShutdownError`` (57P01), ``CannotConnectNowError``
+  (57P03) while it starts or stops, ``CrashShutdownError`` (57P02), all
+  :class:`asyncpg.OperatorInterventionError`;
+- a query in flight is cut: ``ConnectionDoesNotExistError`` (a
+  :class:`asyncpg.PostgresConnectionError`), :class:`asyncpg.InternalClientError` (the protocol
+  saw the socket close mid-message), :class:`asyncpg.InterfaceError` ("connection is closed",
+  "pool is closing");
+- too slow: :class:`TimeoutError` (pool acquire timeout, ``command_timeout``) and
+  ``QueryCanceledError`` (57014, a server-side ``statement_timeout``);
+- :class:`asyncpg.TooManyConnectionsError`.
+
+Every mapped occurrence is logged at ERROR with its class and counted (:class:`Outages`), so a
+real bug that happens to raise one of these is not silently turned into a stream of 503s.
+``InterfaceError`` subclasses that are also ``ValueError`` (bad query arguments, bad client
+configuration) are caller bugs, not outages: :func:`is_unavailable` refuses them.
+
+:class:`Database` wraps an asyncpg pool so that *waiting* is bounded too: asyncpg's own
+``Pool.fetch`` and friends acquire a connection with no timeout, so under a stalled database
+requests would queue for a free connection forever.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from servicekit.config import ConfigError, get_float, get_int
+from servicekit.logs import log_event
+
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` means PostgreSQL is unreachable, gone or too slow right now."""
+    if isinstance(exc, asyncpg.InterfaceError) and isinstance(exc, ValueError):
+        return False
+    return isinstance(exc, UNAVAILABLE)
+
+
+class Outages:
+    """Counts database failures answered with 503, by exception class, and logs each one."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def record(self, exc: BaseException, **fields: Any) -> None:
+        name = type(exc).__name__
+        self.counts[name] += 1
+        # ERROR, not WARNING: a 503 from the database is either an outage an operator must see
+        # or a bug hiding behind one of these classes.
+        log_event(
+            self._logger,
+            "database_unavailable",
+            logging.ERROR,
+            exc_type=name,
+            count=self.counts[name],
+            **fields,
+        )
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    """``DB_POOL_MIN``, ``DB_POOL_MAX`` and the three timeouts, read alike by both services."""
+
+    min_size: int = 0
+    max_size: int = 10
+    #: seconds to open one connection
+    connect_timeout: float = 3.0
+    #: seconds a request waits for a free pooled connection
+    acquire_timeout: float = 2.0
+    #: seconds one statement may run (asyncpg cancels it on the server after that)
+    command_timeout: float = 5.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], *, min_size: int = 0) -> PoolSettings:
+        low = get_int(environ, "DB_POOL_MIN", min_size)
+        high = get_int(environ, "DB_POOL_MAX", 10, minimum=1)
+        if low > high:
+            raise ConfigError("DB_POOL_MIN must not exceed DB_POOL_MAX")
+        return cls(
+            min_size=low,
+            max_size=high,
+            connect_timeout=_positive(environ, "DB_CONNECT_TIMEOUT", 3.0),
+            acquire_timeout=_positive(environ, "DB_ACQUIRE_TIMEOUT", 2.0),
+            command_timeout=_positive(environ, "DB_COMMAND_TIMEOUT", 5.0),
+        )
+
+
+def _positive(environ: Mapping[str, str], name: str, default: float) -> float:
+    value = get_float(environ, name, default)
+    if value <= 0:
+        raise ConfigError(f"{name} must be more than 0 seconds, got {value}")
+    return value
+
+
+class Database:
+    """An asyncpg pool whose every wait is bounded: connect, acquire and each statement.
+
+    It offers the pool methods the stores use (``acquire``, ``fetch``, ``fetchrow``, ``fetchval``,
+    ``execute``), so a store takes either.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, settings: PoolSettings) -> None:
+        self.pool = pool
+        self.settings = settings
+
+    @classmethod
+    async def connect(cls, dsn: str, settings: PoolSettings) -> Database:
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=settings.min_size,
+            max_size=settings.max_size,
+            timeout=settings.connect_timeout,
+            command_timeout=settings.command_timeout,
+        )
+        return cls(pool, settings)
+
+    def acquire(self) -> Any:
+        return self.pool.acquire(timeout=self.settings.acquire_timeout)
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        async with self.acquire() as conn:
+            return list(await conn.fetch(query, *args))
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        async with self.acquire() as conn:
+            return await conn.fetchrow(query, *args)
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        async with self.acquire() as conn:
+            return await conn.fetchval(query, *args)
+
+    async def execute(self, query: str, *args: Any) -> str:
+        async with self.acquire() as conn:
+            return str(await conn.execute(query, *args))
+
+    async def close(self) -> None:
+        await self.pool.close()
