@@ -14,21 +14,20 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 
-from internal_auth import InternalAuthMiddleware, Principal, Scope, Verifier, get_principal
+from internal_auth import InternalAuthMiddleware, Principal, TokenScope, Verifier, get_principal
 from servicekit import db
 from servicekit.http_errors import error_response, http_exception
-from servicekit.logs import configure_logging, log_event, request_id_from, request_id_var
+from servicekit.logs import configure_logging, log_event
+from servicekit.request_id import RequestIdMiddleware
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Send
-from starlette.types import Scope as ASGIScope
 
 from backend import audit
-from backend.errors import BackendError, Forbidden, NotFound, ServiceUnavailable, Unauthenticated
+from backend.errors import BackendError, Forbidden, NotFound, ServiceUnavailable, Unauthorized
 from backend.notes import MAX_BODY, MAX_TITLE, NoteStore
 from backend.passwords import Passwords
 from backend.settings import Settings
@@ -36,23 +35,6 @@ from backend.users import UserStore, check_credentials
 from backend.validation import int_param, json_object, string_field, uuid_path
 
 logger = logging.getLogger("backend.app")
-
-
-class RequestIdMiddleware:
-    """Carry the gateway's ``X-Request-Id`` into every log line of this request."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        token = request_id_var.set(request_id_from(scope["headers"]))
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            request_id_var.reset(token)
 
 
 def _principal_user_id(request: Request) -> tuple[Principal, uuid.UUID]:
@@ -82,7 +64,7 @@ async def me(request: Request) -> Response:
     _, user_id = _principal_user_id(request)
     user = await request.app.state.users.by_id(user_id)
     if user is None or user.disabled_at is not None:
-        raise Unauthenticated()
+        raise Unauthorized()
     return JSONResponse(user.public())
 
 
@@ -224,7 +206,10 @@ def create_app(settings: Settings, *, passwords: Passwords | None = None) -> Sta
         Middleware(
             InternalAuthMiddleware,
             verifier=verifier,
-            rules=[("/v1/", Scope.USER_REQUEST), ("/internal/auth/", Scope.AUTH_VALIDATE)],
+            rules=[
+                ("/v1/", TokenScope.USER_REQUEST),
+                ("/internal/auth/", TokenScope.AUTH_VALIDATE),
+            ],
             public_paths=("/healthz", "/readyz"),
             on_reject=audit.token_rejected,
         ),

@@ -30,7 +30,7 @@ class InvalidCredentials(BackendError):
     message = "invalid email or password"
 
 
-class Unauthenticated(BackendError):
+class Unauthorized(BackendError):
     status = 401
     code = "unauthorized"
     message = "authentication required"

@@ -29,7 +29,7 @@ from internal_auth import (
     KeySet,
     Minter,
     Principal,
-    Scope,
+    TokenScope,
     generate_private_key,
     load_private_key,
 )
@@ -50,7 +50,7 @@ class FixedPrincipal:
         now = int(time.time())
         self.principal = Principal(
             sub=sub,
-            scope=Scope.USER_REQUEST,
+            scope=TokenScope.USER_REQUEST,
             roles=("user",),
             sid=None,
             jti="bench",
@@ -160,7 +160,7 @@ def main() -> int:
                 for conns in (1, args.connections):
                     # bound to GET /v1/me and valid 60 s: minted right before each run
                     token = minter.mint(
-                        sub=user_id, scope=Scope.USER_REQUEST, htm="GET", htu="/v1/me"
+                        sub=user_id, scope=TokenScope.USER_REQUEST, htm="GET", htu="/v1/me"
                     )
                     wrk_tools.run(
                         url + "/v1/me", connections=conns, duration=1, headers={HEADER: token}

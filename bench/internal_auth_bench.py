@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from internal_auth import KeySet, Minter, Scope, Verifier, generate_private_key
+from internal_auth import KeySet, Minter, TokenScope, Verifier, generate_private_key
 
 GOAL = 1.5
 
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     request = {
         "sub": "7c6f7e39-2b0b-4a43-9a39-9d7b5f1f7e11",
-        "scope": Scope.USER_REQUEST,
+        "scope": TokenScope.USER_REQUEST,
         "htm": "GET",
         "htu": "/v1/notes/2f1d8c1e-8a51-4a0e-9d0a-6f3b2c1d0e9f",
     }
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         return minter.mint(**request, roles=["user"], sid="0b8e0f3c-51d4-4b0c-a3a3-5f0e8d2f1c7a")
 
     def verify() -> object:
-        return verifier.verify(token, scope=Scope.USER_REQUEST, htm="GET", htu=request["htu"])
+        return verifier.verify(token, scope=TokenScope.USER_REQUEST, htm="GET", htu=request["htu"])
 
     operations: dict[str, Callable[[], object]] = {
         "raw Ed25519 sign": lambda: raw_private.sign(signing_input),

@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 
 import httpx
-from internal_auth import HEADER, Minter, Scope
+from internal_auth import HEADER, Minter, TokenScope
 from servicekit.logs import log_event, request_id_var
 
 from gateway.errors import BadGateway, InvalidCredentials, ServiceUnavailable
@@ -42,7 +42,7 @@ class BackendClient:
 
     async def validate(self, email: str, password: str) -> BackendUser:
         token = self._minter.mint(
-            sub=self._gateway_id, scope=Scope.AUTH_VALIDATE, htm="POST", htu=VALIDATE_PATH
+            sub=self._gateway_id, scope=TokenScope.AUTH_VALIDATE, htm="POST", htu=VALIDATE_PATH
         )
         headers = {HEADER: token}
         rid = request_id_var.get()

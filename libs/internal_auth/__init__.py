@@ -4,18 +4,24 @@ The gateway holds an Ed25519 private key and mints one short-lived token per pro
 (:class:`Minter`); each service holds only public keys and verifies it (:class:`Verifier`,
 :class:`InternalAuthMiddleware`). Tokens are JWS compact serialisations with ``alg: EdDSA``
 (RFC 8037), ``typ: internal+jwt`` (RFC 8725 §3.11) and ``kid`` = RFC 7638 thumbprint; they bind
-the request method and path (``htm``/``htu``) and carry one :class:`Scope`.
+the request method and path (``htm``/``htu``) and carry one :class:`TokenScope`.
 
 Quick start::
 
     key = generate_private_key()
     minter = Minter(key, issuer="tokengate-gateway", audience="tokengate-backend")
-    token = minter.mint(sub=user_id, scope=Scope.USER_REQUEST, htm="GET", htu="/v1/me")
+    token = minter.mint(sub=user_id, scope=TokenScope.USER_REQUEST, htm="GET", htu="/v1/me")
 
     verifier = Verifier(KeySet([key.public_key]), issuer="tokengate-gateway",
                         audience="tokengate-backend")
-    principal = verifier.verify(token, scope=Scope.USER_REQUEST, htm="GET", htu="/v1/me")
+    principal = verifier.verify(token, scope=TokenScope.USER_REQUEST, htm="GET", htu="/v1/me")
+
+``Scope``, the old name of :class:`TokenScope`, still imports for one release with a
+:class:`DeprecationWarning`.
 """
+
+import warnings
+from typing import Any
 
 from .errors import InternalAuthError, KeyLoadError, Reason
 from .keys import (
@@ -29,7 +35,7 @@ from .keys import (
     load_public_keys_file,
 )
 from .middleware import InternalAuthMiddleware, RejectHook, get_principal
-from .scopes import Scope
+from .scopes import TokenScope
 from .tokens import HEADER, MAX_TTL, Minter, Principal, Verifier
 
 __all__ = [
@@ -45,7 +51,7 @@ __all__ = [
     "PublicKey",
     "Reason",
     "RejectHook",
-    "Scope",
+    "TokenScope",
     "Verifier",
     "generate_private_key",
     "get_principal",
@@ -54,3 +60,16 @@ __all__ = [
     "load_public_keys",
     "load_public_keys_file",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: only the removed name goes through here; every other attribute is found directly.
+    if name == "Scope":
+        warnings.warn(
+            "internal_auth.Scope is deprecated, use internal_auth.TokenScope "
+            "(Scope means the ASGI scope in an ASGI codebase); it goes in the next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return TokenScope
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

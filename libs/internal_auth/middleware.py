@@ -3,13 +3,13 @@
 Pure ASGI, so it wraps any Starlette or FastAPI app (or anything else ASGI) unchanged::
 
     from fastapi import Depends, FastAPI, Request
-    from internal_auth import InternalAuthMiddleware, Principal, Scope, get_principal
+    from internal_auth import InternalAuthMiddleware, Principal, TokenScope, get_principal
 
     app = FastAPI()
     app.add_middleware(
         InternalAuthMiddleware,
         verifier=verifier,
-        rules=[("/v1/", Scope.USER_REQUEST), ("/internal/auth/", Scope.AUTH_VALIDATE)],
+        rules=[("/v1/", TokenScope.USER_REQUEST), ("/internal/auth/", TokenScope.AUTH_VALIDATE)],
     )
 
     def principal(request: Request) -> Principal:
@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, 
 from typing import Any, Protocol
 
 from .errors import InternalAuthError, Reason
-from .scopes import Scope
+from .scopes import TokenScope
 from .tokens import HEADER, Principal, Verifier
 
 __all__ = ["InternalAuthMiddleware", "RejectHook", "get_principal"]
@@ -61,7 +61,7 @@ _FORBIDDEN = _error_body("forbidden", "Not allowed.")
 class InternalAuthMiddleware:
     """Require a valid internal token on every HTTP request except ``public_paths``.
 
-    ``rules`` maps path prefixes to the :class:`Scope` a route needs; the first matching prefix
+    ``rules`` maps path prefixes to the :class:`TokenScope` a route needs; the first matching prefix
     wins. A path matching no rule and not public is refused (fail closed): a new route is
     protected before anyone remembers to list it. The token is verified with ``htm`` =
     ``scope["method"]`` and ``htu`` = ``scope["path"]``. On success the :class:`Principal` is at
@@ -77,14 +77,14 @@ class InternalAuthMiddleware:
         app: ASGIApp,
         *,
         verifier: Verifier,
-        rules: Iterable[tuple[str, Scope]],
+        rules: Iterable[tuple[str, TokenScope]],
         public_paths: Collection[str] = ("/healthz", "/readyz"),
         on_reject: RejectHook | None = None,
     ) -> None:
         self.app = app
         self._verifier = verifier
-        self._rules: tuple[tuple[str, Scope], ...] = tuple(
-            (prefix, Scope(scope)) for prefix, scope in rules
+        self._rules: tuple[tuple[str, TokenScope], ...] = tuple(
+            (prefix, TokenScope(scope)) for prefix, scope in rules
         )
         for prefix, _ in self._rules:
             if not prefix.startswith("/"):

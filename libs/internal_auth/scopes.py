@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["Scope"]
+__all__ = ["TokenScope"]
 
 
-class Scope(enum.StrEnum):
+class TokenScope(enum.StrEnum):
     """The ``scope`` claim of an internal token (one value, RFC 9068 §2.2.3 style).
 
     Each protected route needs exactly one scope, so a token minted for one kind of call cannot be
     used for another. Add a member only for a new kind of gateway-to-service call.
+
+    Named ``TokenScope`` (not ``Scope``) because in an ASGI codebase ``Scope`` is the ASGI
+    connection scope; the old name is a deprecated alias (see :func:`internal_auth.__getattr__`).
     """
 
     #: A user's request proxied by the gateway; ``sub`` is the user id, ``sid`` their session.

@@ -21,7 +21,7 @@ from joserfc.errors import JoseError
 from ._jws import ALGORITHM, REGISTRY, TOKEN_TYPE, b64url_decode, encode_header, sign_compact
 from .errors import InternalAuthError, Reason
 from .keys import KeySet, PrivateKey, PublicKey
-from .scopes import Scope
+from .scopes import TokenScope
 
 __all__ = ["HEADER", "MAX_TTL", "Minter", "Principal", "Verifier"]
 
@@ -43,13 +43,13 @@ _ACCEPTED_TYPES = frozenset({TOKEN_TYPE, "application/" + TOKEN_TYPE})
 class Principal:
     """Who the gateway vouches for in a verified internal token.
 
-    ``sub`` is the user id for :attr:`Scope.USER_REQUEST` (the gateway id for system calls);
+    ``sub`` is the user id for :attr:`TokenScope.USER_REQUEST` (the gateway id for system calls);
     ``roles`` and ``sid`` come from the token as minted; ``jti``, ``iss``, ``iat`` and ``exp``
     are there for audit logs.
     """
 
     sub: str
-    scope: Scope
+    scope: TokenScope
     roles: tuple[str, ...]
     sid: str | None
     jti: str
@@ -98,7 +98,7 @@ class Minter:
         self,
         *,
         sub: str,
-        scope: Scope,
+        scope: TokenScope,
         htm: str,
         htu: str,
         roles: Sequence[str] = (),
@@ -119,7 +119,7 @@ class Minter:
             "iss": self._issuer,
             "aud": self._audience,
             "sub": sub,
-            "scope": Scope(scope).value,
+            "scope": TokenScope(scope).value,
             "roles": list(roles),
         }
         if sid is not None:
@@ -174,7 +174,7 @@ class Verifier:
         self._leeway = leeway
         self._clock = clock
 
-    def verify(self, token: str | bytes, *, scope: Scope, htm: str, htu: str) -> Principal:
+    def verify(self, token: str | bytes, *, scope: TokenScope, htm: str, htu: str) -> Principal:
         """Verify ``token`` for a request ``htm htu`` on a route that needs ``scope``."""
         obj = self._verified_jws(token)
         try:
@@ -235,7 +235,9 @@ class Verifier:
             raise InternalAuthError(Reason.BAD_SIGNATURE, "signature does not verify")
         return obj
 
-    def _check_claims(self, claims: dict[str, Any], scope: Scope, htm: str, htu: str) -> Principal:
+    def _check_claims(
+        self, claims: dict[str, Any], scope: TokenScope, htm: str, htu: str
+    ) -> Principal:
         iss = claims.get("iss")
         if iss is None:
             raise InternalAuthError(Reason.MISSING_CLAIM, "claim iss is missing")

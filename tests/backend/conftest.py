@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
-from internal_auth import HEADER, KeySet, Minter, Scope, generate_private_key
+from internal_auth import HEADER, KeySet, Minter, TokenScope, generate_private_key
 from starlette.testclient import TestClient
 
 from backend.app import create_app
@@ -35,7 +35,7 @@ class Backend:
         *,
         method: str,
         path: str,
-        scope: Scope = Scope.USER_REQUEST,
+        scope: TokenScope = TokenScope.USER_REQUEST,
         roles: Sequence[str] = ("user",),
     ) -> dict[str, str]:
         token = self.minter.mint(sub=sub, scope=scope, htm=method, htu=path, roles=roles)
@@ -73,7 +73,7 @@ class Backend:
 
     def validate(self, email: str, password: str) -> httpx.Response:
         path = "/internal/auth/validate"
-        headers = self.token(GATEWAY_ID, method="POST", path=path, scope=Scope.AUTH_VALIDATE)
+        headers = self.token(GATEWAY_ID, method="POST", path=path, scope=TokenScope.AUTH_VALIDATE)
         return self.client.post(path, json={"email": email, "password": password}, headers=headers)
 
 

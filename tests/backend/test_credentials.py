@@ -58,11 +58,11 @@ def test_every_bad_credential_gets_the_same_answer(backend: Backend, case: str) 
 )
 def test_malformed_validate_body_is_422(backend: Backend, body: dict[str, object]) -> None:
     path = "/internal/auth/validate"
-    from internal_auth import Scope
+    from internal_auth import TokenScope
 
     from tests.backend.conftest import GATEWAY_ID
 
-    headers = backend.token(GATEWAY_ID, method="POST", path=path, scope=Scope.AUTH_VALIDATE)
+    headers = backend.token(GATEWAY_ID, method="POST", path=path, scope=TokenScope.AUTH_VALIDATE)
     assert backend.client.post(path, json=body, headers=headers).status_code == 422
 
 

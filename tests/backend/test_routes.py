@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from internal_auth import HEADER, Scope
+from internal_auth import HEADER, TokenScope
 
 from tests.backend.conftest import GATEWAY_ID, Backend, random_id
 
@@ -59,7 +59,7 @@ def test_me_returns_the_callers_profile(backend: Backend) -> None:
 
 def test_auth_validate_scope_cannot_call_v1(backend: Backend) -> None:
     user = backend.create_user()
-    headers = backend.token(user, method="GET", path="/v1/me", scope=Scope.AUTH_VALIDATE)
+    headers = backend.token(user, method="GET", path="/v1/me", scope=TokenScope.AUTH_VALIDATE)
     response = backend.client.get("/v1/me", headers=headers)
     assert response.status_code == 403
     assert response.json()["error"]["code"] == "forbidden"
@@ -67,7 +67,7 @@ def test_auth_validate_scope_cannot_call_v1(backend: Backend) -> None:
 
 def test_user_request_scope_cannot_validate_credentials(backend: Backend) -> None:
     headers = backend.token(
-        GATEWAY_ID, method="POST", path="/internal/auth/validate", scope=Scope.USER_REQUEST
+        GATEWAY_ID, method="POST", path="/internal/auth/validate", scope=TokenScope.USER_REQUEST
     )
     response = backend.client.post(
         "/internal/auth/validate", json={"email": "a@b.c", "password": "x" * 10}, headers=headers
@@ -216,3 +216,17 @@ def test_rejected_tokens_are_audited_without_the_token(
     assert fields["reason"] == "unbound_request"
     assert fields["iss"] == GATEWAY_ID
     assert headers[HEADER] not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("sent", "kept"), [("req-123", True), ("bad\r\nid", False), ("x" * 65, False)]
+)
+def test_request_id_is_the_gateways_when_well_formed(
+    backend: Backend, sent: str, kept: bool
+) -> None:
+    # One RequestIdMiddleware (servicekit) for both services: the backend answers with the id
+    # it logged under, the gateway's own when well-formed, a fresh one otherwise.
+    response = backend.client.get("/healthz", headers={"X-Request-Id": sent})
+    rid = response.headers["x-request-id"]
+    assert (rid == sent) is kept
+    assert len(rid) == 32 or kept

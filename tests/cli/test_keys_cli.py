@@ -7,7 +7,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from internal_auth import Minter, Scope, Verifier, load_private_key, load_public_keys
+from internal_auth import Minter, TokenScope, Verifier, load_private_key, load_public_keys
 
 from tokengate import keys
 
@@ -44,10 +44,10 @@ def test_env_lines_hold_a_working_key_pair(capsys: pytest.CaptureFixture[str]) -
     private = load_private_key(env["INTERNAL_JWT_PRIVATE_KEY"])
     public = load_public_keys(env["INTERNAL_JWT_PUBLIC_KEY"])
     token = Minter(private, issuer="gw", audience="be").mint(
-        sub="u", scope=Scope.USER_REQUEST, htm="GET", htu="/v1/me"
+        sub="u", scope=TokenScope.USER_REQUEST, htm="GET", htu="/v1/me"
     )
     verifier = Verifier(public, issuer="gw", audience="be")
-    assert verifier.verify(token, scope=Scope.USER_REQUEST, htm="GET", htu="/v1/me").sub == "u"
+    assert verifier.verify(token, scope=TokenScope.USER_REQUEST, htm="GET", htu="/v1/me").sub == "u"
 
 
 def test_the_two_secrets_are_strong_and_independent(capsys: pytest.CaptureFixture[str]) -> None:

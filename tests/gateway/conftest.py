@@ -22,7 +22,7 @@ from internal_auth import (
     InternalAuthMiddleware,
     KeySet,
     PrivateKey,
-    Scope,
+    TokenScope,
     Verifier,
     generate_private_key,
     get_principal,
@@ -83,7 +83,7 @@ class FakeBackend:
                 Middleware(
                     InternalAuthMiddleware,
                     verifier=verifier,
-                    rules=[("/internal/auth/", Scope.AUTH_VALIDATE)],
+                    rules=[("/internal/auth/", TokenScope.AUTH_VALIDATE)],
                 )
             ],
         )

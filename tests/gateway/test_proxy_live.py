@@ -25,7 +25,7 @@ from internal_auth import (
     InternalAuthMiddleware,
     KeySet,
     PrivateKey,
-    Scope,
+    TokenScope,
     Verifier,
     get_principal,
 )
@@ -62,7 +62,7 @@ class Upstream:
                 Middleware(
                     InternalAuthMiddleware,
                     verifier=verifier,
-                    rules=[("/v1/", Scope.USER_REQUEST)],
+                    rules=[("/v1/", TokenScope.USER_REQUEST)],
                 )
             ],
         )

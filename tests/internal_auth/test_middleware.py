@@ -13,7 +13,7 @@ from internal_auth import (
     InternalAuthMiddleware,
     Minter,
     Reason,
-    Scope,
+    TokenScope,
     Verifier,
     get_principal,
 )
@@ -57,7 +57,10 @@ def build_app(verifier: Verifier, rejections: list[tuple[Reason, str, str | None
             Middleware(
                 InternalAuthMiddleware,
                 verifier=verifier,
-                rules=[("/v1/", Scope.USER_REQUEST), ("/internal/auth/", Scope.AUTH_VALIDATE)],
+                rules=[
+                    ("/v1/", TokenScope.USER_REQUEST),
+                    ("/internal/auth/", TokenScope.AUTH_VALIDATE),
+                ],
                 on_reject=on_reject,
             )
         ],
@@ -79,7 +82,9 @@ async def client(
 
 
 def user_token(minter: Minter, htm: str = "GET", htu: str = "/v1/me") -> str:
-    return minter.mint(sub="user-1", scope=Scope.USER_REQUEST, htm=htm, htu=htu, roles=["user"])
+    return minter.mint(
+        sub="user-1", scope=TokenScope.USER_REQUEST, htm=htm, htu=htu, roles=["user"]
+    )
 
 
 async def test_valid_token_reaches_the_endpoint_with_the_principal(
@@ -100,7 +105,7 @@ async def test_query_string_is_not_part_of_the_binding(
 async def test_auth_validate_scope_route(client: httpx.AsyncClient, minter: Minter) -> None:
     token = minter.mint(
         sub="tokengate-gateway",
-        scope=Scope.AUTH_VALIDATE,
+        scope=TokenScope.AUTH_VALIDATE,
         htm="POST",
         htu="/internal/auth/validate",
     )
@@ -128,7 +133,7 @@ async def test_invalid_token_is_401_with_the_same_generic_body(
 async def test_wrong_scope_is_403_and_the_reason_goes_to_on_reject(
     client: httpx.AsyncClient, minter: Minter, rejections: list[tuple[Reason, str, str | None]]
 ) -> None:
-    token = minter.mint(sub="gw", scope=Scope.AUTH_VALIDATE, htm="GET", htu="/v1/me")
+    token = minter.mint(sub="gw", scope=TokenScope.AUTH_VALIDATE, htm="GET", htu="/v1/me")
     response = await client.get("/v1/me", headers={HEADER: token})
     assert (response.status_code, response.json()) == (403, FORBIDDEN)
     assert rejections == [(Reason.WRONG_SCOPE, "/v1/me", "tokengate-gateway")]
@@ -180,7 +185,7 @@ async def test_get_principal_without_the_middleware_fails_closed() -> None:
 def test_rule_prefixes_must_be_paths(verifier: Verifier) -> None:
     with pytest.raises(ValueError):
         InternalAuthMiddleware(
-            build_app(verifier, []), verifier=verifier, rules=[("v1/", Scope.USER_REQUEST)]
+            build_app(verifier, []), verifier=verifier, rules=[("v1/", TokenScope.USER_REQUEST)]
         )
 
 
@@ -195,7 +200,7 @@ async def test_websocket_connections_are_refused(
         rejections.append((reason, scope["path"], iss))
 
     guard = InternalAuthMiddleware(
-        app, verifier=verifier, rules=[("/v1/", Scope.USER_REQUEST)], on_reject=on_reject
+        app, verifier=verifier, rules=[("/v1/", TokenScope.USER_REQUEST)], on_reject=on_reject
     )
     sent: list[dict[str, Any]] = []
 

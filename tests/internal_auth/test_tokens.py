@@ -19,7 +19,7 @@ from internal_auth import (
     Minter,
     PrivateKey,
     Reason,
-    Scope,
+    TokenScope,
     Verifier,
 )
 from internal_auth._jws import REGISTRY, _EdDSAOnlyRegistry, encode_header, sign_compact
@@ -38,7 +38,7 @@ from tests.support.internal_auth_tokens import (
     unsigned,
 )
 
-ME = {"scope": Scope.USER_REQUEST, "htm": "GET", "htu": "/v1/me"}
+ME = {"scope": TokenScope.USER_REQUEST, "htm": "GET", "htu": "/v1/me"}
 
 
 def reason_of(verifier: Verifier, token: str | bytes, **request: object) -> Reason:
@@ -56,12 +56,17 @@ def b64url(data: bytes) -> str:
 
 def test_round_trip_gives_the_principal(minter: Minter, verifier: Verifier) -> None:
     token = minter.mint(
-        sub="user-1", scope=Scope.USER_REQUEST, htm="get", htu="/v1/me", roles=["user"], sid="s1"
+        sub="user-1",
+        scope=TokenScope.USER_REQUEST,
+        htm="get",
+        htu="/v1/me",
+        roles=["user"],
+        sid="s1",
     )
-    principal = verifier.verify(token, scope=Scope.USER_REQUEST, htm="GET", htu="/v1/me")
+    principal = verifier.verify(token, scope=TokenScope.USER_REQUEST, htm="GET", htu="/v1/me")
     assert (principal.sub, principal.scope, principal.roles, principal.sid) == (
         "user-1",
-        Scope.USER_REQUEST,
+        TokenScope.USER_REQUEST,
         ("user",),
         "s1",
     )
@@ -69,7 +74,9 @@ def test_round_trip_gives_the_principal(minter: Minter, verifier: Verifier) -> N
 
 
 def test_minted_token_has_the_contract_header_and_claims(minter: Minter, key: PrivateKey) -> None:
-    token = minter.mint(sub="gw", scope=Scope.AUTH_VALIDATE, htm="post", htu="/internal/auth/v")
+    token = minter.mint(
+        sub="gw", scope=TokenScope.AUTH_VALIDATE, htm="post", htu="/internal/auth/v"
+    )
     header = pyjwt.get_unverified_header(token)
     claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
     assert header == {"alg": "EdDSA", "typ": "internal+jwt", "kid": key.kid}
@@ -82,7 +89,9 @@ def test_minted_token_has_the_contract_header_and_claims(minter: Minter, key: Pr
 
 
 def test_every_token_gets_a_fresh_jti(minter: Minter) -> None:
-    tokens = {minter.mint(sub="u", scope=Scope.USER_REQUEST, htm="GET", htu="/v1/x") for _ in "ab"}
+    tokens = {
+        minter.mint(sub="u", scope=TokenScope.USER_REQUEST, htm="GET", htu="/v1/x") for _ in "ab"
+    }
     jtis = {pyjwt.decode(t, options={"verify_signature": False})["jti"] for t in tokens}
     assert len(jtis) == 2
 
@@ -90,7 +99,7 @@ def test_every_token_gets_a_fresh_jti(minter: Minter) -> None:
 def test_no_joserfc_security_warning_leaks(minter: Minter, verifier: Verifier) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        token = minter.mint(sub="u", scope=Scope.USER_REQUEST, htm="GET", htu="/v1/me")
+        token = minter.mint(sub="u", scope=TokenScope.USER_REQUEST, htm="GET", htu="/v1/me")
         verifier.verify(token, **ME)  # type: ignore[arg-type]
 
 
@@ -113,7 +122,7 @@ def test_minter_refuses_a_ttl_outside_1_to_60(key: PrivateKey, ttl: int) -> None
 @pytest.mark.parametrize("htu", ["v1/me", "/v1/me?x=1", "https://h/v1/me"])
 def test_minter_refuses_an_htu_that_is_not_a_path(minter: Minter, htu: str) -> None:
     with pytest.raises(ValueError):
-        minter.mint(sub="u", scope=Scope.USER_REQUEST, htm="GET", htu=htu)
+        minter.mint(sub="u", scope=TokenScope.USER_REQUEST, htm="GET", htu=htu)
 
 
 def test_minter_cannot_be_built_from_a_public_key(key: PrivateKey) -> None:
@@ -160,7 +169,7 @@ def test_rfc8037_a5_verifies_through_the_pinned_registry(rfc8037_key: PrivateKey
 def test_our_token_verifies_in_pyjwt_with_only_the_public_key(key: PrivateKey) -> None:
     # Real clock, so PyJWT checks exp, nbf and iat too.
     minter = Minter(key, issuer=ISSUER, audience=AUDIENCE)
-    token = minter.mint(sub="user-1", scope=Scope.USER_REQUEST, htm="GET", htu="/v1/me")
+    token = minter.mint(sub="user-1", scope=TokenScope.USER_REQUEST, htm="GET", htu="/v1/me")
     public = serialization.load_pem_public_key(key.public_pem().encode())
     claims = pyjwt.decode(
         token,
@@ -313,7 +322,7 @@ def test_rejects_a_missing_scope(key: PrivateKey, verifier: Verifier) -> None:
     assert reason_of(verifier, token) is Reason.MISSING_CLAIM
 
 
-@pytest.mark.parametrize("claimed", [Scope.AUTH_VALIDATE.value, "admin", "user_request admin"])
+@pytest.mark.parametrize("claimed", [TokenScope.AUTH_VALIDATE.value, "admin", "user_request admin"])
 def test_rejects_the_wrong_scope(key: PrivateKey, verifier: Verifier, claimed: str) -> None:
     token = forge(good_header(key), good_claims(scope=claimed), key._sign)
     assert reason_of(verifier, token) is Reason.WRONG_SCOPE
@@ -400,7 +409,7 @@ def test_an_empty_token_is_missing(verifier: Verifier, token: str | bytes) -> No
 def test_error_messages_never_contain_the_token(minter: Minter, verifier: Verifier) -> None:
     token = minter.mint(sub="u", **ME)  # type: ignore[arg-type]
     with pytest.raises(InternalAuthError) as caught:
-        verifier.verify(token, scope=Scope.AUTH_VALIDATE, htm="GET", htu="/v1/me")
+        verifier.verify(token, scope=TokenScope.AUTH_VALIDATE, htm="GET", htu="/v1/me")
     assert token not in str(caught.value) and token not in repr(caught.value)
     assert caught.value.iss == ISSUER  # signature verified, so the issuer is authentic
 

@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from internal_auth import PrivateKey, Scope
+from internal_auth import PrivateKey, TokenScope
 from internal_auth._jws import b64url_encode, encode_header, sign_compact
 
 ISSUER = "tokengate-gateway"
@@ -24,7 +24,7 @@ def good_claims(**changes: Any) -> dict[str, Any]:
         "iss": ISSUER,
         "aud": AUDIENCE,
         "sub": "7c6f7e39-2b0b-4a43-9a39-9d7b5f1f7e11",
-        "scope": Scope.USER_REQUEST.value,
+        "scope": TokenScope.USER_REQUEST.value,
         "roles": ["user"],
         "sid": "family-1",
         "jti": "Zq3n0cV4m9yV2tQyQ2b5Ew",

@@ -28,7 +28,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import httpx
-from internal_auth import Minter, PrivateKey, Scope, generate_private_key
+from internal_auth import Minter, PrivateKey, TokenScope, generate_private_key
 
 GATEWAY_ID = "tokengate-gateway"
 BACKEND_ID = "tokengate-backend"
@@ -156,7 +156,7 @@ class Stack:
     ) -> str:
         """An internal token for calling the backend directly (bench floor); valid 60 s."""
         return self._minter.mint(
-            sub=sub, scope=Scope.USER_REQUEST, htm=method, htu=path, roles=roles, sid="direct"
+            sub=sub, scope=TokenScope.USER_REQUEST, htm=method, htu=path, roles=roles, sid="direct"
         )
 
     def log_text(self, service: str) -> str:
