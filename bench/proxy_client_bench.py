@@ -24,17 +24,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import wrk_tools
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+from bench import wrk_tools
 
 UPSTREAM_BODY = b'{"id":"00000000-0000-0000-0000-000000000000","email":"bench@example.com"}'
 
@@ -64,7 +62,7 @@ async def upstream_app(scope: Scope, receive: Receive, send: Send) -> None:
 class AsgiEndpoint:
     """Starlette wraps plain functions as request/response handlers; an instance stays raw ASGI."""
 
-    def __init__(self, fn: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+    def __init__(self, fn: ASGIApp) -> None:
         self.fn = fn
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

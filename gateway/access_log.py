@@ -3,25 +3,18 @@
 The path is logged without its query string (queries can carry personal data) and the user id is
 whatever the handler put at ``scope["state"]["user_id"]`` once the caller was authenticated. The
 request id comes with every line through :data:`servicekit.logs.request_id_var`, so this middleware
-sits inside :class:`gateway.request_id.RequestIdMiddleware`.
+sits inside :class:`servicekit.request_id.RequestIdMiddleware`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
 
 from servicekit.logs import log_event
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("gateway.access")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class AccessLogMiddleware:

@@ -21,8 +21,9 @@ import redis.asyncio as aioredis
 from internal_auth import KeyLoadError, Minter, load_private_key
 from servicekit import db
 from servicekit.config import ConfigError
-from servicekit.http_errors import http_exception
+from servicekit.http_errors import error_response, http_exception
 from servicekit.logs import log_event
+from servicekit.request_id import RequestIdMiddleware
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -39,7 +40,6 @@ from gateway.cookies import clear_refresh_cookie, cookie_secure
 from gateway.errors import GatewayError
 from gateway.proxy import BackendProxy, proxy_route
 from gateway.ratelimit import RateLimits
-from gateway.request_id import RequestIdMiddleware
 from gateway.revocation import RevokedSessions
 from gateway.security_headers import SecurityHeadersMiddleware
 from gateway.sessions import Ledger
@@ -53,11 +53,7 @@ DEMO_DIR = Path(__file__).parent / "static" / "demo"
 
 async def gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
-    response = JSONResponse(
-        {"error": {"code": exc.code, "message": exc.message}},
-        status_code=exc.status,
-        headers=exc.headers,
-    )
+    response = error_response(exc.status, exc.code, exc.message, exc.headers)
     if exc.clear_cookie:
         secure = cookie_secure(request, request.app.state.settings.cookie_secure)
         clear_refresh_cookie(response, secure=secure)

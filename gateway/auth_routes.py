@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway import bearer
 from gateway.cookies import (
     check_origin,
     clear_refresh_cookie,
@@ -33,8 +34,6 @@ from gateway.errors import (
     NotFound,
     PayloadTooLarge,
     ServiceUnavailable,
-    SessionRevoked,
-    Unauthorized,
     ValidationFailed,
 )
 from gateway.ratelimit import account_key
@@ -153,14 +152,9 @@ def _token_response(
 
 def authenticate(request: Request) -> AccessClaims:
     """The caller's access token from ``Authorization: Bearer``; revoked sessions fail."""
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized(headers={"WWW-Authenticate": "Bearer"})
-    claims = _tokens(request).verify_access(token.strip())
-    if claims.sid in request.app.state.revoked:
-        raise SessionRevoked(headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
-    return claims
+    return bearer.authenticate(
+        request.scope["headers"], _tokens(request).verify_access, request.app.state.revoked
+    )
 
 
 @_db_guard

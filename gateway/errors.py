@@ -104,3 +104,9 @@ class BadGateway(GatewayError):
     status = 502
     code = "bad_gateway"
     message = "the backend gave an invalid answer"
+
+
+class GatewayTimeout(GatewayError):
+    status = 504
+    code = "gateway_timeout"
+    message = "the backend did not answer in time"

@@ -5,8 +5,9 @@ Request (client -> backend): end-to-end headers pass; hop-by-hop headers stop he
 ``Transfer-Encoding``, ``Upgrade``, plus ``Proxy-Authorization``/``Proxy-Authenticate`` which are
 for this hop only, RFC 9110 §11.7). The backend trusts ``X-Internal-Auth`` and may read
 ``X-User-*``/``X-Forwarded-*``/``Forwarded``, so any a client sent is dropped and only the gateway's
-own are sent. The client's ``Authorization`` and ``Cookie`` carry public credentials that the
-backend must never see (DESIGN: public tokens never reach the backend).
+own are sent (the address in ``X-Forwarded-For`` comes from :func:`servicekit.forwarded.client_ip`,
+the one set of rules for it). The client's ``Authorization`` and ``Cookie`` carry public
+credentials that the backend must never see (DESIGN: public tokens never reach the backend).
 
 Response (backend -> client): hop-by-hop headers stop here too, and nothing internal
 (``X-Internal-Auth``, ``X-User-*``) leaves the internal network, whatever the backend does.
@@ -14,11 +15,9 @@ Response (backend -> client): hop-by-hop headers stop here too, and nothing inte
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Sequence
 
 Header = tuple[bytes, bytes]
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 HOP_BY_HOP = frozenset(
     {
@@ -99,48 +98,3 @@ def response_headers(headers: Iterable[Header]) -> list[Header]:
         for name, value in pairs
         if name not in _RESPONSE_DROP and name not in named and not name.startswith(b"x-user-")
     ]
-
-
-def client_ip(peer: str | None, forwarded_for: bytes | None, trusted: Sequence[Network]) -> str:
-    """The address to report in ``X-Forwarded-For``.
-
-    ``X-Forwarded-For`` from the client is believed only when the direct peer is a configured
-    trusted proxy (``TRUSTED_PROXIES``); then the right-most untrusted hop is the client, since
-    every hop to the left of it could have been written by the client itself.
-    """
-    address = peer or "unknown"
-    if not trusted or not forwarded_for or not _trusted(address, trusted):
-        return address
-    hops = [h.strip() for h in forwarded_for.decode("latin-1").split(",") if h.strip()]
-    for hop in reversed(hops):
-        if not _trusted(hop, trusted):
-            return hop if _is_ip(hop) else address
-    return hops[0] if hops and _is_ip(hops[0]) else address
-
-
-def request_scheme(
-    scheme: str, peer: str | None, forwarded_proto: bytes | None, trusted: Sequence[Network]
-) -> str:
-    """``http`` or ``https`` as the client used it: a trusted proxy that terminated TLS says so
-    in ``X-Forwarded-Proto``; from anyone else the header is ignored."""
-    if forwarded_proto and peer and trusted and _trusted(peer, trusted):
-        proto = forwarded_proto.split(b",")[0].strip().lower()
-        if proto in (b"http", b"https"):
-            return proto.decode("ascii")
-    return scheme
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _trusted(address: str, trusted: Sequence[Network]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in net for net in trusted)

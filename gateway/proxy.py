@@ -19,26 +19,27 @@ httpx stays the client everywhere else (tests, CLI, the gateway's own credential
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from typing import Any
+from collections.abc import AsyncIterator
 
 import aiohttp
-from internal_auth import Scope as TokenScope
+from internal_auth import TokenScope
+from servicekit.forwarded import client_ip, forwarded_for, request_scheme
 from servicekit.logs import log_event, new_request_id
 from starlette.exceptions import HTTPException
 from starlette.routing import Match, Route
+from starlette.types import Receive, Scope, Send
 from yarl import URL
 
+from gateway.bearer import authenticate
 from gateway.errors import (
     BadGateway,
     BadRequest,
     GatewayError,
+    GatewayTimeout,
     NotFound,
     PayloadTooLarge,
-    SessionRevoked,
-    Unauthorized,
 )
-from gateway.forwarding import client_ip, request_headers, request_scheme, response_headers
+from gateway.forwarding import request_headers, response_headers
 from gateway.paths import backend_path
 from gateway.settings import Settings
 from gateway.tokens import TokenService
@@ -47,11 +48,6 @@ from gateway.verified_tokens import VerifiedTokens
 
 logger = logging.getLogger("gateway.proxy")
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
 # Bodies up to this size are read whole and sent in one write; larger ones (or ones of unknown
 # size) stream through in the chunks they arrive in, so memory stays flat for big transfers.
 _BUFFER_LIMIT = 64 * 1024
@@ -59,14 +55,6 @@ _BUFFER_LIMIT = 64 * 1024
 GATEWAY_PREFIX = "/api/v1/auth/"
 # aiohttp's timeouts subclass TimeoutError; refused and reset connections are ClientError/OSError.
 _BACKEND_FAILURES = (aiohttp.ClientError, TimeoutError, OSError)
-_BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
-_INVALID_CHALLENGE = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
-
-
-class GatewayTimeout(GatewayError):
-    status = 504
-    code = "gateway_timeout"
-    message = "the backend did not answer in time"
 
 
 class _ClientGone(Exception):
@@ -140,18 +128,11 @@ async def proxy_request(scope: Scope, receive: Receive, send: Send) -> None:
         _refuse_gateway_path(scope)
     target = backend_path(scope.get("raw_path"), scope["path"])
 
-    # 1. Authenticate.
-    try:
-        claims = proxy.access_tokens.verify(_bearer_token(headers))
-    except Unauthorized as exc:
-        # RFC 6750 §3: a 401 for a bearer-protected resource says how to authenticate.
-        exc.headers.setdefault("WWW-Authenticate", _INVALID_CHALLENGE["WWW-Authenticate"])
-        raise
+    # 1. Authenticate, 2. check revocation (a logged-out session's access tokens die at once).
+    claims = authenticate(headers, proxy.access_tokens.verify, app_state.revoked)
     request_state["user_id"] = claims.sub
 
-    # 2. Check revocation (a logged-out session's access tokens die at once), then the limit.
-    if claims.sid in app_state.revoked:
-        raise SessionRevoked(headers=_INVALID_CHALLENGE)
+    # 2b. The optional per-user limit.
     if proxy.user_limit is not None:
         await proxy.user_limit.check(claims.sub)
 
@@ -185,7 +166,7 @@ async def proxy_request(scope: Scope, receive: Receive, send: Send) -> None:
     peer = client[0] if client else None
     outbound = request_headers(
         headers,
-        client_ip=client_ip(peer, _header(headers, b"x-forwarded-for"), proxy.trusted_proxies),
+        client_ip=client_ip(peer, forwarded_for(headers), proxy.trusted_proxies),
         proto=request_scheme(
             scope.get("scheme", "http"),
             peer,
@@ -293,18 +274,6 @@ def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
         if key == name:
             return value
     return None
-
-
-def _bearer_token(headers: list[tuple[bytes, bytes]]) -> str:
-    value = _header(headers, b"authorization")
-    if value is None:
-        raise Unauthorized(headers=_BEARER_CHALLENGE)
-    scheme, _, token = value.decode("latin-1").partition(" ")
-    token = token.strip()
-    # The auth scheme is case-insensitive (RFC 9110 §11.1).
-    if scheme.lower() != "bearer" or not token:
-        raise Unauthorized(headers=_BEARER_CHALLENGE)
-    return token
 
 
 def _framing(headers: list[tuple[bytes, bytes]]) -> tuple[int | None, bool]:

@@ -5,9 +5,10 @@ routes call :meth:`RateLimits.check` explicitly rather than through slowapi's de
 the per-account key needs the parsed body and the limits come from this app's settings, not from
 a module-level limiter.
 
-The client IP is the TCP peer unless that peer is a configured trusted proxy; only then is
-``X-Forwarded-For`` read, right to left, skipping trusted hops. Trusting the header by default
-would let any client pick its own IP and never be limited.
+The client IP comes from :func:`servicekit.forwarded.client_ip`: the TCP peer unless that peer is
+a configured trusted proxy; only then is ``X-Forwarded-For`` read, right to left, skipping trusted
+hops, and only an IP address is believed. Trusting the header by default would let any client
+pick its own IP and never be limited.
 
 Redis down: the check raises :class:`ServiceUnavailable` (503 + ``Retry-After``). Login fails
 closed: an unlimited login endpoint is an open door to password guessing, and a short outage of
@@ -21,46 +22,25 @@ event loop free.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import logging
 import time
-from collections.abc import Sequence
 from typing import Any
 
 from limits import RateLimitItem
 from limits import parse as parse_limit
 from redis.exceptions import RedisError
+from servicekit.forwarded import client_ip, forwarded_for
 from servicekit.logs import log_event
 from slowapi import Limiter
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from gateway.errors import RateLimited, ServiceUnavailable
-from gateway.settings import Network, Settings
+from gateway.settings import Settings
 
 logger = logging.getLogger("gateway.ratelimit")
 
 REDIS_DOWN_RETRY_AFTER = 5
-
-
-def client_ip(request: Request, trusted: Sequence[Network]) -> str:
-    peer = request.client.host if request.client else "unknown"
-    if not trusted or not _is_trusted(peer, trusted):
-        return peer
-    header = request.headers.get("x-forwarded-for", "")
-    hops = [h.strip() for h in header.split(",") if h.strip()]
-    for hop in reversed(hops):
-        if not _is_trusted(hop, trusted):
-            return hop
-    return hops[0] if hops else peer
-
-
-def _is_trusted(address: str, trusted: Sequence[Network]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in net for net in trusted)
 
 
 def account_key(email: str) -> str:
@@ -94,7 +74,8 @@ class RateLimits:
         return parse_limit(value) if value else None
 
     def client_ip(self, request: Request) -> str:
-        return client_ip(request, self._trusted)
+        peer = request.client.host if request.client else None
+        return client_ip(peer, forwarded_for(request.scope["headers"]), self._trusted)
 
     async def check(self, item: RateLimitItem | None, scope: str, key: str) -> dict[str, str]:
         """Count one hit; raise 429 over the limit, 503 if Redis is unreachable."""

@@ -12,16 +12,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
-from gateway.forwarding import Network, request_scheme
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+from servicekit.forwarded import Network, request_scheme
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 AUTH_PREFIX = "/api/v1/auth/"
 HSTS = (b"strict-transport-security", b"max-age=63072000; includeSubDomains")

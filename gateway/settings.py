@@ -21,11 +21,10 @@ from servicekit.config import (
     get_str,
 )
 from servicekit.db import PoolSettings
+from servicekit.forwarded import Network
 
 # RFC 7518 §3.2: an HS256 key must be at least as long as the hash output (256 bits).
 MIN_SECRET_BYTES = 32
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def _secret(environ: Mapping[str, str], name: str, *, required: bool) -> str | None:

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from starlette.requests import Request
 
-from gateway.ratelimit import client_ip
+from gateway.ratelimit import RateLimits
 from gateway.settings import Settings
 from tests.gateway.conftest import (
     ORIGIN,
@@ -102,27 +102,48 @@ async def test_trusted_proxy_supplies_the_client_ip(
     assert sessions.json()["sessions"][0]["ip"] == "192.0.2.55"
 
 
-def _request(peer: str, forwarded: str | None) -> Request:
-    headers = [(b"x-forwarded-for", forwarded.encode())] if forwarded else []
+def _request(peer: str, forwarded: list[str]) -> Request:
+    headers = [(b"x-forwarded-for", value.encode()) for value in forwarded]
     return Request({"type": "http", "headers": headers, "client": (peer, 1234)})
 
 
 @pytest.mark.parametrize(
     ("peer", "forwarded", "trusted", "expected"),
     [
-        ("198.51.100.1", "1.2.3.4", "", "198.51.100.1"),
-        ("198.51.100.1", "1.2.3.4", "10.0.0.0/8", "198.51.100.1"),
-        ("10.0.0.2", "1.2.3.4", "10.0.0.0/8", "1.2.3.4"),
-        ("10.0.0.2", "6.6.6.6, 1.2.3.4, 10.0.0.9", "10.0.0.0/8", "1.2.3.4"),
-        ("10.0.0.2", None, "10.0.0.0/8", "10.0.0.2"),
-        ("10.0.0.2", "garbage", "10.0.0.0/8", "garbage"),
+        ("198.51.100.1", ["1.2.3.4"], "", "198.51.100.1"),
+        ("198.51.100.1", ["1.2.3.4"], "10.0.0.0/8", "198.51.100.1"),
+        ("10.0.0.2", ["1.2.3.4"], "10.0.0.0/8", "1.2.3.4"),
+        ("10.0.0.2", ["6.6.6.6, 1.2.3.4, 10.0.0.9"], "10.0.0.0/8", "1.2.3.4"),
+        ("10.0.0.2", [], "10.0.0.0/8", "10.0.0.2"),
+        # The login limiter used to key on any string a trusted proxy passed along; a hop that is
+        # not an address is now the peer, as in the forwarded header (one rule, servicekit).
+        ("10.0.0.2", ["garbage"], "10.0.0.0/8", "10.0.0.2"),
+        # A client's own X-Forwarded-For field must not shadow the one its proxy appended.
+        ("10.0.0.2", ["6.6.6.6", "1.2.3.4"], "10.0.0.0/8", "1.2.3.4"),
     ],
 )
-def test_client_ip(
-    env: dict[str, str], peer: str, forwarded: str | None, trusted: str, expected: str
+def test_rate_limit_client_ip(
+    env: dict[str, str], peer: str, forwarded: list[str], trusted: str, expected: str
 ) -> None:
     settings = Settings.from_env({**env, "TRUSTED_PROXIES": trusted})
-    assert client_ip(_request(peer, forwarded), settings.trusted_proxies) == expected
+    assert RateLimits(settings).client_ip(_request(peer, forwarded)) == expected
+
+
+async def test_spoofed_hop_is_not_stored_as_the_session_ip(
+    gateway: Harness, env: dict[str, str], backend: FakeBackend
+) -> None:
+    async with gateway(env, TRUSTED_PROXIES="203.0.113.0/24") as client:
+        response = await client.post(
+            "/api/v1/auth/login",
+            json={"email": backend.add_user(), "password": PASSWORD},
+            headers={"X-Forwarded-For": "<script>, 203.0.113.9"},
+        )
+        access = response.json()["access_token"]
+        sessions = await client.get(
+            "/api/v1/auth/sessions", headers={"Authorization": f"Bearer {access}"}
+        )
+    # The right-most untrusted hop is not an address: the trusted peer itself is recorded.
+    assert sessions.json()["sessions"][0]["ip"] == "203.0.113.7"
 
 
 async def test_cors_preflight_allowed_origin(gateway: Harness, env: dict[str, str]) -> None:
