@@ -131,18 +131,22 @@ def create_app(
                 settings.proxy_read_timeout, connect=settings.proxy_connect_timeout
             ),
         )
-        revoked = RevokedSessions(
-            redis_client, prefix=settings.redis_key_prefix, ttl=settings.access_token_ttl
-        )
-        app.state.pool = pool
-        app.state.redis = redis_client
-        app.state.revoked = revoked
-        app.state.ledger = Ledger(
+        ledger = Ledger(
             pool,
             refresh_ttl=settings.refresh_token_ttl,
             family_lifetime=settings.refresh_family_lifetime,
             grace_seconds=settings.refresh_grace_seconds,
         )
+        revoked = RevokedSessions(
+            redis_client,
+            prefix=settings.redis_key_prefix,
+            ttl=settings.access_token_ttl,
+            revoked_since=ledger.revoked_since,
+        )
+        app.state.pool = pool
+        app.state.redis = redis_client
+        app.state.revoked = revoked
+        app.state.ledger = ledger
         app.state.backend = BackendClient(http, minter, gateway_id=settings.gateway_id)
         app.state.ratelimits = RateLimits(settings)
         proxy = BackendProxy(settings, tokens)

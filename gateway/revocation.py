@@ -13,6 +13,15 @@ into the gap between load and subscribe.
 
 Revocations made while Redis is unreachable take effect locally at once, are queued, and are
 pushed to Redis when the connection comes back.
+
+Redis may also come back *empty* (a restart without persistence, a failover to a blank replica),
+and then neither the sorted set nor anyone's memory of the outage would tell an instance started
+afterwards which families are dead. PostgreSQL holds the truth (the ledger's ``revoked_at``), so
+each instance also rebuilds its set from the ledger: at start-up (before the first request, and
+whether or not Redis answers), after every Redis reconnect, and, while a rebuild has failed (the
+database was down too), again every few seconds until one succeeds. After a reconnect it also
+re-pushes everything it knows to the sorted set, so the set is whole again for the next instance
+to start.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -31,11 +40,25 @@ logger = logging.getLogger("gateway.revocation")
 
 _RECONNECT_DELAY = 0.5
 _PRUNE_INTERVAL = 60.0
+_REBUILD_RETRY = 5.0
+
+#: ``since`` (epoch seconds) -> ``(sid, revoked_at)`` of the families revoked after it.
+RevokedSince = Callable[[float], Awaitable[Iterable[tuple[str, float]]]]
 
 
 class RevokedSessions:
-    def __init__(self, client: aioredis.Redis, *, prefix: str, ttl: int) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        prefix: str,
+        ttl: int,
+        revoked_since: RevokedSince | None = None,
+    ) -> None:
         self._client = client
+        self._revoked_since = revoked_since
+        self._rebuilt = revoked_since is None
+        self._last_rebuild = 0.0
         self.channel = f"{prefix}revoked"
         self.key = f"{prefix}revoked:sids"
         self._ttl = ttl
@@ -67,7 +90,9 @@ class RevokedSessions:
         return len(self._pending)
 
     async def start(self, *, wait: float = 2.0) -> None:
-        """Start the listener; wait briefly for the first load so start-up begins warm."""
+        """Rebuild from the ledger, start the listener, and wait briefly for its first load, so
+        start-up begins warm."""
+        await self.rebuild()
         self._task = asyncio.create_task(self._run(), name="revocation-listener")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._subscribed.wait(), wait)
@@ -115,6 +140,38 @@ class RevokedSessions:
         for sid in batch:
             self._pending.pop(sid, None)
 
+    async def rebuild(self) -> bool:
+        """Deny every family the ledger says was revoked within one access-token lifetime.
+
+        Returns whether the ledger answered; a failure is logged and retried by the listener.
+        """
+        if self._revoked_since is None:
+            return True
+        self._last_rebuild = time.monotonic()
+        try:
+            rows = await self._revoked_since(time.time() - self._ttl)
+        except Exception as exc:  # whatever the ledger raises must not end the listener
+            log_event(logger, "revocation_rebuild_failed", logging.ERROR, error=type(exc).__name__)
+            self._rebuilt = False
+            return False
+        count = 0
+        for sid, revoked_at in rows:
+            expires = revoked_at + self._ttl
+            if expires > time.time():
+                self._local[sid] = max(expires, self._local.get(sid, 0.0))
+                count += 1
+        self._rebuilt = True
+        log_event(logger, "revocation_rebuilt", families=count)
+        return True
+
+    async def _push_all(self) -> None:
+        """Put everything this instance knows back into the sorted set (Redis may be empty)."""
+        self._prune()
+        if not self._local:
+            return
+        # GT: never shorten an entry another instance pushed with a later expiry
+        await self._client.zadd(self.key, dict(self._local), gt=True)
+
     async def reload(self) -> None:
         now = time.time()
         rows = await self._client.zrangebyscore(self.key, now, "+inf", withscores=True)
@@ -134,7 +191,9 @@ class RevokedSessions:
             try:
                 await pubsub.subscribe(self.channel)
                 await self.reload()
+                await self.rebuild()
                 await self._flush()
+                await self._push_all()
                 self.connected = True
                 self._subscribed.set()
                 log_event(logger, "revocation_listener_ready", revoked=len(self._local))
@@ -144,6 +203,8 @@ class RevokedSessions:
                     if self._pending:
                         # a revocation made during a blip that the listener did not notice
                         await self._flush()
+                    if not self._rebuilt and time.monotonic() - self._last_rebuild > _REBUILD_RETRY:
+                        await self.rebuild()
                     if time.monotonic() - last_prune > _PRUNE_INTERVAL:
                         self._prune()
                         last_prune = time.monotonic()

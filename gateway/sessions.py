@@ -234,6 +234,19 @@ class Ledger:
             [str(r["family_id"]) for r in sids], reason=reason, now=now
         )
 
+    async def revoked_since(self, since: float) -> list[tuple[str, float]]:
+        """``(sid, revoked_at)`` of every family revoked after ``since`` (epoch seconds).
+
+        The gateways rebuild their revoked set from this when Redis may have lost it (start-up,
+        reconnect): called with one access-token lifetime ago, it returns only the families
+        whose access tokens may still be alive, a handful of rows.
+        """
+        rows = await self._pool.fetch(
+            "SELECT family_id, revoked_at FROM refresh_session WHERE revoked_at > $1",
+            datetime.fromtimestamp(since, UTC),
+        )
+        return [(str(r["family_id"]), r["revoked_at"].timestamp()) for r in rows]
+
     async def list_sessions(self, user_id: str, *, now: int) -> list[SessionInfo]:
         rows = await self._pool.fetch(
             "SELECT family_id, created_at, last_used_at, absolute_expires_at, user_agent, ip"
