@@ -1,25 +1,49 @@
 """The refresh-family ledger in PostgreSQL (tables in ``db/002_refresh_token_family.sql``).
 
 One login creates a family (``refresh_session``; its id is the tokens' ``sid``) and its first
-refresh token row. :meth:`Ledger.rotate` is one transaction that locks the presented token's row
-(``SELECT ... FOR UPDATE``), so concurrent rotations of one token queue on that lock: the first
+refresh token row. :meth:`Ledger.rotate` is one transaction that locks the presented token's family
+row (``SELECT ... FOR UPDATE``), so concurrent rotations of one token queue on that lock: the first
 records a successor, the others find it and, inside the grace window, get that same successor back.
 A used token presented after the grace window is a replay (OAuth 2.0 Security BCP, RFC 9700
 §4.14.2): the whole family is revoked.
+
+Lock order, everywhere: the family row (``refresh_session``) first, several families in ascending
+``family_id`` order, and only then their token rows. Rotation once locked the token and then the
+family while logout did the reverse, and the two deadlocked (issue 10, finding 6). A deadlock or
+serialization failure that still happens (an older gateway during a rolling upgrade, an operator's
+hand-written transaction) is retried inside the ledger: the caller never sees it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import logging
+import random
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
+from servicekit.logs import log_event
 
+from gateway.errors import ServiceUnavailable
 from gateway.tokens import new_jti
+
+logger = logging.getLogger("gateway.ledger")
+
+T = TypeVar("T")
+
+#: Attempts of one ledger transaction before giving up with a 503 (each retry waits a little
+#: longer, with jitter, so two transactions that collided do not collide again in step).
+MAX_ATTEMPTS = 5
+_RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+
+
+class LedgerBusy(ServiceUnavailable):
+    """The ledger kept hitting deadlocks or serialization failures; the client may retry."""
 
 
 class Outcome(enum.StrEnum):
@@ -69,12 +93,25 @@ def _epoch(value: datetime) -> int:
     return int(value.timestamp())
 
 
+_FAMILY_OF = "SELECT family_id FROM refresh_token_family WHERE jti = $1"
+
+# The family row first (the lock every writer of this family takes first), then the token row.
+_LOCK_FAMILY = """
+SELECT revoked_at, absolute_expires_at, roles FROM refresh_session WHERE family_id = $1
+FOR UPDATE
+"""
+
 _LOCK_TOKEN = """
-SELECT t.family_id, t.user_id, t.used_at, t.child_jti, t.expires_at, t.revoked_at AS t_revoked,
-       s.revoked_at AS s_revoked, s.absolute_expires_at, s.roles
-FROM refresh_token_family t JOIN refresh_session s USING (family_id)
-WHERE t.jti = $1
-FOR UPDATE OF t
+SELECT family_id, user_id, used_at, child_jti, expires_at, revoked_at
+FROM refresh_token_family WHERE jti = $1
+FOR UPDATE
+"""
+
+# Several families in one deterministic order, so two multi-family revocations (logout-all, an
+# operator's revoke) cannot lock the same rows in opposite orders either.
+_LOCK_FAMILIES = """
+SELECT family_id FROM refresh_session WHERE family_id = ANY($1::uuid[])
+ORDER BY family_id FOR UPDATE
 """
 
 _CHILD = """
@@ -157,46 +194,77 @@ class Ledger:
             )
         return token
 
+    async def _retrying(self, attempt: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """Run ``attempt`` in a transaction, again on a deadlock or serialization failure.
+
+        PostgreSQL rolls the whole transaction back in both cases, so running it again from the
+        start is safe; nothing the attempt returns escapes before its commit.
+        """
+        for tries in range(1, MAX_ATTEMPTS + 1):
+            try:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    return await attempt(conn)
+            except _RETRYABLE as exc:
+                log_event(
+                    logger,
+                    "ledger_retry",
+                    logging.WARNING,
+                    error=type(exc).__name__,
+                    attempt=tries,
+                )
+                if tries == MAX_ATTEMPTS:
+                    raise LedgerBusy() from None
+                # jitter only, not a secret
+                await asyncio.sleep(random.uniform(0, 0.01 * 2**tries))  # noqa: S311
+        raise AssertionError("unreachable")
+
     async def rotate(self, jti: str, *, now: int) -> RotateResult:
-        async with self._pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(_LOCK_TOKEN, jti)
-            if row is None:
-                return RotateResult(Outcome.UNKNOWN)
-            sid = str(row["family_id"])
-            user_id = str(row["user_id"])
-            roles = tuple(row["roles"])
-            base: dict[str, Any] = {"sid": sid, "user_id": user_id, "roles": roles}
-            if row["s_revoked"] is not None or row["t_revoked"] is not None:
-                return RotateResult(Outcome.FAMILY_REVOKED, **base)
-            if row["used_at"] is not None:
-                used_for = now - _epoch(row["used_at"])
-                if self.grace_seconds > 0 and used_for <= self.grace_seconds:
-                    child = await conn.fetchrow(_CHILD, row["child_jti"])
-                    if child is not None and child["revoked_at"] is None:
-                        successor = IssuedRefresh(
-                            sub=user_id,
-                            sid=sid,
-                            jti=child["jti"],
-                            iat=_epoch(child["issued_at"]),
-                            exp=_epoch(child["expires_at"]),
-                        )
-                        return RotateResult(Outcome.RETRY, successor=successor, **base)
-                await conn.fetch(_REVOKE_FAMILIES, [sid], _ts(now), "reuse")
-                return RotateResult(Outcome.REUSED_REVOKED, **base)
-            absolute = _epoch(row["absolute_expires_at"])
-            if _epoch(row["expires_at"]) <= now or absolute <= now:
-                return RotateResult(Outcome.EXPIRED, **base)
-            successor = IssuedRefresh(
-                sub=user_id,
-                sid=sid,
-                jti=new_jti(),
-                iat=now,
-                exp=min(now + self.refresh_ttl, absolute),
-            )
-            await conn.execute(
-                _ROTATE, jti, _ts(now), successor.jti, sid, user_id, _ts(successor.exp)
-            )
-            return RotateResult(Outcome.ROTATED, successor=successor, **base)
+        async def attempt(conn: asyncpg.Connection) -> RotateResult:
+            return await self._rotate(conn, jti, now)
+
+        return await self._retrying(attempt)
+
+    async def _rotate(self, conn: asyncpg.Connection, jti: str, now: int) -> RotateResult:
+        family_id = await conn.fetchval(_FAMILY_OF, jti)
+        if family_id is None:
+            return RotateResult(Outcome.UNKNOWN)
+        family = await conn.fetchrow(_LOCK_FAMILY, family_id)
+        row = await conn.fetchrow(_LOCK_TOKEN, jti)
+        if family is None or row is None:
+            return RotateResult(Outcome.UNKNOWN)
+        sid = str(row["family_id"])
+        user_id = str(row["user_id"])
+        roles = tuple(family["roles"])
+        base: dict[str, Any] = {"sid": sid, "user_id": user_id, "roles": roles}
+        if family["revoked_at"] is not None or row["revoked_at"] is not None:
+            return RotateResult(Outcome.FAMILY_REVOKED, **base)
+        if row["used_at"] is not None:
+            used_for = now - _epoch(row["used_at"])
+            if self.grace_seconds > 0 and used_for <= self.grace_seconds:
+                child = await conn.fetchrow(_CHILD, row["child_jti"])
+                if child is not None and child["revoked_at"] is None:
+                    successor = IssuedRefresh(
+                        sub=user_id,
+                        sid=sid,
+                        jti=child["jti"],
+                        iat=_epoch(child["issued_at"]),
+                        exp=_epoch(child["expires_at"]),
+                    )
+                    return RotateResult(Outcome.RETRY, successor=successor, **base)
+            await conn.fetch(_REVOKE_FAMILIES, [sid], _ts(now), "reuse")
+            return RotateResult(Outcome.REUSED_REVOKED, **base)
+        absolute = _epoch(family["absolute_expires_at"])
+        if _epoch(row["expires_at"]) <= now or absolute <= now:
+            return RotateResult(Outcome.EXPIRED, **base)
+        successor = IssuedRefresh(
+            sub=user_id,
+            sid=sid,
+            jti=new_jti(),
+            iat=now,
+            exp=min(now + self.refresh_ttl, absolute),
+        )
+        await conn.execute(_ROTATE, jti, _ts(now), successor.jti, sid, user_id, _ts(successor.exp))
+        return RotateResult(Outcome.ROTATED, successor=successor, **base)
 
     async def family_of(self, jti: str) -> tuple[str, str] | None:
         """``(sid, user_id)`` of the family a refresh ``jti`` belongs to."""
@@ -207,8 +275,13 @@ class Ledger:
 
     async def revoke_families(self, sids: Sequence[str], *, reason: str, now: int) -> list[str]:
         """Revoke families; returns the ids that were live until now."""
-        rows = await self._pool.fetch(_REVOKE_FAMILIES, list(sids), _ts(now), reason)
-        return [str(r["family_id"]) for r in rows]
+
+        async def attempt(conn: asyncpg.Connection) -> list[str]:
+            await conn.fetch(_LOCK_FAMILIES, list(sids))
+            rows = await conn.fetch(_REVOKE_FAMILIES, list(sids), _ts(now), reason)
+            return [str(r["family_id"]) for r in rows]
+
+        return await self._retrying(attempt)
 
     async def revoke_family(self, sid: str, *, reason: str, now: int) -> bool:
         return bool(await self.revoke_families([sid], reason=reason, now=now))
