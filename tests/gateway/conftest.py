@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import httpx
 import pytest
 from internal_auth import (
@@ -58,6 +59,17 @@ def as_role(dsn: str, role: str) -> str:
 def gateway_dsn(migrated_dsn: str) -> str:
     """The migrated session database as the gateway's own role, so the grants are tested too."""
     return as_role(migrated_dsn, "tokengate_gateway")
+
+
+@pytest.fixture
+async def pool(gateway_dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on the session database as the gateway's role, for tests of the ledger itself."""
+    pool = await asyncpg.create_pool(gateway_dsn, min_size=2, max_size=20)
+    assert pool is not None
+    try:
+        yield pool
+    finally:
+        await pool.close()
 
 
 @pytest.fixture(scope="session")

@@ -5,22 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
-import pytest
 
 from gateway.sessions import Ledger, Outcome
-
-
-@pytest.fixture
-async def pool(gateway_dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(gateway_dsn, min_size=1, max_size=10)
-    assert pool is not None
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 def ledger(pool: asyncpg.Pool, grace: int = 10) -> Ledger:
