@@ -6,6 +6,7 @@ app.state after start-up (the proxy reads these):
 - ``revoked``: :class:`gateway.revocation.RevokedSessions` (``sid in revoked``, no I/O)
 - ``minter``: :class:`internal_auth.Minter` (issuer GATEWAY_ID, audience BACKEND_ID)
 - ``pool`` (asyncpg), ``redis`` (redis.asyncio), ``ledger``, ``backend``, ``ratelimits``
+- ``dpop``: :class:`gateway.dpop.DPoP` (proof checks and the shared ``jti`` replay cache)
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from gateway import auth_routes
 from gateway.access_log import AccessLogMiddleware
 from gateway.backend_client import BackendClient
 from gateway.cookies import clear_refresh_cookie, cookie_secure
+from gateway.dpop import DPoP
 from gateway.errors import GatewayError
 from gateway.proxy import BackendProxy, proxy_route
 from gateway.ratelimit import RateLimits
@@ -149,6 +151,7 @@ def create_app(
         app.state.ledger = ledger
         app.state.backend = BackendClient(http, minter, gateway_id=settings.gateway_id)
         app.state.ratelimits = RateLimits(settings)
+        app.state.dpop = DPoP.from_settings(settings, redis_client)
         proxy = BackendProxy(settings, tokens)
         await proxy.start()
         app.state.proxy = proxy
@@ -180,8 +183,11 @@ def create_app(
                 allow_origins=list(settings.cors_allowed_origins),
                 allow_credentials=True,
                 allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-                allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+                # DPoP: the proof header in, the nonce and the challenge out (RFC 9449 §7.1, §8)
+                allow_headers=["Authorization", "Content-Type", "DPoP", "X-Request-ID"],
                 expose_headers=[
+                    "DPoP-Nonce",
+                    "WWW-Authenticate",
                     "Retry-After",
                     "X-RateLimit-Limit",
                     "X-RateLimit-Remaining",

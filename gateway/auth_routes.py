@@ -1,6 +1,15 @@
 """``/api/v1/auth/*``: login, refresh, logout, and a user's own sessions.
 
-Login and refresh return the access token in the body and the refresh token only in its cookie.
+Two client modes (docs/SECURITY.md, "Client modes"):
+
+- cookie mode (browsers): the refresh token lives only in its ``HttpOnly`` cookie; refresh and
+  logout check ``Origin``. With a DPoP proof at login the family is bound to the browser's key, and
+  every later refresh and logout needs a proof from that key too, so a copied cookie is useless.
+- body mode (API clients, RFC 9449): login with a ``DPoP`` proof and no ``Origin`` answers with the
+  refresh token in the body, bound to the proof's key; refresh and logout send it back as JSON
+  ``{"refresh_token": ...}`` with a proof from the same key. There is no ambient credential, so no
+  ``Origin`` rule applies. An unbound refresh token never appears in a body.
+
 Every failure raises a :mod:`gateway.errors` exception; ``app.py`` turns it into JSON.
 """
 
@@ -28,6 +37,7 @@ from gateway.cookies import (
     read_refresh_cookie,
     set_refresh_cookie,
 )
+from gateway.dpop import DPoP, InvalidDPoPProof
 from gateway.errors import (
     BadRequest,
     InvalidToken,
@@ -120,40 +130,107 @@ def _ledger(request: Request) -> Ledger:
     return ledger
 
 
+def _dpop(request: Request) -> DPoP:
+    dpop: DPoP = request.app.state.dpop
+    return dpop
+
+
 def _token_response(
     request: Request,
     *,
     issued: IssuedRefresh,
     roles: tuple[str, ...],
+    jkt: str | None = None,
+    body_mode: bool = False,
     extra: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response:
+    """The new token pair: the access token (bound to ``jkt`` when given) in the body, the
+    refresh token in the cookie, or in the body in body mode (bound clients only)."""
+    # The one rule this function must never break: a refresh token in a body is key-bound.
+    if body_mode and jkt is None:
+        raise RuntimeError("an unbound refresh token must never be returned in a body")
     settings = _settings(request)
     tokens = _tokens(request)
-    access, claims = tokens.issue_access(sub=issued.sub, sid=issued.sid, roles=roles)
+    access, claims = tokens.issue_access(sub=issued.sub, sid=issued.sid, roles=roles, jkt=jkt)
     refresh = tokens.encode_refresh(
         sub=issued.sub, sid=issued.sid, jti=issued.jti, iat=issued.iat, exp=issued.exp
     )
     body: dict[str, Any] = {
         "access_token": access,
-        "token_type": "Bearer",
+        "token_type": "DPoP" if jkt is not None else "Bearer",
         "expires_in": claims.exp - claims.iat,
     }
+    if body_mode:
+        body["refresh_token"] = refresh
+        body["refresh_expires_in"] = max(issued.exp - _now(), 1)
     body.update(extra or {})
-    response = JSONResponse(body, headers={**NO_STORE, **(headers or {})})
-    set_refresh_cookie(
-        response,
-        refresh,
-        max_age=max(issued.exp - _now(), 1),
-        secure=cookie_secure(request, settings.cookie_secure),
-    )
+    nonce = _dpop(request).nonce_headers() if jkt is not None else {}
+    response = JSONResponse(body, headers={**NO_STORE, **nonce, **(headers or {})})
+    if not body_mode:
+        set_refresh_cookie(
+            response,
+            refresh,
+            max_age=max(issued.exp - _now(), 1),
+            secure=cookie_secure(request, settings.cookie_secure),
+        )
     return response
 
 
-def authenticate(request: Request) -> AccessClaims:
-    """The caller's access token from ``Authorization: Bearer``; revoked sessions fail."""
-    return bearer.authenticate(
-        request.scope["headers"], _tokens(request).verify_access, request.app.state.revoked
+async def authenticate(request: Request) -> AccessClaims:
+    """The caller's access token (Bearer, or DPoP with a proof); revoked sessions fail."""
+    return await bearer.authenticate_request(
+        headers=request.scope["headers"],
+        method=request.method,
+        path=_request_path(request),
+        verify=_tokens(request).verify_access,
+        dpop=_dpop(request),
+        revoked=request.app.state.revoked,
+    )
+
+
+def _request_path(request: Request) -> str:
+    raw: bytes | None = request.scope.get("raw_path")
+    return raw.decode("latin-1") if raw else request.url.path
+
+
+async def _proof_jkt(request: Request) -> str | None:
+    """The thumbprint of the key that signed this request's ``DPoP`` proof, ``None`` without
+    one; a bad proof is a 400 (RFC 9449 §5)."""
+    proofs = request.headers.getlist("dpop")
+    if not proofs:
+        return None
+    proof = await _dpop(request).for_token_endpoint(
+        proofs, method=request.method, path=_request_path(request)
+    )
+    return proof.jkt
+
+
+def _parse_refresh_body(raw: bytes) -> str:
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("request body must be JSON") from None
+    if not isinstance(data, dict) or not isinstance(data.get("refresh_token"), str):
+        raise ValidationFailed("refresh_token must be a string")
+    token: str = data["refresh_token"]
+    return token
+
+
+def _key_mismatch(request: Request, sid: str | None, mode: str) -> None:
+    """A valid refresh token with a proof from another key (or none, for a bound family).
+
+    Audited, not revoked: the token is useless without the key, and revoking would let whoever
+    holds a copy log the real owner out."""
+    log_event(
+        logger,
+        "dpop_key_mismatch",
+        logging.WARNING,
+        audit=True,
+        sid=sid,
+        mode=mode,
+        path=request.url.path,
+        ip=request.app.state.ratelimits.client_ip(request),
     )
 
 
@@ -165,6 +242,8 @@ async def login(request: Request) -> Response:
     ip = limits.client_ip(request)
     await limits.check(limits.login_ip, "login-ip", ip)
     headers = await limits.check(limits.login_account, "login-account", account_key(email))
+    # The proof before the password check: a bad proof costs no argon2 and reveals nothing.
+    jkt = await _proof_jkt(request)
     user = await request.app.state.backend.validate(email, password)
     issued = await _ledger(request).create_family(
         user_id=user.id,
@@ -172,12 +251,20 @@ async def login(request: Request) -> Response:
         user_agent=request.headers.get("user-agent"),
         ip=ip,
         now=_now(),
+        jkt=jkt,
     )
-    log_event(logger, "login_succeeded", sub=user.id, sid=issued.sid)
+    # A browser always sends Origin on a POST: it keeps the cookie. A client without Origin and
+    # with a proof gets its (bound) refresh token in the body.
+    body_mode = jkt is not None and "origin" not in request.headers
+    log_event(
+        logger, "login_succeeded", sub=user.id, sid=issued.sid, dpop=jkt is not None, body=body_mode
+    )
     return _token_response(
         request,
         issued=issued,
         roles=user.roles,
+        jkt=jkt,
+        body_mode=body_mode,
         extra={"user": {"id": user.id, "email": user.email, "roles": list(user.roles)}},
         headers=headers,
     )
@@ -186,34 +273,60 @@ async def login(request: Request) -> Response:
 @_db_guard
 async def refresh(request: Request) -> Response:
     settings = _settings(request)
-    check_origin(request, settings.cors_allowed_origins)
+    raw = await _read_limited(request, MAX_LOGIN_BODY)
+    body_mode = bool(raw.strip())
+    if not body_mode:
+        check_origin(request, settings.cors_allowed_origins)
     limits = request.app.state.ratelimits
     headers = await limits.check(limits.refresh_ip, "refresh-ip", limits.client_ip(request))
-    token = read_refresh_cookie(request)
+    token = _parse_refresh_body(raw) if body_mode else read_refresh_cookie(request)
+    jkt = await _proof_jkt(request)
+    if body_mode and jkt is None:
+        raise InvalidDPoPProof("a refresh token in the body needs a DPoP proof")
+    # body mode has no cookie to clear
+    clear = not body_mode
     if token is None:
-        raise InvalidToken(clear_cookie=True)
+        raise InvalidToken(clear_cookie=clear)
     try:
         presented = _tokens(request).verify_refresh(token)
     except InvalidToken:
-        raise InvalidToken(clear_cookie=True) from None
-    result = await _ledger(request).rotate(presented.jti, now=_now())
+        raise InvalidToken(clear_cookie=clear) from None
+    result = await _ledger(request).rotate(presented.jti, now=_now(), jkt=jkt)
     log_event(logger, "refresh_rotation", sid=result.sid, outcome=str(result.outcome))
+    if result.outcome is Outcome.KEY_MISMATCH:
+        _key_mismatch(request, result.sid, "body" if body_mode else "cookie")
+        raise InvalidToken(clear_cookie=clear)
     if result.outcome is Outcome.REUSED_REVOKED and result.sid is not None:
         # RFC 9700 §4.14.2: a replayed refresh token means the family may be stolen; kill
         # its live access tokens everywhere, not only the refresh chain.
         await request.app.state.revoked.revoke([result.sid])
     if result.outcome not in (Outcome.ROTATED, Outcome.RETRY) or result.successor is None:
-        raise InvalidToken(clear_cookie=True)
-    return _token_response(request, issued=result.successor, roles=result.roles, headers=headers)
+        raise InvalidToken(clear_cookie=clear)
+    return _token_response(
+        request,
+        issued=result.successor,
+        roles=result.roles,
+        jkt=result.jkt,
+        body_mode=body_mode,
+        headers=headers,
+    )
 
 
 @_db_guard
 async def logout(request: Request) -> Response:
     settings = _settings(request)
-    check_origin(request, settings.cors_allowed_origins)
-    token = read_refresh_cookie(request)
+    raw = await _read_limited(request, MAX_LOGIN_BODY)
+    body_mode = bool(raw.strip())
     response = Response(status_code=204, headers=NO_STORE)
-    clear_refresh_cookie(response, secure=cookie_secure(request, settings.cookie_secure))
+    if body_mode:
+        token: str | None = _parse_refresh_body(raw)
+    else:
+        check_origin(request, settings.cors_allowed_origins)
+        token = read_refresh_cookie(request)
+        clear_refresh_cookie(response, secure=cookie_secure(request, settings.cookie_secure))
+    jkt = await _proof_jkt(request)
+    if body_mode and jkt is None:
+        raise InvalidDPoPProof("a refresh token in the body needs a DPoP proof")
     if token is None:
         return response
     try:
@@ -222,16 +335,19 @@ async def logout(request: Request) -> Response:
         return response
     family = await _ledger(request).family_of(presented.jti)
     if family is not None:
-        sid, _ = family
-        await _ledger(request).revoke_family(sid, reason="logout", now=_now())
-        await request.app.state.revoked.revoke([sid])
-        log_event(logger, "logout", sid=sid)
+        if family.jkt != jkt:
+            # the holder of a copied token (without the key) must not be able to end the session
+            _key_mismatch(request, family.sid, "body" if body_mode else "cookie")
+            raise InvalidToken(clear_cookie=not body_mode)
+        await _ledger(request).revoke_family(family.sid, reason="logout", now=_now())
+        await request.app.state.revoked.revoke([family.sid])
+        log_event(logger, "logout", sid=family.sid)
     return response
 
 
 @_db_guard
 async def logout_all(request: Request) -> Response:
-    claims = authenticate(request)
+    claims = await authenticate(request)
     sids = await _ledger(request).revoke_all_for_user(claims.sub, reason="logout-all", now=_now())
     await request.app.state.revoked.revoke({*sids, claims.sid})
     log_event(logger, "logout_all", sub=claims.sub, count=len(sids))
@@ -242,7 +358,7 @@ async def logout_all(request: Request) -> Response:
 
 @_db_guard
 async def list_sessions(request: Request) -> Response:
-    claims = authenticate(request)
+    claims = await authenticate(request)
     sessions = await _ledger(request).list_sessions(claims.sub, now=_now())
     return JSONResponse(
         {
@@ -255,6 +371,9 @@ async def list_sessions(request: Request) -> Response:
                     "user_agent": s.user_agent,
                     "ip": s.ip,
                     "current": s.id == claims.sid,
+                    # DPoP: the session can only be refreshed with this key (RFC 7638 thumbprint)
+                    "key_bound": s.jkt is not None,
+                    "jkt": s.jkt,
                 }
                 for s in sessions
             ]
@@ -265,7 +384,7 @@ async def list_sessions(request: Request) -> Response:
 
 @_db_guard
 async def delete_session(request: Request) -> Response:
-    claims = authenticate(request)
+    claims = await authenticate(request)
     raw_id = request.path_params["session_id"]
     try:
         sid = str(uuid.UUID(raw_id))

@@ -4,7 +4,8 @@ One request, top to bottom in :func:`proxy_request`:
 
 0. route: map the path to the backend's ``/v1/...``, refusing anything that could escape it
    (before any token work, so garbage costs nothing and unknown auth routes are a plain 404);
-1. authenticate: the ``Authorization: Bearer`` access token (RFC 6750 §2.1);
+1. authenticate: the ``Authorization: Bearer`` access token (RFC 6750 §2.1), or a DPoP-bound one
+   with ``Authorization: DPoP`` and a proof for this request (RFC 9449 §7, :mod:`gateway.dpop`);
 2. check revocation: the token's session (``sid``) against the local revoked set (no I/O), then
    the optional per-user limit;
 3. mint: an internal token bound to this method and that exact backend path;
@@ -30,7 +31,7 @@ from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 from yarl import URL
 
-from gateway.bearer import authenticate
+from gateway.bearer import authenticate_request
 from gateway.errors import (
     BadGateway,
     BadRequest,
@@ -128,11 +129,17 @@ async def proxy_request(scope: Scope, receive: Receive, send: Send) -> None:
         _refuse_gateway_path(scope)
     target = backend_path(scope.get("raw_path"), scope["path"])
 
-    # 1. Authenticate, 2. check revocation (a logged-out session's access tokens die at once).
-    claims = authenticate(headers, proxy.access_tokens.verify, app_state.revoked)
+    # 1. Authenticate (Bearer, or DPoP with a proof for this request), 2. check revocation
+    #    (a logged-out session's access tokens die at once), then the per-user limit.
+    claims = await authenticate_request(
+        headers=headers,
+        method=method,
+        path=_request_path(scope),
+        verify=proxy.access_tokens.verify,
+        dpop=app_state.dpop,
+        revoked=app_state.revoked,
+    )
     request_state["user_id"] = claims.sub
-
-    # 2b. The optional per-user limit.
     if proxy.user_limit is not None:
         await proxy.user_limit.check(claims.sub)
 
@@ -274,6 +281,12 @@ def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
         if key == name:
             return value
     return None
+
+
+def _request_path(scope: Scope) -> str:
+    """The path as the client sent it (still percent-encoded), what a DPoP ``htu`` names."""
+    raw: bytes | None = scope.get("raw_path")
+    return raw.decode("latin-1") if raw else scope["path"]
 
 
 def _framing(headers: list[tuple[bytes, bytes]]) -> tuple[int | None, bool]:

@@ -53,6 +53,8 @@ class Outcome(enum.StrEnum):
     FAMILY_REVOKED = "family-revoked"
     EXPIRED = "expired"
     UNKNOWN = "unknown"
+    # DPoP: the family is bound to another key (or to none); nothing was changed (RFC 9449 §5)
+    KEY_MISMATCH = "key-mismatch"
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class RotateResult:
     user_id: str | None = None
     roles: tuple[str, ...] = ()
     successor: IssuedRefresh | None = None
+    jkt: str | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,14 @@ class SessionInfo:
     expires_at: datetime
     user_agent: str | None
     ip: str | None
+    jkt: str | None = None
+
+
+@dataclass(frozen=True)
+class Family:
+    sid: str
+    user_id: str
+    jkt: str | None
 
 
 def _ts(epoch: int) -> datetime:
@@ -97,7 +108,8 @@ _FAMILY_OF = "SELECT family_id FROM refresh_token_family WHERE jti = $1"
 
 # The family row first (the lock every writer of this family takes first), then the token row.
 _LOCK_FAMILY = """
-SELECT revoked_at, absolute_expires_at, roles FROM refresh_session WHERE family_id = $1
+SELECT revoked_at, absolute_expires_at, roles, dpop_jkt FROM refresh_session
+WHERE family_id = $1
 FOR UPDATE
 """
 
@@ -171,6 +183,7 @@ class Ledger:
         ip: str | None,
         now: int,
         family_lifetime: int | None = None,
+        jkt: str | None = None,
     ) -> IssuedRefresh:
         sid = str(uuid.uuid4())
         absolute = now + (self.family_lifetime if family_lifetime is None else family_lifetime)
@@ -180,7 +193,8 @@ class Ledger:
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 "INSERT INTO refresh_session (family_id, user_id, roles, created_at, last_used_at,"
-                " absolute_expires_at, user_agent, ip) VALUES ($1, $2, $3, $4, $4, $5, $6, $7)",
+                " absolute_expires_at, user_agent, ip, dpop_jkt)"
+                " VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8)",
                 sid,
                 user_id,
                 list(roles),
@@ -188,6 +202,7 @@ class Ledger:
                 _ts(absolute),
                 (user_agent or "")[:512] or None,
                 ip,
+                jkt,
             )
             await conn.execute(
                 _INSERT_TOKEN, token.jti, sid, user_id, None, _ts(now), _ts(token.exp)
@@ -218,13 +233,18 @@ class Ledger:
                 await asyncio.sleep(random.uniform(0, 0.01 * 2**tries))  # noqa: S311
         raise AssertionError("unreachable")
 
-    async def rotate(self, jti: str, *, now: int) -> RotateResult:
+    async def rotate(self, jti: str, *, now: int, jkt: str | None = None) -> RotateResult:
+        """``jkt``: the thumbprint of the key that signed the request's DPoP proof (``None``
+        without one); it must be the family's binding, or nothing happens (``KEY_MISMATCH``)."""
+
         async def attempt(conn: asyncpg.Connection) -> RotateResult:
-            return await self._rotate(conn, jti, now)
+            return await self._rotate(conn, jti, now, jkt)
 
         return await self._retrying(attempt)
 
-    async def _rotate(self, conn: asyncpg.Connection, jti: str, now: int) -> RotateResult:
+    async def _rotate(
+        self, conn: asyncpg.Connection, jti: str, now: int, jkt: str | None
+    ) -> RotateResult:
         family_id = await conn.fetchval(_FAMILY_OF, jti)
         if family_id is None:
             return RotateResult(Outcome.UNKNOWN)
@@ -235,9 +255,14 @@ class Ledger:
         sid = str(row["family_id"])
         user_id = str(row["user_id"])
         roles = tuple(family["roles"])
-        base: dict[str, Any] = {"sid": sid, "user_id": user_id, "roles": roles}
+        bound = family["dpop_jkt"]
+        base: dict[str, Any] = {"sid": sid, "user_id": user_id, "roles": roles, "jkt": bound}
         if family["revoked_at"] is not None or row["revoked_at"] is not None:
             return RotateResult(Outcome.FAMILY_REVOKED, **base)
+        # DPoP, before any reuse check: a thief holding the token but not the key changes
+        # nothing, neither a rotation nor a revocation that would log the victim out.
+        if bound != jkt:
+            return RotateResult(Outcome.KEY_MISMATCH, **base)
         if row["used_at"] is not None:
             used_for = now - _epoch(row["used_at"])
             if self.grace_seconds > 0 and used_for <= self.grace_seconds:
@@ -266,12 +291,16 @@ class Ledger:
         await conn.execute(_ROTATE, jti, _ts(now), successor.jti, sid, user_id, _ts(successor.exp))
         return RotateResult(Outcome.ROTATED, successor=successor, **base)
 
-    async def family_of(self, jti: str) -> tuple[str, str] | None:
-        """``(sid, user_id)`` of the family a refresh ``jti`` belongs to."""
+    async def family_of(self, jti: str) -> Family | None:
+        """The family a refresh ``jti`` belongs to, with its DPoP binding."""
         row = await self._pool.fetchrow(
-            "SELECT family_id, user_id FROM refresh_token_family WHERE jti = $1", jti
+            "SELECT t.family_id, t.user_id, s.dpop_jkt FROM refresh_token_family t"
+            " JOIN refresh_session s USING (family_id) WHERE t.jti = $1",
+            jti,
         )
-        return None if row is None else (str(row["family_id"]), str(row["user_id"]))
+        if row is None:
+            return None
+        return Family(sid=str(row["family_id"]), user_id=str(row["user_id"]), jkt=row["dpop_jkt"])
 
     async def revoke_families(self, sids: Sequence[str], *, reason: str, now: int) -> list[str]:
         """Revoke families; returns the ids that were live until now."""
@@ -322,8 +351,8 @@ class Ledger:
 
     async def list_sessions(self, user_id: str, *, now: int) -> list[SessionInfo]:
         rows = await self._pool.fetch(
-            "SELECT family_id, created_at, last_used_at, absolute_expires_at, user_agent, ip"
-            " FROM refresh_session WHERE user_id = $1 AND revoked_at IS NULL"
+            "SELECT family_id, created_at, last_used_at, absolute_expires_at, user_agent, ip,"
+            " dpop_jkt FROM refresh_session WHERE user_id = $1 AND revoked_at IS NULL"
             " AND absolute_expires_at > $2 ORDER BY created_at DESC",
             user_id,
             _ts(now),
@@ -336,6 +365,7 @@ class Ledger:
                 expires_at=r["absolute_expires_at"],
                 user_agent=r["user_agent"],
                 ip=r["ip"],
+                jkt=r["dpop_jkt"],
             )
             for r in rows
         ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from limits import parse as parse_limit
 from servicekit.config import (
@@ -71,6 +72,35 @@ def _origins(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
     return origins
 
 
+def _public_origins(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """The origins clients use to reach this gateway: the ``htu`` of a DPoP proof must name one
+    (RFC 9449 §4.3). Lower-cased and without a default port, the form proofs are compared in."""
+    out: list[str] = []
+    for origin in get_list(environ, name):
+        parts = urlsplit(origin)
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or parts.path
+            or parts.query
+            or parts.fragment
+            or parts.username
+        ):
+            raise ConfigError(
+                f"{name}: {origin!r} must be scheme://host[:port] with no path or trailing slash"
+            )
+        try:
+            port = parts.port
+        except ValueError:
+            raise ConfigError(f"{name}: {origin!r} has an invalid port") from None
+        host = parts.hostname.lower()
+        if ":" in host:
+            host = f"[{host}]"
+        default = {"http": 80, "https": 443}[parts.scheme]
+        out.append(f"{parts.scheme}://{host}" + (f":{port}" if port and port != default else ""))
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str
@@ -102,6 +132,12 @@ class Settings:
     proxy_read_timeout: float = 30.0
     log_level: str = "INFO"
     pool: PoolSettings = field(default_factory=PoolSettings)
+    # DPoP (RFC 9449): empty public_origins disables it (proofs are refused, fail closed).
+    public_origins: tuple[str, ...] = ()
+    dpop_iat_window: int = 60
+    dpop_nonce_required: bool = False
+    dpop_nonce_rotation: int = 300
+    dpop_nonce_secret: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -132,6 +168,9 @@ class Settings:
         internal_ttl = get_int(environ, "INTERNAL_TOKEN_TTL", 30, minimum=1)
         if internal_ttl > 60:
             raise ConfigError("INTERNAL_TOKEN_TTL must be at most 60 seconds")
+        iat_window = get_int(environ, "DPOP_IAT_WINDOW", 60, minimum=1)
+        if iat_window > 600:
+            raise ConfigError("DPOP_IAT_WINDOW must be at most 600 seconds")
         return cls(
             database_url=get_str(environ, "DATABASE_URL"),
             redis_url=get_str(environ, "REDIS_URL"),
@@ -162,6 +201,11 @@ class Settings:
             proxy_read_timeout=get_float(environ, "PROXY_READ_TIMEOUT", 30.0),
             log_level=level,
             pool=PoolSettings.from_env(environ),
+            public_origins=_public_origins(environ, "PUBLIC_ORIGIN"),
+            dpop_iat_window=iat_window,
+            dpop_nonce_required=get_bool(environ, "DPOP_NONCE_REQUIRED", False),
+            dpop_nonce_rotation=get_int(environ, "DPOP_NONCE_ROTATION", 300, minimum=10),
+            dpop_nonce_secret=_secret(environ, "DPOP_NONCE_SECRET", required=False),
         )
 
 

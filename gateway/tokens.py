@@ -64,6 +64,9 @@ class AccessClaims:
     jti: str
     iat: int
     exp: int
+    #: RFC 9449 §6.1 ``cnf.jkt``: the thumbprint of the key this token is bound to (DPoP), or
+    #: ``None`` for a bearer token.
+    jkt: str | None = None
 
 
 @dataclass(frozen=True)
@@ -120,13 +123,25 @@ class TokenService:
     # -- access -------------------------------------------------------------------------------
 
     def issue_access(
-        self, *, sub: str, sid: str, roles: Sequence[str], now: int | None = None
+        self,
+        *,
+        sub: str,
+        sid: str,
+        roles: Sequence[str],
+        now: int | None = None,
+        jkt: str | None = None,
     ) -> tuple[str, AccessClaims]:
         iat = int(time.time()) if now is None else now
         claims = AccessClaims(
-            sub=sub, sid=sid, roles=tuple(roles), jti=new_jti(), iat=iat, exp=iat + self.access_ttl
+            sub=sub,
+            sid=sid,
+            roles=tuple(roles),
+            jti=new_jti(),
+            iat=iat,
+            exp=iat + self.access_ttl,
+            jkt=jkt,
         )
-        payload = {
+        payload: dict[str, Any] = {
             "iss": self._issuer,
             "aud": self._audience,
             "sub": sub,
@@ -137,6 +152,8 @@ class TokenService:
             "iat": claims.iat,
             "exp": claims.exp,
         }
+        if jkt is not None:
+            payload["cnf"] = {"jkt": jkt}
         header = {"alg": "HS256", "typ": ACCESS_TYP_HEADER, "kid": self._access.signing_kid}
         return jwt.encode(header, payload, self._access.signing_key, registry=REGISTRY), claims
 
@@ -146,6 +163,12 @@ class TokenService:
         roles = claims.get("roles")
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
             raise InvalidToken()
+        jkt: str | None = None
+        if "cnf" in claims:
+            cnf = claims["cnf"]
+            if not isinstance(cnf, dict) or not isinstance(cnf.get("jkt"), str) or not cnf["jkt"]:
+                raise InvalidToken()
+            jkt = cnf["jkt"]
         return AccessClaims(
             sub=claims["sub"],
             sid=claims["sid"],
@@ -153,6 +176,7 @@ class TokenService:
             jti=claims["jti"],
             iat=claims["iat"],
             exp=claims["exp"],
+            jkt=jkt,
         )
 
     # -- refresh ------------------------------------------------------------------------------

@@ -26,8 +26,9 @@ def operator_dsn(new_database: Callable[[], str]) -> str:
         conn = await asyncpg.connect(dsn)
         try:
             await conn.execute("CREATE TABLE users (id uuid PRIMARY KEY, email text NOT NULL)")
-            sql = Path(__file__).parents[2] / "db" / "002_refresh_token_family.sql"
-            await conn.execute(sql.read_text())
+            db = Path(__file__).parents[2] / "db"
+            for name in ("002_refresh_token_family.sql", "005_dpop_binding.sql"):
+                await conn.execute((db / name).read_text())
         finally:
             await conn.close()
 

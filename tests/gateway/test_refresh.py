@@ -275,7 +275,8 @@ async def test_sessions_require_a_bearer_token(gateway: Harness, env: dict[str, 
     async with gateway(env) as client:
         response = await client.get("/api/v1/auth/sessions")
     assert response.status_code == 401
-    assert response.headers["www-authenticate"] == "Bearer"
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    assert "DPoP algs=" in response.headers["www-authenticate"]
 
 
 async def test_postgres_down_gives_503_not_500(
