@@ -262,6 +262,8 @@ def run(args: argparse.Namespace) -> int:
                 "INTERNAL_JWT_PRIVATE_KEY": keys.private_pem,
                 "CORS_ALLOWED_ORIGINS": environ.get("CORS_ALLOWED_ORIGINS", origins),
                 "COOKIE_SECURE": "false",
+                # DPoP proofs name the URL the client used: both spellings of this machine
+                "PUBLIC_ORIGIN": environ.get("PUBLIC_ORIGIN", origins),
                 "LOG_LEVEL": environ.get("LOG_LEVEL", "INFO"),
             },
         )
