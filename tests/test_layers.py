@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = {
     "internal_auth": (ROOT / "libs" / "internal_auth", 0),
     "servicekit": (ROOT / "libs" / "servicekit", 0),
+    "tokengate_client": (ROOT / "libs" / "tokengate_client", 0),
     "gateway": (ROOT / "gateway", 1),
     "backend": (ROOT / "backend", 1),
     "tokengate": (ROOT / "tokengate", 2),

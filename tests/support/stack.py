@@ -125,10 +125,11 @@ class Stack:
         self._gateway.start()
 
     @contextlib.contextmanager
-    def extra_gateway(self, **env: str) -> Iterator[str]:
+    def extra_gateway(self, port: int | None = None, **env: str) -> Iterator[str]:
         """A second gateway process (same secrets and backend, ``env`` overrides); yields its
-        URL. Lets benchmarks compare two configurations side by side, interleaving runs."""
-        port = free_port()
+        URL. Lets benchmarks compare two configurations side by side, interleaving runs. A
+        caller may pick the port up front when its settings must name its own origin."""
+        port = port or free_port()
         service = _Service("gateway", {**self.gateway_env, **env}, port, self._logdir)
         service.log_path = self._logdir / f"gateway-{port}.log"
         service.start()

@@ -1,0 +1,206 @@
+"""``DPoPAuth``: log in, sign every request, refresh, retry on ``use_dpop_nonce`` (RFC 9449)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Generator
+from typing import Any
+
+import httpx
+
+from tokengate_client._key import DPoPKey
+
+_Flow = Generator[httpx.Request, httpx.Response, None]
+
+
+class AuthenticationError(Exception):
+    """Login or refresh failed; the message names the status and the gateway's error code."""
+
+
+def _error_code(response: httpx.Response) -> str:
+    try:
+        error = response.json().get("error", {})
+        return str(error.get("code", ""))
+    except (ValueError, AttributeError):
+        return ""
+
+
+class DPoPAuth(httpx.Auth):
+    """An ``httpx.Auth`` holding a DPoP-bound session with a tokengate gateway.
+
+    - The key (:class:`DPoPKey`, Ed25519 unless given) is made once and kept for the object's
+      life; pass ``key=DPoPKey.from_pem(...)`` to keep it across runs.
+    - The first request logs in (``POST {auth_prefix}/login`` with a proof, no ``Origin``), so the
+      gateway answers with a refresh token in the body, bound to the key. An answer that is not
+      DPoP-bound is refused (:class:`AuthenticationError`): this client never runs unbound.
+    - Each request gets ``Authorization: DPoP <access token>`` and a fresh proof for its method
+      and URL (with ``ath`` and the last server nonce seen).
+    - The access token is refreshed ``refresh_margin`` seconds before it expires, and after a 401
+      ``invalid_token``; a refresh that is refused logs in again with the stored credentials.
+    - A 401 or 400 ``use_dpop_nonce`` is retried once with the ``DPoP-Nonce`` it carried.
+
+    Tokens and the password live in this object's memory only; ``repr`` shows neither. One
+    object per client; concurrent requests that refresh at the same moment are safe (the gateway
+    hands every retry inside its grace window the same successor).
+    """
+
+    requires_response_body = True
+
+    def __init__(
+        self,
+        email: str,
+        password: str,
+        *,
+        key: DPoPKey | None = None,
+        auth_prefix: str = "/api/v1/auth",
+        refresh_margin: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.key = key or DPoPKey.generate()
+        self._email = email
+        self._password = password
+        self._prefix = auth_prefix.rstrip("/")
+        self._margin = refresh_margin
+        self._clock = clock
+        self._access: str | None = None
+        self._refresh: str | None = None
+        self._expires_at = 0.0
+        self._nonce: str | None = None
+
+    def __repr__(self) -> str:
+        state = "logged in" if self._access else "not logged in"
+        return f"DPoPAuth(email={self._email!r}, key={self.key!r}, {state})"
+
+    @property
+    def logged_in(self) -> bool:
+        return self._access is not None
+
+    # -- the flow httpx drives ---------------------------------------------------------------
+
+    def auth_flow(self, request: httpx.Request) -> _Flow:
+        if self._access is None:
+            yield from self._login(request.url)
+        elif self._clock() >= self._expires_at - self._margin:
+            yield from self._renew(request.url)
+        response = yield self._signed(request)
+        self._remember_nonce(response)
+        for _ in range(2):
+            if response.status_code != 401:
+                return
+            challenge = response.headers.get("www-authenticate", "")
+            if "use_dpop_nonce" in challenge and response.headers.get("dpop-nonce"):
+                pass  # the nonce is remembered: sign again
+            elif 'error="invalid_token"' in challenge:
+                yield from self._renew(request.url)
+            else:
+                return
+            response = yield self._signed(request)
+            self._remember_nonce(response)
+
+    # -- logout ----------------------------------------------------------------------------
+
+    def logout(self, client: httpx.Client) -> None:
+        """End the session on the gateway (body-mode logout with a proof) and forget it."""
+        request = self._logout_request(client)
+        if request is None:
+            return
+        response = client.send(request, auth=None)
+        if self._remember_nonce(response) and _error_code(response) == "use_dpop_nonce":
+            response = client.send(self._logout_request(client) or request, auth=None)
+        self._forget()
+        if response.status_code != 204:
+            raise AuthenticationError(f"logout failed: {response.status_code}")
+
+    async def alogout(self, client: httpx.AsyncClient) -> None:
+        """:meth:`logout` for an ``httpx.AsyncClient``."""
+        request = self._logout_request(client)
+        if request is None:
+            return
+        response = await client.send(request, auth=None)
+        if self._remember_nonce(response) and _error_code(response) == "use_dpop_nonce":
+            response = await client.send(self._logout_request(client) or request, auth=None)
+        self._forget()
+        if response.status_code != 204:
+            raise AuthenticationError(f"logout failed: {response.status_code}")
+
+    def _logout_request(self, client: httpx.Client | httpx.AsyncClient) -> httpx.Request | None:
+        if self._refresh is None:
+            return None
+        request = client.build_request(
+            "POST", self._prefix + "/logout", json={"refresh_token": self._refresh}
+        )
+        request.headers["DPoP"] = self.key.proof("POST", str(request.url), nonce=self._nonce)
+        return request
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _signed(self, request: httpx.Request) -> httpx.Request:
+        assert self._access is not None
+        request.headers["Authorization"] = f"DPoP {self._access}"
+        request.headers["DPoP"] = self.key.proof(
+            request.method, str(request.url), access_token=self._access, nonce=self._nonce
+        )
+        return request
+
+    def _remember_nonce(self, response: httpx.Response) -> bool:
+        nonce = response.headers.get("dpop-nonce")
+        if nonce:
+            self._nonce = nonce
+            return True
+        return False
+
+    def _auth_call(
+        self, base: httpx.URL, name: str, body: dict[str, Any]
+    ) -> Generator[httpx.Request, httpx.Response, httpx.Response]:
+        """POST to an auth endpoint with a proof; once more if the gateway asks for a nonce."""
+        url = base.copy_with(path=f"{self._prefix}/{name}", query=None, fragment=None)
+        response: httpx.Response | None = None
+        for _ in range(2):
+            proof = self.key.proof("POST", str(url), nonce=self._nonce)
+            response = yield httpx.Request("POST", url, json=body, headers={"DPoP": proof})
+            fresh_nonce = self._remember_nonce(response)
+            if not (fresh_nonce and _error_code(response) == "use_dpop_nonce"):
+                break
+        assert response is not None
+        return response
+
+    def _login(self, base: httpx.URL) -> _Flow:
+        response = yield from self._auth_call(
+            base, "login", {"email": self._email, "password": self._password}
+        )
+        if response.status_code != 200:
+            raise AuthenticationError(
+                f"login failed: {response.status_code} {_error_code(response)}".strip()
+            )
+        self._store(response)
+
+    def _renew(self, base: httpx.URL) -> _Flow:
+        if self._refresh is None:
+            yield from self._login(base)
+            return
+        response = yield from self._auth_call(base, "refresh", {"refresh_token": self._refresh})
+        if response.status_code == 200:
+            self._store(response)
+        elif response.status_code == 401:
+            # the session ended (expired, revoked, logged out elsewhere): start a new one
+            self._forget()
+            yield from self._login(base)
+        else:
+            raise AuthenticationError(
+                f"refresh failed: {response.status_code} {_error_code(response)}".strip()
+            )
+
+    def _store(self, response: httpx.Response) -> None:
+        body = response.json()
+        if body.get("token_type") != "DPoP" or not body.get("refresh_token"):
+            # never carry on with an unbound session (a gateway without PUBLIC_ORIGIN, a proxy
+            # that dropped the DPoP header, ...): fail loudly instead
+            raise AuthenticationError("the gateway did not bind the session to this key")
+        self._access = str(body["access_token"])
+        self._refresh = str(body["refresh_token"])
+        self._expires_at = self._clock() + float(body.get("expires_in", 0))
+
+    def _forget(self) -> None:
+        self._access = None
+        self._refresh = None
+        self._expires_at = 0.0
