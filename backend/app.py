@@ -16,7 +16,8 @@ from collections.abc import AsyncIterator
 
 from internal_auth import InternalAuthMiddleware, Principal, TokenScope, Verifier, get_principal
 from servicekit import db
-from servicekit.http_errors import error_response, http_exception
+from servicekit.bodies import BodyError
+from servicekit.http_errors import body_error, error_response, http_exception
 from servicekit.logs import configure_logging, log_event
 from servicekit.request_id import RequestIdMiddleware
 from starlette.applications import Starlette
@@ -216,6 +217,7 @@ def create_app(settings: Settings, *, passwords: Passwords | None = None) -> Sta
     ]
     handlers = {
         BackendError: backend_error,
+        BodyError: body_error,
         HTTPException: http_exception,
         Exception: unexpected_error,
         **dict.fromkeys(db.UNAVAILABLE, database_error),

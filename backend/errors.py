@@ -55,12 +55,6 @@ class Conflict(BackendError):
     message = "already exists"
 
 
-class PayloadTooLarge(BackendError):
-    status = 413
-    code = "payload_too_large"
-    message = "the request body is too large"
-
-
 class ValidationFailed(BackendError):
     status = 422
     code = "validation_error"

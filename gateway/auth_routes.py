@@ -16,7 +16,6 @@ Every failure raises a :mod:`gateway.errors` exception; ``app.py`` turns it into
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import time
 import uuid
@@ -24,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from servicekit import db
+from servicekit.bodies import parse_json, read_json, read_limited, refuse_foreign_body
 from servicekit.logs import log_event
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -31,6 +31,7 @@ from starlette.routing import Route
 
 from gateway import bearer
 from gateway.cookies import (
+    check_login_origin,
     check_origin,
     clear_refresh_cookie,
     cookie_secure,
@@ -39,10 +40,8 @@ from gateway.cookies import (
 )
 from gateway.dpop import DPoP, InvalidDPoPProof
 from gateway.errors import (
-    BadRequest,
     InvalidToken,
     NotFound,
-    PayloadTooLarge,
     ServiceUnavailable,
     ValidationFailed,
 )
@@ -81,27 +80,7 @@ def _now() -> int:
     return int(time.time())
 
 
-async def _read_limited(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            if int(declared) > limit:
-                raise PayloadTooLarge()
-        except ValueError:
-            raise BadRequest("invalid Content-Length") from None
-    body = bytearray()
-    async for chunk in request.stream():
-        body.extend(chunk)
-        if len(body) > limit:
-            raise PayloadTooLarge()
-    return bytes(body)
-
-
-def _parse_credentials(raw: bytes) -> tuple[str, str]:
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("request body must be JSON") from None
+def _parse_credentials(data: Any) -> tuple[str, str]:
     if not isinstance(data, dict):
         raise ValidationFailed("request body must be a JSON object")
     email, password = data.get("email"), data.get("password")
@@ -207,10 +186,7 @@ async def _proof_jkt(request: Request) -> str | None:
 
 
 def _parse_refresh_body(raw: bytes) -> str:
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("request body must be JSON") from None
+    data = parse_json(raw)
     if not isinstance(data, dict) or not isinstance(data.get("refresh_token"), str):
         raise ValidationFailed("refresh_token must be a string")
     token: str = data["refresh_token"]
@@ -236,9 +212,10 @@ def _key_mismatch(request: Request, sid: str | None, mode: str) -> None:
 
 @_db_guard
 async def login(request: Request) -> Response:
+    # Login CSRF: a cross-site form must not log the victim's browser into another account.
+    check_login_origin(request, _settings(request).cors_allowed_origins)
     limits = request.app.state.ratelimits
-    raw = await _read_limited(request, MAX_LOGIN_BODY)
-    email, password = _parse_credentials(raw)
+    email, password = _parse_credentials(await read_json(request, limit=MAX_LOGIN_BODY))
     ip = limits.client_ip(request)
     await limits.check(limits.login_ip, "login-ip", ip)
     headers = await limits.check(limits.login_account, "login-account", account_key(email))
@@ -273,7 +250,8 @@ async def login(request: Request) -> Response:
 @_db_guard
 async def refresh(request: Request) -> Response:
     settings = _settings(request)
-    raw = await _read_limited(request, MAX_LOGIN_BODY)
+    refuse_foreign_body(request.headers.raw)
+    raw = await read_limited(request, MAX_LOGIN_BODY)
     body_mode = bool(raw.strip())
     if not body_mode:
         check_origin(request, settings.cors_allowed_origins)
@@ -315,7 +293,8 @@ async def refresh(request: Request) -> Response:
 @_db_guard
 async def logout(request: Request) -> Response:
     settings = _settings(request)
-    raw = await _read_limited(request, MAX_LOGIN_BODY)
+    refuse_foreign_body(request.headers.raw)
+    raw = await read_limited(request, MAX_LOGIN_BODY)
     body_mode = bool(raw.strip())
     response = Response(status_code=204, headers=NO_STORE)
     if body_mode:
@@ -347,6 +326,7 @@ async def logout(request: Request) -> Response:
 
 @_db_guard
 async def logout_all(request: Request) -> Response:
+    refuse_foreign_body(request.headers.raw)
     claims = await authenticate(request)
     sids = await _ledger(request).revoke_all_for_user(claims.sub, reason="logout-all", now=_now())
     await request.app.state.revoked.revoke({*sids, claims.sid})
@@ -384,6 +364,7 @@ async def list_sessions(request: Request) -> Response:
 
 @_db_guard
 async def delete_session(request: Request) -> Response:
+    refuse_foreign_body(request.headers.raw)
     claims = await authenticate(request)
     raw_id = request.path_params["session_id"]
     try:

@@ -78,3 +78,14 @@ def check_origin(request: Request, allowed: tuple[str, ...]) -> None:
     origin = request_origin(request)
     if origin is None or origin not in allowed:
         raise Forbidden("cross-site request refused")
+
+
+def check_login_origin(request: Request, allowed: tuple[str, ...]) -> None:
+    """Refuse a login whose ``Origin`` is present and not allowed, ``null`` included (403).
+
+    Browsers send ``Origin`` on every cross-site POST (Fetch §3.1), so a form on another site
+    cannot log the victim into the attacker's account; API clients send none and still work.
+    """
+    origin = request.headers.get("origin")
+    if origin is not None and origin not in allowed:
+        raise Forbidden("cross-site request refused")

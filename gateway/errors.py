@@ -42,10 +42,10 @@ class ValidationFailed(GatewayError):
     message = "request body is not valid"
 
 
-class PayloadTooLarge(GatewayError):
-    status = 413
-    code = "payload_too_large"
-    message = "request body is too large"
+class URITooLong(GatewayError):
+    status = 414
+    code = "uri_too_long"
+    message = "request path is too long"
 
 
 class Unauthorized(GatewayError):

@@ -11,7 +11,15 @@ is refused:
 - percent-encoded ``.``, ``/``, ``\\`` and ``%`` (``%2e``, ``%2f``, ``%5c``, ``%25``): one decoding
   more or less on either side would turn them into the above;
 - backslashes (some servers read them as ``/``), empty segments (``//``, a trailing ``/``),
-  ``;`` path parameters, control characters and bytes that are not UTF-8.
+  ``;`` path parameters, control characters and bytes that are not UTF-8;
+- percent-encoded ``?`` and ``#`` (``%3f``, ``%23``): decoded, they would end the path inside
+  the internal token's ``htu``, which is a path and nothing else.
+
+A raw path longer than :data:`MAX_PATH_BYTES` is refused with 414: the decoded path travels
+inside the internal token, and the token must stay under the verifier's size limit
+(``internal_auth.MAX_TOKEN_LENGTH``) or a valid access token would earn a 401. JSON-escaping the
+decoded path never makes it longer than its percent-encoded form (``%22`` -> ``\"``, four
+escaped UTF-8 bytes -> one surrogate pair of 12 characters), so the raw length bounds it.
 
 The backend receives the raw (still percent-encoded) path, and the internal token's ``htu`` is that
 path decoded exactly the way uvicorn decodes it into ``scope["path"]`` (``urllib.parse.unquote``),
@@ -24,8 +32,10 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from gateway.errors import BadRequest, NotFound
+from gateway.errors import BadRequest, NotFound, URITooLong
 
+#: Longest raw public path proxied (bytes, before decoding, query string excluded).
+MAX_PATH_BYTES = 2048
 PUBLIC_PREFIX = "/api/v1/"
 BACKEND_PREFIX = "/v1/"
 
@@ -35,7 +45,7 @@ _GATEWAY_ONLY = ("auth",)
 
 # RFC 3986 §3.3 pchar minus ";" (matrix parameters) and with "%" allowed only as an escape.
 _RAW_SEGMENT = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,=:@]|%[0-9A-Fa-f]{2})+")
-_FORBIDDEN_ESCAPES = re.compile(r"%(?:2[eEfF5]|5[cC]|[01][0-9A-Fa-f]|7[fF])")
+_FORBIDDEN_ESCAPES = re.compile(r"%(?:2[eEfF35]|3[fF]|5[cC]|[01][0-9A-Fa-f]|7[fF])")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,11 +55,13 @@ class BackendPath:
 
 
 def backend_path(raw_path: bytes | None, path: str) -> BackendPath:
-    """Return the backend path for a public request path, or raise 400/404.
+    """Return the backend path for a public request path, or raise 400/404/414.
 
     ``raw_path`` is ASGI ``scope["raw_path"]`` (``None`` when the server does not provide it, in
     which case the decoded ``path`` is all there is and must itself be plain).
     """
+    if len(raw_path if raw_path is not None else path.encode("utf-8")) > MAX_PATH_BYTES:
+        raise URITooLong()
     try:
         raw = raw_path.decode("ascii") if raw_path is not None else path
     except UnicodeDecodeError:

@@ -20,10 +20,12 @@ httpx stays the client everywhere else (tests, CLI, the gateway's own credential
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
+from internal_auth import HEADER as INTERNAL_AUTH_HEADER
 from internal_auth import TokenScope
+from servicekit.bodies import PayloadTooLarge, framing
 from servicekit.forwarded import client_ip, forwarded_for, request_scheme
 from servicekit.logs import log_event, new_request_id
 from starlette.exceptions import HTTPException
@@ -38,7 +40,6 @@ from gateway.errors import (
     GatewayError,
     GatewayTimeout,
     NotFound,
-    PayloadTooLarge,
 )
 from gateway.forwarding import request_headers, response_headers
 from gateway.paths import backend_path
@@ -144,19 +145,26 @@ async def proxy_request(scope: Scope, receive: Receive, send: Send) -> None:
         await proxy.user_limit.check(claims.sub)
 
     # 3. Mint, bound to the method and the exact path the backend will see (its htu check).
-    internal_token = app_state.minter.mint(
-        sub=claims.sub,
-        scope=TokenScope.USER_REQUEST,
-        htm=method,
-        htu=target.path,
-        roles=claims.roles,
-        sid=claims.sid,
-    )
+    def mint() -> str:
+        try:
+            token: str = app_state.minter.mint(
+                sub=claims.sub,
+                scope=TokenScope.USER_REQUEST,
+                htm=method,
+                htu=target.path,
+                roles=claims.roles,
+                sid=claims.sid,
+            )
+        except ValueError:
+            # paths.py refuses every path the minter would; this only keeps a gap a 400.
+            raise BadRequest("malformed request path") from None
+        return token
+
+    internal_token = mint()
 
     # 4. Forward.
-    length, chunked = _framing(headers)
-    if length is not None and length > proxy.max_body:
-        raise PayloadTooLarge()
+    declared = framing(headers, limit=proxy.max_body)
+    length, chunked = declared.length, declared.chunked
     body_stream: _BodyStream | None = None
     data: bytes | AsyncIterator[bytes] | None = None
     if length is not None and length <= _BUFFER_LIMIT:
@@ -197,11 +205,12 @@ async def proxy_request(scope: Scope, receive: Receive, send: Send) -> None:
             headers=outbound,
             data=data,
             allow_redirects=False,
+            middlewares=(_fresh_token_per_attempt(mint),),
         )
     except Exception as exc:
         # aiohttp may wrap what the body iterator raised; its flags say what really happened.
         if body_stream is not None and body_stream.too_large:
-            raise PayloadTooLarge() from None
+            raise PayloadTooLarge.over(proxy.max_body) from None
         if body_stream is not None and body_stream.client_gone:
             log_event(logger, "proxy_client_gone", method=method, path=target.path)
             return
@@ -289,21 +298,26 @@ def _request_path(scope: Scope) -> str:
     return raw.decode("latin-1") if raw else scope["path"]
 
 
-def _framing(headers: list[tuple[bytes, bytes]]) -> tuple[int | None, bool]:
-    """(Content-Length, chunked?) of the client's request body."""
-    length: int | None = None
-    chunked = False
-    for key, value in headers:
-        if key == b"content-length":
-            if not value.isdigit() or (length is not None and int(value) != length):
-                raise BadRequest("invalid Content-Length")
-            length = int(value)
-        elif key == b"transfer-encoding":
-            chunked = True
-    if chunked:
-        # RFC 9112 §6.3: with both, Transfer-Encoding wins and Content-Length must be ignored.
-        return None, True
-    return length, False
+def _fresh_token_per_attempt(mint: Callable[[], str]) -> aiohttp.ClientMiddlewareType:
+    """Each attempt aiohttp makes gets its own internal token.
+
+    aiohttp resends an idempotent request once, with the same headers, when a reused keep-alive
+    connection turns out to be closed (RFC 9112 §9.3.1). The backend accepts each token once
+    (``internal_auth``'s jti cache), so a resent token would be refused as a replay: the first
+    attempt keeps the token already in the headers, every later one gets a fresh one.
+    """
+    attempts = 0
+
+    async def middleware(
+        request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+    ) -> aiohttp.ClientResponse:
+        nonlocal attempts
+        if attempts:
+            request.headers[INTERNAL_AUTH_HEADER] = mint()
+        attempts += 1
+        return await handler(request)
+
+    return middleware
 
 
 async def _read_small(receive: Receive, length: int) -> bytes:
@@ -343,7 +357,7 @@ class _BodyStream:
             seen += len(chunk)
             if seen > self._limit:
                 self.too_large = True
-                raise PayloadTooLarge()
+                raise PayloadTooLarge.over(self._limit)
             if chunk:
                 yield chunk
 

@@ -8,11 +8,15 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from servicekit.bodies import BodyError
+
 _HTTP_CODES = {
     400: "bad_request",
     404: "not_found",
     405: "method_not_allowed",
     413: "payload_too_large",
+    414: "uri_too_long",
+    415: "unsupported_media_type",
 }
 
 
@@ -29,3 +33,9 @@ async def http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = _HTTP_CODES.get(exc.status_code, "error")
     return error_response(exc.status_code, code, code.replace("_", " "), exc.headers)
+
+
+async def body_error(request: Request, exc: Exception) -> Response:
+    """A refused request body (:mod:`servicekit.bodies`): its own status, code and message."""
+    assert isinstance(exc, BodyError)
+    return error_response(exc.status, exc.code, exc.message)

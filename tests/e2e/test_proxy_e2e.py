@@ -19,8 +19,8 @@ from typing import Any
 
 import httpx
 import pytest
+from servicekit.bodies import PayloadTooLarge
 
-from gateway.errors import PayloadTooLarge as GatewayPayloadTooLarge
 from tests.support.stack import Stack, running_stack
 
 pytestmark = pytest.mark.e2e
@@ -184,7 +184,7 @@ def test_ten_megabytes_pass_the_gateway(stack: Stack, alice: User) -> None:
     r = alice.post("/api/v1/notes", content=payload, headers={"Content-Type": "application/json"})
     # The backend's own validation answers (a note is small): the gateway let it through.
     assert r.status_code in (400, 413, 422), r.text
-    assert r.json()["error"]["message"] != GatewayPayloadTooLarge.message
+    assert r.json()["error"]["message"] != PayloadTooLarge.over(LIMIT).message
     assert alice.get("/api/v1/me").status_code == 200
 
 
@@ -193,7 +193,7 @@ def test_declared_body_over_the_limit_is_413(alice: User) -> None:
     assert r.status_code == 413
     assert r.json()["error"] == {
         "code": "payload_too_large",
-        "message": GatewayPayloadTooLarge.message,
+        "message": PayloadTooLarge.over(LIMIT).message,
     }
 
 
@@ -202,7 +202,7 @@ def test_chunked_body_over_the_limit_is_413(alice: User) -> None:
         for _ in range(LIMIT // MB + 1):
             yield b"x" * MB
 
-    r = alice.post("/api/v1/notes", content=body())
+    r = alice.post("/api/v1/notes", content=body(), headers={"Content-Type": "application/json"})
     # Whoever counts past its limit first answers (here the backend, at 64 KiB); the gateway's
     # own count of a chunked body is exercised in tests/gateway/test_proxy_live.py.
     assert r.status_code == 413

@@ -114,7 +114,9 @@ async def test_oversized_streamed_body_is_413(gateway: Harness, env: dict[str, s
             yield b"x" * 1024
 
     async with gateway(env) as client:
-        response = await client.post("/api/v1/auth/login", content=chunks())
+        response = await client.post(
+            "/api/v1/auth/login", content=chunks(), headers={"Content-Type": "application/json"}
+        )
     assert response.status_code == 413
 
 
