@@ -94,6 +94,12 @@ class _Service:
                 self.proc.wait(5)
         self.proc = None
 
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+
     def tail(self, lines: int = 40) -> str:
         if not self.log_path.exists():
             return ""
@@ -114,8 +120,17 @@ class Stack:
         self.gateway_env = gateway.env
         self._minter = Minter(key, issuer=GATEWAY_ID, audience=BACKEND_ID, ttl=60)
 
+    @property
+    def logdir(self) -> Path:
+        """The folder holding every process's log (``*.log``)."""
+        return self._logdir
+
     def stop_backend(self) -> None:
         self._backend.stop()
+
+    def kill_backend(self) -> None:
+        """SIGKILL: no graceful shutdown, connections cut as in a crash."""
+        self._backend.kill()
 
     def start_backend(self) -> None:
         self._backend.start()
