@@ -82,6 +82,8 @@ def stack(migrated_dsn: str, redis_url: str, redis_prefix: str) -> Iterator[Stac
         gateway_env={
             "CORS_ALLOWED_ORIGINS": f"http://127.0.0.1:{port}",
             "COOKIE_SECURE": "false",
+            # the page binds its session to a WebCrypto key: proofs name this origin
+            "PUBLIC_ORIGIN": f"http://127.0.0.1:{port}",
         },
     ) as running:
         yield running
@@ -313,3 +315,93 @@ def test_revoking_another_session_logs_that_browser_out(stack: Stack, browser: B
     finally:
         laptop.close()
         phone.close()
+
+
+# The page's key, read back from IndexedDB the way the page stores it.
+READ_KEY = """() => new Promise((resolve, reject) => {
+  const open = indexedDB.open("tokengate-demo", 1);
+  open.onerror = () => reject(open.error);
+  open.onsuccess = () => {
+    const get = open.result.transaction("keys").objectStore("keys").get("dpop");
+    get.onsuccess = async () => {
+      const key = get.result;
+      let exported = "refused";
+      try {
+        await crypto.subtle.exportKey("jwk", key.privateKey);
+        exported = "exported";
+      } catch (err) {
+        exported = err.name;
+      }
+      resolve({alg: key.alg, extractable: key.privateKey.extractable, exported, jwk: key.jwk});
+    };
+  };
+})"""
+
+
+def test_session_is_bound_to_a_non_extractable_key_and_a_copied_cookie_is_useless(
+    stack: Stack, browser: Browser
+) -> None:
+    email = f"browser-{uuid.uuid4().hex[:10]}@example.test"
+    stack.create_user(email, PASSWORD)
+    context, thief = browser.new_context(), browser.new_context()
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        logins: list[dict[str, Any]] = []
+        page.on(
+            "response",
+            lambda r: logins.append(r.json()) if r.url.endswith("/api/v1/auth/login") else None,
+        )
+        page.goto(stack.gateway_url + "/demo/")
+        expect(page.locator("#login-form")).to_be_visible()
+        _login(page, email)
+
+        # a non-extractable key in IndexedDB; Ed25519 where Chromium has it, else ES256
+        key = page.evaluate(READ_KEY)
+        assert key["alg"] in ("Ed25519", "ES256")
+        assert key["extractable"] is False and key["exported"] == "InvalidAccessError"
+        assert "d" not in key["jwk"]
+        # the session is DPoP-bound: DPoP token type, the key's thumbprint in the sessions list
+        assert logins[-1]["token_type"] == "DPoP"
+        assert "refresh_token" not in logins[-1]
+        expect(page.locator("#sessions .session")).to_contain_text("[key-bound]")
+
+        # the same context refreshes (with a proof from the stored key) and reloads fine
+        assert page.evaluate("refreshAccessToken()") is True
+        page.reload()
+        expect(page.locator("#profile-email")).to_have_text(email)
+        page.reload()
+        expect(page.locator("#profile-email")).to_have_text(email)
+
+        # the refresh cookie copied into another browser context does not refresh there:
+        # that context has a key of its own, not this one
+        jar = context.cookies(stack.gateway_url + "/api/v1/auth/")
+        [cookie] = [c for c in jar if c["name"] == REFRESH_COOKIE]
+        thief.add_cookies([cookie])
+        other = thief.new_page()
+        other.set_default_timeout(TIMEOUT_MS)
+        other.goto(stack.gateway_url + "/demo/")
+        expect(other.locator("#status")).to_have_text("Please log in.")
+        assert other.evaluate(READ_KEY)["jwk"] != key["jwk"]
+        mismatches = [
+            line for line in stack.log_text("gateway").splitlines() if "dpop_key_mismatch" in line
+        ]
+        assert mismatches, "the refused refresh was not audited"
+        # nor without any proof at all, outside a browser
+        r = httpx.post(
+            stack.gateway_url + "/api/v1/auth/refresh",
+            headers={"Origin": stack.gateway_url},
+            cookies={REFRESH_COOKIE: cookie["value"]},
+        )
+        assert r.status_code == 401
+
+        # the owner is unaffected (not revoked) and logs out with a proof
+        page.reload()
+        expect(page.locator("#profile-email")).to_have_text(email)
+        page.click("#logout-button")
+        expect(page.locator("#login-form")).to_be_visible()
+        page.reload()
+        expect(page.locator("#status")).to_have_text("Please log in.")
+    finally:
+        context.close()
+        thief.close()

@@ -6,6 +6,13 @@
 // browser sends it only to /api/v1/auth/* on this origin. Reloading the page therefore starts
 // with POST /api/v1/auth/refresh to get a fresh access token from that cookie.
 //
+// The session is bound to a key this page cannot leak (DPoP, RFC 9449): a WebCrypto key pair made
+// non-extractable (Ed25519, or ECDSA P-256 "ES256" where the browser lacks Ed25519) and kept in
+// IndexedDB, which stores the CryptoKey object itself, never its bytes. Login, refresh, logout
+// and every API call carry a proof signed by it, so a copied refresh cookie (or a stolen access
+// token) is useless without this browser's key. If the browser can make neither key, the page
+// refuses to log in rather than fall back to an unbound session.
+//
 // Everything the server returns is written with textContent, never innerHTML, so a note titled
 // "<img onerror=...>" stays text.
 "use strict";
@@ -17,6 +24,10 @@ const REFRESH_MARGIN_SECONDS = 30;
 let accessToken = null;
 let refreshTimer = null;
 let refreshInFlight = null;
+// The last server nonce (DPoP-Nonce) and the gap between the gateway's clock and ours: a proof's
+// iat must fall within the gateway's window, so a skewed clock is corrected from its Date header.
+let dpopNonce = null;
+let clockSkewMs = 0;
 
 const $ = (id) => document.getElementById(id);
 
@@ -41,9 +52,137 @@ async function readJson(response) {
   }
 }
 
+// ---- the DPoP key and proofs ----------------------------------------------------------------
+
+const KEY_DB = "tokengate-demo";
+const KEY_STORE = "keys";
+const KEY_ID = "dpop";
+let dpopKey = null; // {privateKey, jwk, alg}
+
+function b64url(bytes) {
+  let text = "";
+  for (const b of new Uint8Array(bytes)) text += String.fromCharCode(b);
+  return btoa(text).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+
+function b64urlText(text) {
+  return b64url(new TextEncoder().encode(text));
+}
+
+function keyDb(mode, action) {
+  return new Promise((resolve, reject) => {
+    const open = indexedDB.open(KEY_DB, 1);
+    open.onupgradeneeded = () => open.result.createObjectStore(KEY_STORE);
+    open.onerror = () => reject(open.error);
+    open.onsuccess = () => {
+      const tx = open.result.transaction(KEY_STORE, mode);
+      const request = action(tx.objectStore(KEY_STORE));
+      tx.oncomplete = () => {
+        open.result.close();
+        resolve(request.result);
+      };
+      tx.onerror = () => reject(tx.error);
+    };
+  });
+}
+
+// Ed25519 first; ES256 where WebCrypto has no Ed25519. extractable=false applies to the private
+// key: the public key stays exportable, which is all a proof's jwk needs.
+async function generateKey() {
+  const choices = [
+    { alg: "Ed25519", params: { name: "Ed25519" } },
+    { alg: "ES256", params: { name: "ECDSA", namedCurve: "P-256" } },
+  ];
+  for (const choice of choices) {
+    try {
+      const pair = await crypto.subtle.generateKey(choice.params, false, ["sign", "verify"]);
+      const exported = await crypto.subtle.exportKey("jwk", pair.publicKey);
+      const jwk =
+        choice.alg === "Ed25519"
+          ? { kty: exported.kty, crv: exported.crv, x: exported.x }
+          : { kty: exported.kty, crv: exported.crv, x: exported.x, y: exported.y };
+      return { privateKey: pair.privateKey, jwk, alg: choice.alg };
+    } catch {
+      // not supported here: try the next one
+    }
+  }
+  throw new Error("this browser cannot make a non-extractable signing key");
+}
+
+async function loadKey() {
+  if (dpopKey !== null) return dpopKey;
+  if (!window.crypto || !crypto.subtle || !window.indexedDB) {
+    throw new Error("this browser lacks WebCrypto or IndexedDB");
+  }
+  let stored = await keyDb("readonly", (store) => store.get(KEY_ID));
+  if (!stored || !stored.privateKey || stored.privateKey.extractable) {
+    stored = await generateKey();
+    await keyDb("readwrite", (store) => store.put(stored, KEY_ID));
+  }
+  dpopKey = stored;
+  return dpopKey;
+}
+
+async function proof(method, url, token) {
+  const key = await loadKey();
+  const claims = {
+    jti: b64url(crypto.getRandomValues(new Uint8Array(16))),
+    htm: method,
+    htu: new URL(url, location.href).href.split(/[?#]/)[0],
+    iat: Math.floor((Date.now() + clockSkewMs) / 1000),
+  };
+  if (token) {
+    claims.ath = b64url(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(token)));
+  }
+  if (dpopNonce) claims.nonce = dpopNonce;
+  const header = { typ: "dpop+jwt", alg: key.alg, jwk: key.jwk };
+  const input = `${b64urlText(JSON.stringify(header))}.${b64urlText(JSON.stringify(claims))}`;
+  const algorithm = key.alg === "Ed25519" ? { name: "Ed25519" } : { name: "ECDSA", hash: "SHA-256" };
+  // WebCrypto's ECDSA signature is r||s, the form JWS uses (RFC 7518 §3.4)
+  const signature = await crypto.subtle.sign(algorithm, key.privateKey, new TextEncoder().encode(input));
+  return `${input}.${b64url(signature)}`;
+}
+
+// Learn the server's nonce and clock from any answer; true if a retry with them may succeed.
+function noteServer(response) {
+  const date = Date.parse(response.headers.get("Date") || "");
+  if (!Number.isNaN(date)) clockSkewMs = date - Date.now();
+  const nonce = response.headers.get("DPoP-Nonce");
+  if (nonce) dpopNonce = nonce;
+  return response.status === 400 || response.status === 401;
+}
+
+// A fetch with a fresh proof, sent once more if the gateway refused the proof itself (a nonce
+// it wants, or our clock off): each attempt signs a new proof with what the answer taught us.
+async function fetchWithProof(method, path, init, token) {
+  const send = async () => {
+    const headers = { ...(init.headers || {}), DPoP: await proof(method, path, token) };
+    return fetch(path, { ...init, method, headers, credentials: "same-origin" });
+  };
+  let response = await send();
+  if (noteServer(response) && (await proofRefused(response))) {
+    response = await send();
+    noteServer(response);
+  }
+  return response;
+}
+
+async function proofRefused(response) {
+  const challenge = response.headers.get("WWW-Authenticate") || "";
+  if (/error="(invalid_dpop_proof|use_dpop_nonce)"/.test(challenge)) return true;
+  if (response.status !== 400) return false;
+  const data = await readJson(response.clone());
+  const code = data && data.error && data.error.code;
+  return code === "invalid_dpop_proof" || code === "use_dpop_nonce";
+}
+
 // ---- tokens -------------------------------------------------------------------------------
 
 function acceptToken(body) {
+  if (body.token_type !== "DPoP") {
+    // never carry on with a session that is not bound to our key
+    throw new Error("the gateway did not bind the session to this browser's key");
+  }
   accessToken = body.access_token;
   scheduleRefresh(Number(body.expires_in));
 }
@@ -84,7 +223,7 @@ function refreshAccessToken() {
 async function doRefresh() {
   let response;
   try {
-    response = await fetch(`${API}/auth/refresh`, { method: "POST", credentials: "same-origin" });
+    response = await fetchWithProof("POST", `${API}/auth/refresh`, {});
   } catch {
     return false;
   }
@@ -92,21 +231,26 @@ async function doRefresh() {
     forgetToken();
     return false;
   }
-  acceptToken(await response.json());
+  try {
+    acceptToken(await response.json());
+  } catch {
+    forgetToken();
+    return false;
+  }
   document.body.dataset.refreshes = String(Number(document.body.dataset.refreshes || 0) + 1);
   return true;
 }
 
-// An API call with the access token; on 401 it refreshes once and retries once.
+// An API call with the access token and a proof; on 401 it refreshes once and retries once.
 async function api(method, path, body) {
   const send = () => {
-    const headers = { Authorization: `Bearer ${accessToken}` };
-    const init = { method, headers, credentials: "same-origin" };
+    const headers = { Authorization: `DPoP ${accessToken}` };
+    const init = { headers };
     if (body !== undefined) {
       headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);
     }
-    return fetch(`${API}${path}`, init);
+    return fetchWithProof(method, `${API}${path}`, init, accessToken);
   };
   let response = await send();
   if (response.status === 401 && (await refreshAccessToken())) {
@@ -186,6 +330,9 @@ async function loadSessions() {
     li.className = "session";
     const label = document.createElement("span");
     label.textContent = `${session.user_agent || "unknown client"} — since ${session.created_at}`;
+    if (session.key_bound) {
+      label.textContent += " [key-bound]";
+    }
     if (session.current) {
       label.textContent += " (this tab)";
     }
@@ -209,9 +356,13 @@ async function login(event) {
   setStatus("Logging in…");
   let response;
   try {
-    response = await fetch(`${API}/auth/login`, {
-      method: "POST",
-      credentials: "same-origin",
+    await loadKey();
+  } catch (err) {
+    setStatus(`Cannot log in safely: ${err.message}.`, true);
+    return;
+  }
+  try {
+    response = await fetchWithProof("POST", `${API}/auth/login`, {
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ email: $("email").value, password: $("password").value }),
     });
@@ -225,7 +376,12 @@ async function login(event) {
     return;
   }
   $("password").value = "";
-  acceptToken(data);
+  try {
+    acceptToken(data);
+  } catch (err) {
+    setStatus(err.message, true);
+    return;
+  }
   await showLoggedIn();
 }
 
@@ -259,7 +415,7 @@ async function revokeSession(id, current) {
 
 async function logout() {
   try {
-    await fetch(`${API}/auth/logout`, { method: "POST", credentials: "same-origin" });
+    await fetchWithProof("POST", `${API}/auth/logout`, {});
   } catch {
     // Forget the token locally even when the gateway is unreachable.
   }
