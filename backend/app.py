@@ -14,7 +14,14 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 
-from internal_auth import InternalAuthMiddleware, Principal, TokenScope, Verifier, get_principal
+from internal_auth import (
+    InternalAuthMiddleware,
+    Principal,
+    ReplayCache,
+    TokenScope,
+    Verifier,
+    get_principal,
+)
 from servicekit import db
 from servicekit.bodies import BodyError
 from servicekit.http_errors import body_error, error_response, http_exception
@@ -172,6 +179,10 @@ def create_app(settings: Settings, *, passwords: Passwords | None = None) -> Sta
         issuer=settings.gateway_id,
         audience=settings.backend_id,
         leeway=settings.leeway,
+        # Single use (issue 10): a captured internal token is refused the second time.
+        replay_cache=(
+            ReplayCache(settings.replay_cache_size) if settings.replay_cache_size else None
+        ),
     )
     hasher = passwords or Passwords(settings.argon2, settings.argon2_max_concurrent)
 

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from internal_auth import KeyLoadError, KeySet, load_public_keys
+from internal_auth.replay import DEFAULT_MAX_ENTRIES
 from servicekit import config
 from servicekit.config import ConfigError
 from servicekit.db import PoolSettings
@@ -20,6 +21,8 @@ class Settings:
     gateway_id: str = "tokengate-gateway"
     backend_id: str = "tokengate-backend"
     leeway: int = 5
+    # Live internal-token jti values remembered for single use; 0 turns single use off.
+    replay_cache_size: int = DEFAULT_MAX_ENTRIES
     pool: PoolSettings = field(default_factory=PoolSettings)
     log_level: str = "INFO"
     argon2: Argon2Params = field(default_factory=Argon2Params)
@@ -41,6 +44,9 @@ class Settings:
             gateway_id=config.get_str(env, "GATEWAY_ID", "tokengate-gateway"),
             backend_id=config.get_str(env, "BACKEND_ID", "tokengate-backend"),
             leeway=config.get_int(env, "INTERNAL_TOKEN_LEEWAY", 5),
+            replay_cache_size=config.get_int(
+                env, "INTERNAL_TOKEN_REPLAY_CACHE_SIZE", DEFAULT_MAX_ENTRIES, minimum=0
+            ),
             pool=PoolSettings.from_env(env),
             log_level=config.get_str(env, "LOG_LEVEL", "INFO"),
             argon2=params_from_env(env),

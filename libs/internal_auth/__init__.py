@@ -35,6 +35,7 @@ from .keys import (
     load_public_keys_file,
 )
 from .middleware import InternalAuthMiddleware, RejectHook, get_principal
+from .replay import ReplayCache
 from .scopes import TokenScope
 from .tokens import HEADER, MAX_TTL, Minter, Principal, Verifier
 
@@ -51,6 +52,7 @@ __all__ = [
     "PublicKey",
     "Reason",
     "RejectHook",
+    "ReplayCache",
     "TokenScope",
     "Verifier",
     "generate_private_key",

@@ -43,6 +43,10 @@ class Reason(enum.StrEnum):
     WRONG_SCOPE = "wrong_scope"
     #: ``htm``/``htu`` do not match the request's method and path (a replayed header).
     UNBOUND_REQUEST = "unbound_request"
+    #: The token's ``jti`` was already used at this verifier (single use, a replay).
+    REPLAYED = "replayed"
+    #: The single-use cache is full of live entries: refused rather than evicting one.
+    REPLAY_CACHE_FULL = "replay_cache_full"
     #: The request path matches no rule of the middleware (fail closed).
     NO_RULE = "no_rule"
     #: Key material is unusable: wrong type, private where public belongs, unparsable.

@@ -56,6 +56,7 @@ def _error_body(code: str, message: str) -> bytes:
 # the response, so a caller cannot probe the verifier check by check.
 _UNAUTHORIZED = _error_body("unauthorized", "Authentication required.")
 _FORBIDDEN = _error_body("forbidden", "Not allowed.")
+_BUSY = _error_body("service_unavailable", "Too many requests in flight, retry shortly.")
 
 
 class InternalAuthMiddleware:
@@ -67,9 +68,10 @@ class InternalAuthMiddleware:
     ``scope["method"]`` and ``htu`` = ``scope["path"]``. On success the :class:`Principal` is at
     ``scope["state"]["principal"]`` (``request.state.principal``).
 
-    Responses: 401 ``{"error": {"code": "unauthorized", ...}}`` for a missing or invalid token
-    (and for unlisted paths), 403 ``{"error": {"code": "forbidden", ...}}`` for a valid token
-    without the needed scope. WebSocket connections are closed (code 1008) unless public.
+    Responses: 401 ``{"error": {"code": "unauthorized", ...}}`` for a missing, invalid or
+    already used token (and for unlisted paths), 403 ``{"error": {"code": "forbidden", ...}}``
+    for a valid token without the needed scope, 503 with ``Retry-After`` when the verifier's
+    single-use cache is full. WebSocket connections are closed (code 1008) unless public.
     """
 
     def __init__(
@@ -132,18 +134,17 @@ class InternalAuthMiddleware:
 
     @staticmethod
     async def _send_error(send: Send, reason: Reason) -> None:
-        status, body = (403, _FORBIDDEN) if reason is Reason.WRONG_SCOPE else (401, _UNAUTHORIZED)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode("ascii")),
-                    (b"cache-control", b"no-store"),
-                ],
-            }
-        )
+        headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
+        if reason is Reason.WRONG_SCOPE:
+            status, body = 403, _FORBIDDEN
+        elif reason is Reason.REPLAY_CACHE_FULL:
+            # Capacity, not the caller's fault: the gateway passes the 503 on and clients retry.
+            status, body = 503, _BUSY
+            headers.append((b"retry-after", b"1"))
+        else:
+            status, body = 401, _UNAUTHORIZED
+        headers.append((b"content-length", str(len(body)).encode("ascii")))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
 

@@ -21,6 +21,7 @@ from joserfc.errors import JoseError
 from ._jws import ALGORITHM, REGISTRY, TOKEN_TYPE, b64url_decode, encode_header, sign_compact
 from .errors import InternalAuthError, Reason
 from .keys import KeySet, PrivateKey, PublicKey
+from .replay import ReplayCache
 from .scopes import TokenScope
 
 __all__ = ["HEADER", "MAX_TTL", "Minter", "Principal", "Verifier"]
@@ -37,6 +38,13 @@ _CLAIMS_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
 _ALLOWED_HEADER_PARAMS = frozenset({"alg", "typ", "kid"})
 # RFC 7515 §4.1.9: "typ" compares case-insensitively and may omit the "application/" prefix.
 _ACCEPTED_TYPES = frozenset({TOKEN_TYPE, "application/" + TOKEN_TYPE})
+
+
+class _Default:
+    """The type of "not given" for ``replay_cache`` (``None`` means "off")."""
+
+
+_DEFAULT = _Default()
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,9 +155,14 @@ class Verifier:
     §3.9), ``exp``/``nbf``/``iat`` hold within ``leeway`` seconds and the lifetime is at most
     60 s, ``jti`` is present, the request binding matches, and finally the scope. Any failure
     raises :class:`InternalAuthError` with a :class:`Reason`.
+
+    Single use is on by default: a token that passes every check has its ``jti`` recorded in
+    ``replay_cache`` (a fresh :class:`ReplayCache` per verifier unless one is given) and is
+    refused the second time (:attr:`Reason.REPLAYED`). ``replay_cache=None`` turns that off, for
+    a caller that must verify one token several times.
     """
 
-    __slots__ = ("_audience", "_clock", "_issuer", "_keys", "_leeway")
+    __slots__ = ("_audience", "_clock", "_issuer", "_keys", "_leeway", "replay_cache")
 
     def __init__(
         self,
@@ -159,6 +172,7 @@ class Verifier:
         audience: str,
         leeway: int = 5,
         clock: Callable[[], float] = time.time,
+        replay_cache: ReplayCache | _Default | None = _DEFAULT,
     ) -> None:
         if isinstance(keys, PublicKey):
             keys = KeySet([keys])
@@ -173,6 +187,10 @@ class Verifier:
         self._audience = audience
         self._leeway = leeway
         self._clock = clock
+        #: Where used ``jti`` values are remembered (``None``: single use is off).
+        self.replay_cache: ReplayCache | None = (
+            ReplayCache(clock=clock) if isinstance(replay_cache, _Default) else replay_cache
+        )
 
     def verify(self, token: str | bytes, *, scope: TokenScope, htm: str, htu: str) -> Principal:
         """Verify ``token`` for a request ``htm htu`` on a route that needs ``scope``."""
@@ -288,6 +306,9 @@ class Verifier:
         # Last on purpose: only an otherwise valid token earns a 403 instead of a 401.
         if claimed_scope != scope.value:
             raise InternalAuthError(Reason.WRONG_SCOPE, "token scope not allowed here", iss=iss)
+        # Only a token that passed every check is remembered, so refused garbage fills nothing.
+        if self.replay_cache is not None:
+            self.replay_cache.use(jti, exp + self._leeway, iss=iss)
         return Principal(
             sub=sub,
             scope=scope,

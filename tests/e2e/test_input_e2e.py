@@ -248,3 +248,18 @@ def test_login_without_origin_or_from_an_allowed_one_works(
         headers=headers,
     )
     assert r.status_code == 200, r.text
+
+
+def test_a_captured_internal_token_is_accepted_once_by_the_backend_process(
+    stack: Stack, client: httpx.Client
+) -> None:
+    user_id = client.get("/api/v1/me").json()["id"]
+    leaked = stack.internal_token(sub=user_id, method="GET", path="/v1/me")
+    headers = {"X-Internal-Auth": leaked}
+    assert httpx.get(stack.backend_url + "/v1/me", headers=headers).status_code == 200
+    statuses = {
+        httpx.get(stack.backend_url + "/v1/me", headers=headers).status_code for _ in range(20)
+    }
+    assert statuses == {401}
+    # and the proxy, minting per request, is unaffected
+    assert all(client.get("/api/v1/me").status_code == 200 for _ in range(5))
