@@ -41,6 +41,7 @@ from gateway.backend_client import BackendClient
 from gateway.cookies import clear_refresh_cookie, cookie_secure
 from gateway.dpop import DPoP
 from gateway.errors import GatewayError
+from gateway.ledger_pruner import LedgerPruner
 from gateway.proxy import BackendProxy, proxy_route
 from gateway.ratelimit import RateLimits
 from gateway.revocation import RevokedSessions
@@ -164,10 +165,18 @@ def create_app(
         await proxy.start()
         app.state.proxy = proxy
         await revoked.start()
+        pruner = LedgerPruner(
+            ledger,
+            retention=settings.refresh_ledger_retention,
+            interval=settings.refresh_ledger_prune_interval,
+        )
+        pruner.start()
+        app.state.pruner = pruner
         log_event(logger, "gateway_started", revocation_connected=revoked.connected)
         try:
             yield
         finally:
+            await pruner.stop()
             await revoked.stop()
             await proxy.close()
             await http.aclose()

@@ -133,7 +133,13 @@ def _token_response(
     tokens = _tokens(request)
     access, claims = tokens.issue_access(sub=issued.sub, sid=issued.sid, roles=roles, jkt=jkt)
     refresh = tokens.encode_refresh(
-        sub=issued.sub, sid=issued.sid, jti=issued.jti, iat=issued.iat, exp=issued.exp
+        sub=issued.sub,
+        sid=issued.sid,
+        jti=issued.jti,
+        iat=issued.iat,
+        exp=issued.exp,
+        gen=issued.gen,
+        sec=issued.sec,
     )
     body: dict[str, Any] = {
         "access_token": access,
@@ -269,7 +275,7 @@ async def refresh(request: Request) -> Response:
         presented = _tokens(request).verify_refresh(token)
     except InvalidToken:
         raise InvalidToken(clear_cookie=clear) from None
-    result = await _ledger(request).rotate(presented.jti, now=_now(), jkt=jkt)
+    result = await _ledger(request).rotate(presented, now=_now(), jkt=jkt)
     log_event(logger, "refresh_rotation", sid=result.sid, outcome=str(result.outcome))
     if result.outcome is Outcome.KEY_MISMATCH:
         _key_mismatch(request, result.sid, "body" if body_mode else "cookie")
@@ -312,7 +318,8 @@ async def logout(request: Request) -> Response:
         presented = _tokens(request).verify_refresh(token)
     except InvalidToken:
         return response
-    family = await _ledger(request).family_of(presented.jti)
+    # the token's signature vouches for its sid; the ledger checks the family is its sub's
+    family = await _ledger(request).family_of(presented)
     if family is not None:
         if family.jkt != jkt:
             # the holder of a copied token (without the key) must not be able to end the session

@@ -1,4 +1,5 @@
-"""``tokengate gateway`` (run the server) and ``tokengate sessions list|revoke`` (operators).
+"""``tokengate gateway`` (run the server), ``tokengate sessions list|revoke`` and
+``tokengate ledger prune`` (operators).
 
 ``sessions`` works on the refresh-family ledger directly and publishes revocations to Redis, so
 a revoked family's access tokens stop working on every running gateway within a second.
@@ -19,8 +20,8 @@ import redis.asyncio as aioredis
 from servicekit.config import ConfigError
 
 from gateway.revocation import RevokedSessions
-from gateway.sessions import Ledger
-from gateway.settings import OperatorSettings, Settings
+from gateway.sessions import PRUNE_BATCH, Ledger
+from gateway.settings import OperatorSettings, PruneSettings, Settings
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -38,6 +39,20 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     group = _user_args(revoke, required=True)
     group.add_argument("--family", help="one session (family) id")
     revoke.set_defaults(func=_revoke)
+
+    ledger = sub.add_parser("ledger", help="maintain the refresh-family ledger")
+    ledger_actions = ledger.add_subparsers(dest="action", required=True, metavar="ACTION")
+    prune = ledger_actions.add_parser(
+        "prune",
+        help="delete families that ended (revoked or past their lifetime) before the retention",
+    )
+    prune.add_argument(
+        "--retention",
+        type=int,
+        help="seconds an ended family is kept (default: REFRESH_LEDGER_RETENTION)",
+    )
+    prune.add_argument("--batch-size", type=int, default=PRUNE_BATCH, help="rows per transaction")
+    prune.set_defaults(func=_prune)
 
 
 def _user_args(parser: argparse.ArgumentParser, *, required: bool) -> Any:
@@ -160,6 +175,37 @@ def _revoke(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 1
+        return 0
+
+    return asyncio.run(main())
+
+
+def _prune(args: argparse.Namespace) -> int:
+    settings = PruneSettings.from_env(os.environ)
+    retention = settings.retention if args.retention is None else args.retention
+    if retention < settings.access_token_ttl:
+        # a revoked family must outlive its access tokens (revocation-set rebuild)
+        raise ConfigError(
+            f"--retention must be at least ACCESS_TOKEN_TTL ({settings.access_token_ttl} s)"
+        )
+    if args.batch_size < 1:
+        raise ConfigError("--batch-size must be at least 1")
+
+    async def main() -> int:
+        pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=1)
+        try:
+            ledger = Ledger(pool, refresh_ttl=1, family_lifetime=1, grace_seconds=0)
+            report = await ledger.prune(
+                retention=retention, now=int(time.time()), batch_size=args.batch_size
+            )
+        finally:
+            await pool.close()
+        print(
+            f"pruned {report.deleted} ended famil{'y' if report.deleted == 1 else 'ies'}"
+            f" in {report.batches} batch(es), {report.seconds:.2f} s"
+        )
+        if report.contended:
+            print("another prune holds the lock; it carries on with the rest", file=sys.stderr)
         return 0
 
     return asyncio.run(main())

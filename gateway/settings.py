@@ -27,6 +27,24 @@ from servicekit.forwarded import Network
 # RFC 7518 §3.2: an HS256 key must be at least as long as the hash output (256 bits).
 MIN_SECRET_BYTES = 32
 
+#: 7 days: an ended family's row outlives every access token of it (revocation-set rebuild), and
+#: stays queryable for a week of incident follow-up; the audit log keeps the rest for longer.
+DEFAULT_LEDGER_RETENTION = 604800
+
+
+def ledger_retention(environ: Mapping[str, str], access_ttl: int) -> int:
+    """``REFRESH_LEDGER_RETENTION``, never shorter than an access token's life.
+
+    Pruning a revoked family before its last access token expires would drop it from the
+    revocation set a gateway rebuilds from the ledger after Redis lost it.
+    """
+    retention = get_int(environ, "REFRESH_LEDGER_RETENTION", DEFAULT_LEDGER_RETENTION, minimum=0)
+    if retention < access_ttl:
+        raise ConfigError(
+            f"REFRESH_LEDGER_RETENTION must be at least ACCESS_TOKEN_TTL ({access_ttl} s)"
+        )
+    return retention
+
 
 def _secret(environ: Mapping[str, str], name: str, *, required: bool) -> str | None:
     value = env_or_file(environ, name, required=required)
@@ -119,6 +137,10 @@ class Settings:
     refresh_token_ttl: int = 1209600
     refresh_family_lifetime: int = 2592000
     refresh_grace_seconds: int = 10
+    #: seconds an ended family (revoked, or past its absolute lifetime) stays in the ledger
+    refresh_ledger_retention: int = DEFAULT_LEDGER_RETENTION
+    #: seconds between the gateway's own prune passes (0: only ``tokengate ledger prune``)
+    refresh_ledger_prune_interval: int = 3600
     internal_token_ttl: int = 30
     cors_allowed_origins: tuple[str, ...] = ()
     cookie_secure: bool = True
@@ -188,6 +210,10 @@ class Settings:
             refresh_token_ttl=refresh_ttl,
             refresh_family_lifetime=get_int(environ, "REFRESH_FAMILY_LIFETIME", 2592000, minimum=1),
             refresh_grace_seconds=get_int(environ, "REFRESH_GRACE_SECONDS", 10, minimum=0),
+            refresh_ledger_retention=ledger_retention(environ, access_ttl),
+            refresh_ledger_prune_interval=get_int(
+                environ, "REFRESH_LEDGER_PRUNE_INTERVAL", 3600, minimum=0
+            ),
             internal_token_ttl=internal_ttl,
             cors_allowed_origins=_origins(environ, "CORS_ALLOWED_ORIGINS"),
             cookie_secure=get_bool(environ, "COOKIE_SECURE", True),
@@ -234,4 +260,22 @@ class OperatorSettings:
             redis_key_prefix=get_str(environ, "REDIS_KEY_PREFIX", "tokengate:"),
             access_token_ttl=get_int(environ, "ACCESS_TOKEN_TTL", 600, minimum=1),
             users_database_url=environ.get("BACKEND_DATABASE_URL") or database_url,
+        )
+
+
+@dataclass(frozen=True)
+class PruneSettings:
+    """What ``tokengate ledger prune`` needs: the ledger's DSN and the retention period."""
+
+    database_url: str
+    retention: int
+    access_token_ttl: int
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> PruneSettings:
+        access_ttl = get_int(environ, "ACCESS_TOKEN_TTL", 600, minimum=1)
+        return cls(
+            database_url=get_str(environ, "DATABASE_URL"),
+            retention=ledger_retention(environ, access_ttl),
+            access_token_ttl=access_ttl,
         )

@@ -2,8 +2,12 @@
 
 - Access token: JOSE header ``typ: at+jwt`` (RFC 9068 §2.1), claims ``iss aud sub sid roles typ jti
   iat exp`` with ``typ = "access"``.
-- Refresh token: JOSE header ``typ: refresh+jwt``, claims ``iss aud sub sid typ jti iat exp`` with
-  ``typ = "refresh"``.
+- Refresh token: JOSE header ``typ: refresh+jwt``, claims ``iss aud sub sid typ jti iat exp gen
+  sec`` with ``typ = "refresh"``. ``gen`` is the token's generation in its family and ``sec`` a
+  random secret part whose digest only the ledger holds (``gateway.sessions``): a signature alone,
+  even made with a leaked ``JWT_REFRESH_SECRET``, does not make a token the ledger accepts. Tokens
+  issued before issue 14 carry neither claim; they are still verified (their ``jti`` plays the
+  secret part, generation 0) and the ledger moves their family to the new form at the next rotation.
 
 Explicit typing in the header and in the claims (RFC 8725 §3.11) plus separate secrets mean a
 refresh token presented as an access token fails twice over, and the reverse.
@@ -16,8 +20,8 @@ The algorithm is pinned: every encode and decode passes a joserfc registry allow
 (RFC 8725 §3.1), so ``none`` and algorithm-confusion tokens are refused before a claim is read.
 
 Refresh tokens are deterministic given their claims (HMAC has no randomness), which lets the
-ledger re-issue the very same successor on a retried rotation from its stored ``jti``, ``iat`` and
-``exp`` without ever storing the token itself.
+ledger re-issue the very same successor on a retried rotation without ever storing the token or its
+secret part.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import hashlib
 import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from joserfc import jwt
@@ -69,6 +73,10 @@ class AccessClaims:
     jkt: str | None = None
 
 
+#: Longest ``sec`` claim accepted (the ledger issues 43 characters: 32 bytes, base64url).
+MAX_SECRET_CLAIM = 128
+
+
 @dataclass(frozen=True)
 class RefreshClaims:
     sub: str
@@ -76,6 +84,9 @@ class RefreshClaims:
     jti: str
     iat: int
     exp: int
+    #: generation and secret part; both ``None`` in a token of the old (pre-issue 14) format
+    gen: int | None = None
+    sec: str | None = field(default=None, repr=False)
 
 
 class _KeyRing:
@@ -181,9 +192,22 @@ class TokenService:
 
     # -- refresh ------------------------------------------------------------------------------
 
-    def encode_refresh(self, *, sub: str, sid: str, jti: str, iat: int, exp: int) -> str:
-        """Sign a refresh token; the same inputs give the same token (HMAC is deterministic)."""
-        payload = {
+    def encode_refresh(
+        self,
+        *,
+        sub: str,
+        sid: str,
+        jti: str,
+        iat: int,
+        exp: int,
+        gen: int | None = None,
+        sec: str | None = None,
+    ) -> str:
+        """Sign a refresh token; the same inputs give the same token (HMAC is deterministic).
+
+        Without ``gen`` and ``sec`` the token has the old format (legacy families only).
+        """
+        payload: dict[str, Any] = {
             "iss": self._issuer,
             "aud": self._audience,
             "sub": sub,
@@ -193,17 +217,37 @@ class TokenService:
             "iat": iat,
             "exp": exp,
         }
+        if (gen is None) != (sec is None):
+            raise ValueError("gen and sec go together")
+        if gen is not None:
+            payload["gen"] = gen
+            payload["sec"] = sec
         header = {"alg": "HS256", "typ": REFRESH_TYP_HEADER, "kid": self._refresh.signing_kid}
         return jwt.encode(header, payload, self._refresh.signing_key, registry=REGISTRY)
 
     def verify_refresh(self, token: str) -> RefreshClaims:
         claims = self._decode(token, self._refresh, REFRESH_TYP_HEADER, self._refresh_registry)
+        gen, sec = claims.get("gen"), claims.get("sec")
+        if gen is None and sec is None:
+            gen_value, sec_value = None, None  # the old format: accepted, migrated on rotation
+        elif (
+            isinstance(gen, int)
+            and not isinstance(gen, bool)
+            and 1 <= gen < 2**31
+            and isinstance(sec, str)
+            and 0 < len(sec) <= MAX_SECRET_CLAIM
+        ):
+            gen_value, sec_value = gen, sec
+        else:
+            raise InvalidToken()
         return RefreshClaims(
             sub=claims["sub"],
             sid=claims["sid"],
             jti=claims["jti"],
             iat=claims["iat"],
             exp=claims["exp"],
+            gen=gen_value,
+            sec=sec_value,
         )
 
     # -- shared -------------------------------------------------------------------------------

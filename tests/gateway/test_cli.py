@@ -27,7 +27,11 @@ def operator_dsn(new_database: Callable[[], str]) -> str:
         try:
             await conn.execute("CREATE TABLE users (id uuid PRIMARY KEY, email text NOT NULL)")
             db = Path(__file__).parents[2] / "db"
-            for name in ("002_refresh_token_family.sql", "005_dpop_binding.sql"):
+            for name in (
+                "002_refresh_token_family.sql",
+                "004_refresh_family_rows.sql",
+                "005_dpop_binding.sql",
+            ):
                 await conn.execute((db / name).read_text())
         finally:
             await conn.close()

@@ -47,7 +47,8 @@ async def test_a_statement_stuck_on_a_lock_is_cut_by_the_command_timeout(
         assert token is not None
         database = client.app.state.pool
         async with database.acquire() as conn, conn.transaction():
-            await conn.execute("LOCK TABLE refresh_token_family IN ACCESS EXCLUSIVE MODE")
+            # the family table: every rotation reads and writes it (issue 14: one row per family)
+            await conn.execute("LOCK TABLE refresh_session IN ACCESS EXCLUSIVE MODE")
             started = time.monotonic()
             stuck = await refresh_with(client, token)
             elapsed = time.monotonic() - started

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from gateway.sessions import IssuedRefresh, Ledger, Outcome
+from gateway.tokens import RefreshClaims
 from tests.gateway.conftest import FakeBackend, Harness, login, refresh_cookie
 
 FAMILIES = 120
@@ -33,18 +34,18 @@ async def test_rotate_racing_logout_never_deadlocks_and_logout_wins(pool: asyncp
         for _ in range(FAMILIES)
     ]
 
-    async def rotate_then_rotate(jti: str) -> list[Outcome]:
+    async def rotate_then_rotate(jti: RefreshClaims) -> list[Outcome]:
         # two rotations in a row so the second one races the revocation too
         first = await led.rotate(jti, now=now)
         outcomes = [first.outcome]
         if first.successor is not None:
-            outcomes.append((await led.rotate(first.successor.jti, now=now)).outcome)
+            outcomes.append((await led.rotate(first.successor.as_claims(), now=now)).outcome)
         return outcomes
 
     async def race(i: IssuedRefresh) -> tuple[list[Outcome], bool]:
         # started together, so the rotation's and the revocation's locks interleave
         outcomes, revoked = await asyncio.gather(
-            rotate_then_rotate(i.jti), led.revoke_family(i.sid, reason="logout", now=now)
+            rotate_then_rotate(i.as_claims()), led.revoke_family(i.sid, reason="logout", now=now)
         )
         return outcomes, revoked
 
@@ -59,7 +60,7 @@ async def test_rotate_racing_logout_never_deadlocks_and_logout_wins(pool: asyncp
         assert set(outcomes) <= allowed, outcomes
     # whatever the interleaving, every family is revoked afterwards: nothing rotates any more
     for i in issued:
-        assert (await led.rotate(i.jti, now=now + 1)).outcome in {
+        assert (await led.rotate(i.as_claims(), now=now + 1)).outcome in {
             Outcome.FAMILY_REVOKED,
             Outcome.REUSED_REVOKED,
         }

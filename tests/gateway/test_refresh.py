@@ -83,11 +83,12 @@ async def test_fifty_concurrent_refreshes_of_one_token(
         successors = {refresh_cookie(r) for r in ok}
         assert len(successors) == 1
         pool = client.app.state.pool
-        jti = client.app.state.tokens.verify_refresh(token).jti
-        children = await pool.fetchval(
-            "SELECT count(*) FROM refresh_token_family WHERE parent_jti = $1", jti
+        sid = client.app.state.tokens.verify_refresh(token).sid
+        # exactly one rotation was recorded: the family moved from generation 1 to 2
+        generation = await pool.fetchval(
+            "SELECT generation FROM refresh_session WHERE family_id = $1", sid
         )
-        assert children == 1
+        assert generation == 2
 
 
 async def test_reuse_after_grace_kills_family_on_every_instance(
