@@ -528,6 +528,22 @@ class Ledger:
         await self._revoke_locked(conn, [sid], reason="reuse", now=now)
         return RotateResult(Outcome.REUSED_REVOKED, **base)
 
+    def _successor(
+        self, base: dict[str, Any], secret: str, gen: int, now: int, absolute: int
+    ) -> tuple[bytes, IssuedRefresh]:
+        """A fresh rotation nonce and the successor of the token whose secret part is given."""
+        nonce = secrets.token_bytes(16)
+        successor = IssuedRefresh(
+            sub=base["user_id"],
+            sid=base["sid"],
+            jti=new_jti(),
+            iat=now,
+            exp=min(now + self.refresh_ttl, absolute),
+            gen=gen,
+            sec=successor_secret(secret, nonce),
+        )
+        return nonce, successor
+
     async def _advance(
         self,
         conn: asyncpg.Connection,
@@ -538,16 +554,7 @@ class Ledger:
         absolute: int,
     ) -> RotateResult:
         """Rotate a current token on the locked path (the fast path lost a race it can win)."""
-        nonce = secrets.token_bytes(16)
-        successor = IssuedRefresh(
-            sub=base["user_id"],
-            sid=base["sid"],
-            jti=new_jti(),
-            iat=now,
-            exp=min(now + self.refresh_ttl, absolute),
-            gen=gen + 1,
-            sec=successor_secret(secret, nonce),
-        )
+        nonce, successor = self._successor(base, secret, gen + 1, now, absolute)
         assert successor.sec is not None
         await conn.execute(
             "UPDATE refresh_session SET generation = $2, previous_digest = current_digest,"
@@ -598,16 +605,8 @@ class Ledger:
         token_exp = _epoch(token["expires_at"])
         if token_exp <= now or absolute <= now:
             return RotateResult(Outcome.EXPIRED, **base)
-        nonce = secrets.token_bytes(16)
-        successor = IssuedRefresh(
-            sub=base["user_id"],
-            sid=base["sid"],
-            jti=new_jti(),
-            iat=now,
-            exp=min(now + self.refresh_ttl, absolute),
-            gen=1,
-            sec=successor_secret(presented.jti, nonce),
-        )
+        # an old-format token's jti is its secret part
+        nonce, successor = self._successor(base, presented.jti, 1, now, absolute)
         assert successor.sec is not None
         migrated = await conn.fetchrow(
             _MIGRATE_LEGACY,
