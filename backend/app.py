@@ -26,6 +26,7 @@ from servicekit import db
 from servicekit.bodies import BodyError
 from servicekit.http_errors import body_error, error_response, http_exception
 from servicekit.logs import configure_logging, log_event
+from servicekit.metrics import RequestCounter, RouteTemplates, mark_worker_stopped, postgres_error
 from servicekit.request_id import RequestIdMiddleware
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -34,7 +35,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from backend import audit
+from backend import audit, metrics
 from backend.errors import BackendError, Forbidden, NotFound, ServiceUnavailable, Unauthorized
 from backend.notes import MAX_BODY, MAX_TITLE, NoteStore
 from backend.passwords import Passwords
@@ -173,7 +174,7 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
 
 def create_app(settings: Settings, *, passwords: Passwords | None = None) -> Starlette:
     """Build the backend. ``passwords`` lets tests use cheaper argon2 parameters."""
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     verifier = Verifier(
         settings.public_keys,
         issuer=settings.gateway_id,
@@ -199,6 +200,7 @@ def create_app(settings: Settings, *, passwords: Passwords | None = None) -> Sta
         try:
             yield
         finally:
+            mark_worker_stopped()
             await pool.close()
 
     routes = [
@@ -215,6 +217,12 @@ def create_app(settings: Settings, *, passwords: Passwords | None = None) -> Sta
     ]
     middleware = [
         Middleware(RequestIdMiddleware),
+        Middleware(
+            RequestCounter,
+            routes=RouteTemplates(r.path for r in routes),
+            counter=metrics.REQUESTS,
+            status_label=str,
+        ),
         Middleware(
             InternalAuthMiddleware,
             verifier=verifier,
@@ -239,5 +247,5 @@ def create_app(settings: Settings, *, passwords: Passwords | None = None) -> Sta
         exception_handlers=handlers,
         lifespan=lifespan,
     )
-    app.state.db_outages = db.Outages(logger)
+    app.state.db_outages = db.Outages(logger, on_record=postgres_error("backend"))
     return app

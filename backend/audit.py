@@ -12,6 +12,8 @@ from typing import Any
 from internal_auth import Reason
 from servicekit.logs import log_event
 
+from backend import metrics
+
 logger = logging.getLogger("backend.audit")
 
 
@@ -23,6 +25,7 @@ def credential_check(outcome: str, *, user_id: str | None = None) -> None:
 
 def token_rejected(reason: Reason, scope: Mapping[str, Any], iss: str | None) -> None:
     """The ``on_reject`` hook of :class:`internal_auth.InternalAuthMiddleware`."""
+    metrics.token_rejected(reason)
     log_event(
         logger,
         "internal_token_rejected",

@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     serve = sub.add_parser("backend", help="run the backend service (settings from environment)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8001)
+    serve.add_argument(
+        "--workers", type=int, default=1, help="worker processes (default 1; see README)"
+    )
     serve.set_defaults(func=_serve)
 
 
@@ -102,20 +105,32 @@ def _users_disable(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
+def app_from_env() -> Any:
+    """The backend app, settings from the environment (each worker calls this)."""
     from backend.app import create_app
     from backend.settings import Settings
 
-    uvicorn.run(
-        create_app(Settings.from_env()),
+    return create_app(Settings.from_env())
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from servicekit.logs import configure_logging
+    from servicekit.metrics import MetricsSettings
+    from servicekit.serve import check_workers, serve
+
+    from backend.settings import Settings
+
+    # Validated here, once, before any worker starts.
+    check_workers(args.workers)
+    settings = Settings.from_env()
+    metrics = MetricsSettings.from_env(config.environ())
+    configure_logging(settings.log_level, settings.log_format)
+    return serve(
+        "backend.cli:app_from_env",
         host=args.host,
         port=args.port,
-        log_config=None,
-        access_log=False,
+        workers=args.workers,
+        metrics=metrics,
         loop="uvloop",
         http="httptools",
-        server_header=False,
     )
-    return 0

@@ -30,6 +30,8 @@ from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from servicekit import config
 
+from backend import metrics
+
 
 @dataclass(frozen=True)
 class Argon2Params:
@@ -78,11 +80,15 @@ class Passwords:
         return await asyncio.to_thread(self.hash_sync, password)
 
     def _verify_sync(self, password_hash: str | None, password: str) -> bool:
+        # waiting: until this thread gets one of the ARGON2_MAX_CONCURRENT slots
+        metrics.PASSWORDS_WAITING.inc()
         with self._slots:
-            try:
-                return self._hasher.verify(password_hash or self._dummy_hash, password)
-            except (VerifyMismatchError, VerificationError, InvalidHashError):
-                return False
+            metrics.PASSWORDS_WAITING.dec()
+            with metrics.PASSWORDS_RUNNING.track_inprogress(), metrics.PASSWORD_SECONDS.time():
+                try:
+                    return self._hasher.verify(password_hash or self._dummy_hash, password)
+                except (VerifyMismatchError, VerificationError, InvalidHashError):
+                    return False
 
     async def verify(self, password_hash: str | None, password: str) -> bool:
         """True only when ``password`` matches; ``None`` verifies against the dummy hash."""

@@ -10,6 +10,7 @@ from internal_auth.replay import DEFAULT_MAX_ENTRIES
 from servicekit import config
 from servicekit.config import ConfigError
 from servicekit.db import PoolSettings
+from servicekit.logs import log_format_from_env
 
 from backend.passwords import Argon2Params, default_max_concurrent, params_from_env
 
@@ -25,6 +26,7 @@ class Settings:
     replay_cache_size: int = DEFAULT_MAX_ENTRIES
     pool: PoolSettings = field(default_factory=PoolSettings)
     log_level: str = "INFO"
+    log_format: str = "json"
     argon2: Argon2Params = field(default_factory=Argon2Params)
     argon2_max_concurrent: int = field(default_factory=default_max_concurrent)
 
@@ -49,6 +51,7 @@ class Settings:
             ),
             pool=PoolSettings.from_env(env),
             log_level=config.get_str(env, "LOG_LEVEL", "INFO"),
+            log_format=log_format_from_env(env),
             argon2=params_from_env(env),
             argon2_max_concurrent=config.get_int(
                 env, "ARGON2_MAX_CONCURRENT", default_max_concurrent(), minimum=1

@@ -25,6 +25,12 @@ from servicekit.bodies import BodyError
 from servicekit.config import ConfigError
 from servicekit.http_errors import body_error, error_response, http_exception
 from servicekit.logs import log_event
+from servicekit.metrics import (
+    RequestCounter,
+    RouteTemplates,
+    mark_worker_stopped,
+    postgres_error,
+)
 from servicekit.request_id import RequestIdMiddleware
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -32,10 +38,10 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from gateway import auth_routes
+from gateway import auth_routes, metrics
 from gateway.access_log import AccessLogMiddleware
 from gateway.backend_client import BackendClient
 from gateway.cookies import clear_refresh_cookie, cookie_secure
@@ -115,6 +121,18 @@ def _load_minter(settings: Settings) -> Minter:
     )
 
 
+def route_templates(routes: list[BaseRoute]) -> RouteTemplates:
+    """The templates requests are counted under: the gateway's own routes, then the proxied
+    ones; anything else is ``other``."""
+    templates: list[str] = []
+    for route in routes:
+        if isinstance(route, Mount):
+            templates += [route.path + "/", route.path + "/{path:path}"]
+        elif isinstance(route, Route):
+            templates.append(route.path)
+    return RouteTemplates([*templates, *metrics.PROXIED_ROUTES])
+
+
 def create_app(
     settings: Settings, *, backend_transport: httpx.AsyncBaseTransport | None = None
 ) -> Starlette:
@@ -173,9 +191,12 @@ def create_app(
         pruner.start()
         app.state.pruner = pruner
         log_event(logger, "gateway_started", revocation_connected=revoked.connected)
+        sampler = asyncio.create_task(metrics.sample_gauges(app.state), name="metrics-sampler")
         try:
             yield
         finally:
+            sampler.cancel()
+            mark_worker_stopped()
             await pruner.stop()
             await revoked.stop()
             await proxy.close()
@@ -183,16 +204,17 @@ def create_app(
             await redis_client.aclose()
             await pool.close()
 
+    routes: list[BaseRoute] = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        *auth_routes.routes,
+        Mount("/demo", app=StaticFiles(directory=DEMO_DIR, html=True), name="demo"),
+    ]
     app = Starlette(
-        routes=[
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-            *auth_routes.routes,
-            Mount("/demo", app=StaticFiles(directory=DEMO_DIR, html=True), name="demo"),
-            proxy_route(),
-        ],
+        routes=[*routes, proxy_route()],
         middleware=[
             Middleware(RequestIdMiddleware),
+            Middleware(RequestCounter, routes=route_templates(routes), counter=metrics.REQUESTS),
             Middleware(AccessLogMiddleware),
             Middleware(SecurityHeadersMiddleware, trusted_proxies=settings.trusted_proxies),
             Middleware(
@@ -223,7 +245,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.db_outages = db.Outages(logger)
+    app.state.db_outages = db.Outages(logger, on_record=postgres_error("gateway"))
     app.state.tokens = tokens
     app.state.minter = minter
     return app

@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway import bearer
+from gateway import bearer, metrics
 from gateway.cookies import (
     check_login_origin,
     check_origin,
@@ -216,6 +216,7 @@ def _key_mismatch(request: Request, sid: str | None, mode: str) -> None:
     )
 
 
+@metrics.count_login
 @_db_guard
 async def login(request: Request) -> Response:
     # Login CSRF: a cross-site form must not log the victim's browser into another account.
@@ -277,6 +278,7 @@ async def refresh(request: Request) -> Response:
         raise InvalidToken(clear_cookie=clear) from None
     result = await _ledger(request).rotate(presented, now=_now(), jkt=jkt)
     log_event(logger, "refresh_rotation", sid=result.sid, outcome=str(result.outcome))
+    metrics.refresh_outcome(result.outcome)
     if result.outcome is Outcome.KEY_MISMATCH:
         _key_mismatch(request, result.sid, "body" if body_mode else "cookie")
         raise InvalidToken(clear_cookie=clear)
@@ -284,6 +286,7 @@ async def refresh(request: Request) -> Response:
         # RFC 9700 §4.14.2: a replayed refresh token means the family may be stolen; kill
         # its live access tokens everywhere, not only the refresh chain.
         await request.app.state.revoked.revoke([result.sid])
+        metrics.revoked("reuse")
     if result.outcome not in (Outcome.ROTATED, Outcome.RETRY) or result.successor is None:
         raise InvalidToken(clear_cookie=clear)
     return _token_response(
@@ -327,6 +330,7 @@ async def logout(request: Request) -> Response:
             raise InvalidToken(clear_cookie=not body_mode)
         await _ledger(request).revoke_family(family.sid, reason="logout", now=_now())
         await request.app.state.revoked.revoke([family.sid])
+        metrics.revoked("logout")
         log_event(logger, "logout", sid=family.sid)
     return response
 
@@ -337,6 +341,7 @@ async def logout_all(request: Request) -> Response:
     claims = await authenticate(request)
     sids = await _ledger(request).revoke_all_for_user(claims.sub, reason="logout-all", now=_now())
     await request.app.state.revoked.revoke({*sids, claims.sid})
+    metrics.revoked("logout-all", len(sids))
     log_event(logger, "logout_all", sub=claims.sub, count=len(sids))
     response = Response(status_code=204, headers=NO_STORE)
     clear_refresh_cookie(response, secure=cookie_secure(request, _settings(request).cookie_secure))
@@ -384,6 +389,7 @@ async def delete_session(request: Request) -> Response:
     if not revoked:
         raise NotFound("no such session")
     await request.app.state.revoked.revoke([sid])
+    metrics.revoked("user-revoked")
     log_event(logger, "session_revoked", sub=claims.sub, sid=sid)
     return Response(status_code=204, headers=NO_STORE)
 

@@ -28,6 +28,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     run = sub.add_parser("gateway", help="run the gateway (public HTTP server)")
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--port", type=int, default=8000)
+    run.add_argument(
+        "--workers", type=int, default=1, help="worker processes (default 1; see README)"
+    )
     run.set_defaults(func=_run_gateway)
 
     sessions = sub.add_parser("sessions", help="list or revoke users' login sessions")
@@ -62,27 +65,41 @@ def _user_args(parser: argparse.ArgumentParser, *, required: bool) -> Any:
     return group
 
 
-def _run_gateway(args: argparse.Namespace) -> int:
-    import uvicorn
+def app_from_env() -> Any:
+    """The gateway app, settings from the environment (each worker calls this)."""
     from servicekit.logs import configure_logging
 
     from gateway.app import create_app
 
     settings = Settings.from_env(os.environ)
-    configure_logging(settings.log_level)
-    app = create_app(settings)
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings)
+
+
+def _run_gateway(args: argparse.Namespace) -> int:
+    from servicekit.logs import configure_logging
+    from servicekit.metrics import MetricsSettings
+    from servicekit.serve import check_workers, serve
+
+    from gateway.app import create_app
+
+    # Everything is validated here, once, before any worker starts: the settings, the keys
+    # and the metrics listener's address.
+    check_workers(args.workers)
+    settings = Settings.from_env(os.environ)
+    metrics = MetricsSettings.from_env(os.environ)
+    configure_logging(settings.log_level, settings.log_format)
+    create_app(settings)
     # proxy_headers off: the client IP is decided by TRUSTED_PROXIES in gateway.ratelimit,
     # never by a header uvicorn would trust on its own.
-    uvicorn.run(
-        app,
+    return serve(
+        "gateway.cli:app_from_env",
         host=args.host,
         port=args.port,
-        log_config=None,
+        workers=args.workers,
+        metrics=metrics,
         proxy_headers=False,
-        server_header=False,
-        access_log=False,
     )
-    return 0
 
 
 async def _resolve_user(settings: OperatorSettings, args: argparse.Namespace) -> str:

@@ -20,6 +20,7 @@ httpx stays the client everywhere else (tests, CLI, the gateway's own credential
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
@@ -33,6 +34,7 @@ from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 from yarl import URL
 
+from gateway import metrics
 from gateway.bearer import authenticate_request
 from gateway.errors import (
     BadGateway,
@@ -119,6 +121,7 @@ class BackendProxy:
 
 
 async def proxy_request(scope: Scope, receive: Receive, send: Send) -> None:
+    started = time.perf_counter()
     app_state = scope["app"].state
     proxy: BackendProxy = app_state.proxy
     headers: list[tuple[bytes, bytes]] = scope["headers"]
@@ -198,6 +201,7 @@ async def proxy_request(scope: Scope, receive: Receive, send: Send) -> None:
     query: bytes = scope.get("query_string", b"")
     url = proxy.base_url + target.raw + ("?" + query.decode("latin-1") if query else "")
 
+    backend_started = time.perf_counter()
     try:
         response = await proxy.session.request(
             method,
@@ -229,11 +233,13 @@ async def proxy_request(scope: Scope, receive: Receive, send: Send) -> None:
                 payload = await response.read()
             except _BACKEND_FAILURES as exc:
                 raise _backend_error(exc, method, target.path) from None
+            metrics.proxy_timing(started, time.perf_counter() - backend_started)
             await send(
                 {"type": "http.response.start", "status": response.status, "headers": out_headers}
             )
             await send({"type": "http.response.body", "body": payload})
             return
+        backend_seconds = time.perf_counter() - backend_started
         await send(
             {"type": "http.response.start", "status": response.status, "headers": out_headers}
         )
@@ -243,6 +249,7 @@ async def proxy_request(scope: Scope, receive: Receive, send: Send) -> None:
         except _BACKEND_FAILURES as exc:
             # The status line is already out; all that is left is to cut the connection so the
             # client sees a truncated body rather than a complete-looking one.
+            metrics.backend_failure(exc)
             log_event(
                 logger,
                 "proxy_stream_aborted",
@@ -252,6 +259,7 @@ async def proxy_request(scope: Scope, receive: Receive, send: Send) -> None:
             )
             return
         await send({"type": "http.response.body", "body": b""})
+        metrics.proxy_timing(started, backend_seconds)
     finally:
         response.release()
 
@@ -366,6 +374,7 @@ def _backend_error(exc: BaseException, method: str, path: str) -> GatewayError:
     """504 for a backend that did not answer in time, 502 for one that could not be reached or
     broke the connection."""
     timeout = isinstance(exc, TimeoutError)
+    metrics.backend_failure(exc)
     log_event(
         logger,
         "backend_timeout" if timeout else "backend_unreachable",

@@ -35,6 +35,7 @@ from slowapi import Limiter
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
+from gateway import metrics
 from gateway.errors import RateLimited, ServiceUnavailable
 from gateway.settings import Settings
 
@@ -90,6 +91,7 @@ class RateLimits:
             stats = strategy.get_window_stats(item, scope, key)
         except (RedisError, OSError) as exc:
             log_event(logger, "ratelimit_unavailable", logging.WARNING, error=type(exc).__name__)
+            metrics.redis_error("ratelimit")
             raise ServiceUnavailable(
                 "rate limiting is unavailable, retry later", retry_after=REDIS_DOWN_RETRY_AFTER
             ) from None
@@ -102,5 +104,6 @@ class RateLimits:
         if not allowed:
             retry = max(1, reset - int(time.time()))
             log_event(logger, "rate_limited", logging.WARNING, scope=scope)
+            metrics.rate_limited(scope)
             raise RateLimited(headers={**headers, "Retry-After": str(retry)})
         return headers

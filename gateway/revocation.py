@@ -36,6 +36,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from servicekit.logs import log_event
 
+from gateway import metrics
+
 logger = logging.getLogger("gateway.revocation")
 
 _RECONNECT_DELAY = 0.5
@@ -125,6 +127,7 @@ class RevokedSessions:
             await self._flush()
         except (RedisError, OSError):
             log_event(logger, "revocation_queued", logging.WARNING, count=len(self._pending))
+            metrics.redis_error("revocation")
 
     async def _flush(self) -> None:
         if not self._pending:
@@ -216,6 +219,7 @@ class RevokedSessions:
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
+                metrics.redis_error("revocation")
                 if self.connected:
                     log_event(
                         logger,

@@ -23,6 +23,7 @@ from servicekit.config import (
 )
 from servicekit.db import PoolSettings
 from servicekit.forwarded import Network
+from servicekit.logs import log_format_from_env
 
 # RFC 7518 §3.2: an HS256 key must be at least as long as the hash output (256 bits).
 MIN_SECRET_BYTES = 32
@@ -153,6 +154,7 @@ class Settings:
     proxy_connect_timeout: float = 2.0
     proxy_read_timeout: float = 30.0
     log_level: str = "INFO"
+    log_format: str = "json"
     pool: PoolSettings = field(default_factory=PoolSettings)
     # DPoP (RFC 9449): empty public_origins disables it (proofs are refused, fail closed).
     public_origins: tuple[str, ...] = ()
@@ -226,6 +228,7 @@ class Settings:
             proxy_connect_timeout=get_float(environ, "PROXY_CONNECT_TIMEOUT", 2.0),
             proxy_read_timeout=get_float(environ, "PROXY_READ_TIMEOUT", 30.0),
             log_level=level,
+            log_format=log_format_from_env(environ),
             pool=PoolSettings.from_env(environ),
             public_origins=_public_origins(environ, "PUBLIC_ORIGIN"),
             dpop_iat_window=iat_window,

@@ -20,6 +20,7 @@ from limits.aio.storage import RedisStorage
 from limits.aio.strategies import FixedWindowRateLimiter
 from servicekit.logs import log_event
 
+from gateway import metrics
 from gateway.errors import RateLimited
 
 logger = logging.getLogger("gateway.user_limit")
@@ -50,9 +51,11 @@ class UserLimit:
             stats = await self._limiter.get_window_stats(self.item, NAMESPACE, user_id)
         except Exception as exc:  # any storage failure: fail open, see the module docstring
             log_event(logger, "user_limit_unavailable", logging.WARNING, error=type(exc).__name__)
+            metrics.redis_error("user_limit")
             return
         retry = max(1, int(stats.reset_time - time.time()))
         log_event(logger, "rate_limited", logging.WARNING, scope=NAMESPACE, user_id=user_id)
+        metrics.rate_limited("user")
         raise RateLimited(
             headers={
                 "Retry-After": str(retry),

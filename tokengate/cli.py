@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -27,7 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # prometheus-client decides where metric values live when it is first imported (below):
+    # this process keeps them in memory; only workers of --workers N get the folder.
+    requested = os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     parser = build_parser()
+    from servicekit import metrics
+
+    metrics.requested_dir = requested
     args = parser.parse_args(argv)
     try:
         result: int = args.func(args)

@@ -241,12 +241,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"database: {len(applied)} migration(s) applied" if applied else "database: ready")
         shown = asyncio.run(ensure_demo_user(admin_dsn, args.demo_email, args.demo_password))
 
+        # Metrics on (each service on its own free port, on this host only) and log lines a
+        # person can read; LOG_FORMAT=json still gives production's format.
+        log_format = environ.get("LOG_FORMAT", "console")
+        gateway_metrics, backend_metrics = _free_port(), _free_port()
         backend_env = _service_env(
             environ,
             {
                 "DATABASE_URL": backend_dsn,
                 "INTERNAL_JWT_PUBLIC_KEY": keys.public_pem,
                 "LOG_LEVEL": environ.get("LOG_LEVEL", "INFO"),
+                "LOG_FORMAT": log_format,
+                "METRICS_HOST": host,
+                "METRICS_PORT": str(backend_metrics),
             },
         )
         origins = f"{gateway_url},http://localhost:{args.gateway_port}"
@@ -265,6 +272,9 @@ def run(args: argparse.Namespace) -> int:
                 # DPoP proofs name the URL the client used: both spellings of this machine
                 "PUBLIC_ORIGIN": environ.get("PUBLIC_ORIGIN", origins),
                 "LOG_LEVEL": environ.get("LOG_LEVEL", "INFO"),
+                "LOG_FORMAT": log_format,
+                "METRICS_HOST": host,
+                "METRICS_PORT": str(gateway_metrics),
             },
         )
         procs: list[subprocess.Popen[bytes]] = []
@@ -295,6 +305,8 @@ def run(args: argparse.Namespace) -> int:
             f"  gateway:   {gateway_url}  (API under /api/v1/)",
             f"  demo page: {gateway_url}/demo/",
             f"  backend:   {backend_url}  (internal; needs an internal token)",
+            f"  metrics:   http://{host}:{gateway_metrics}/metrics (gateway), "
+            f"http://{host}:{backend_metrics}/metrics (backend)",
             f"  data:      {data}",
         ]
         if shown is not None:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,13 +62,19 @@ def is_unavailable(exc: BaseException) -> bool:
 class Outages:
     """Counts database failures answered with 503, by exception class, and logs each one."""
 
-    def __init__(self, logger: logging.Logger) -> None:
+    def __init__(
+        self, logger: logging.Logger, *, on_record: Callable[[str], None] | None = None
+    ) -> None:
         self._logger = logger
+        # on_record(exception class name): the metrics counter (servicekit.metrics)
+        self._on_record = on_record
         self.counts: collections.Counter[str] = collections.Counter()
 
     def record(self, exc: BaseException, **fields: Any) -> None:
         name = type(exc).__name__
         self.counts[name] += 1
+        if self._on_record is not None:
+            self._on_record(name)
         # ERROR, not WARNING: a 503 from the database is either an outage an operator must see
         # or a bug hiding behind one of these classes.
         log_event(

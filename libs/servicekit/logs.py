@@ -1,4 +1,9 @@
-"""Structured JSON logging shared by both services.
+"""Structured logging shared by both services: JSON lines, or short console lines for people.
+
+``LOG_FORMAT=json`` (the default, for production) writes one JSON object per line;
+``LOG_FORMAT=console`` (``tokengate dev``'s default) writes one short line a person can read,
+with the same fields: the time, the level, the event (for a request: status, method, path and
+duration first), then every other field as ``key=value``.
 
 Log calls pass key/value fields (``log_event(logger, "refresh_rotated", sid=..., outcome=...)``);
 there is no prose with values interpolated in, so a secret can only reach a log line if someone
@@ -15,32 +20,88 @@ import re
 import secrets
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
+
+from servicekit.config import ConfigError
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "tokengate_request_id", default=None
 )
+#: The W3C trace id (32 hex digits) of the request being served (:mod:`servicekit.tracing`).
+trace_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "tokengate_trace_id", default=None
+)
+
+LOG_FORMATS = ("json", "console")
+
+
+def log_format_from_env(environ: Mapping[str, str], default: str = "json") -> str:
+    value = (environ.get("LOG_FORMAT") or default).strip().lower()
+    if value not in LOG_FORMATS:
+        raise ConfigError(f"LOG_FORMAT must be json or console, got {value!r}")
+    return value
+
+
+def record_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """Every field of one log line, in the order both formats write them."""
+    data: dict[str, Any] = {
+        "ts": round(record.created, 3),
+        "level": record.levelname.lower(),
+        "logger": record.name,
+        "event": record.getMessage(),
+        # several workers write to one stream: the pid says which one
+        "pid": record.process,
+    }
+    rid = request_id_var.get()
+    if rid is not None:
+        data["request_id"] = rid
+    tid = trace_id_var.get()
+    if tid is not None:
+        data["trace_id"] = tid
+    fields = getattr(record, "fields", None)
+    if fields:
+        data.update(fields)
+    if record.exc_info and record.exc_info[0] is not None:
+        # The type only: a traceback can carry local values (tokens, passwords).
+        data["exc_type"] = record.exc_info[0].__name__
+    return data
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        data: dict[str, Any] = {
-            "ts": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "event": record.getMessage(),
-        }
-        rid = request_id_var.get()
-        if rid is not None:
-            data["request_id"] = rid
-        fields = getattr(record, "fields", None)
-        if fields:
-            data.update(fields)
-        if record.exc_info and record.exc_info[0] is not None:
-            # The type only: a traceback can carry local values (tokens, passwords).
-            data["exc_type"] = record.exc_info[0].__name__
-        return json.dumps(data, default=str, separators=(",", ":"))
+        return json.dumps(record_fields(record), default=str, separators=(",", ":"))
+
+
+# Values a person reads as they are; anything else is quoted so a space or a newline in a value
+# (a user agent, an error text) can neither split the line nor forge another one.
+_PLAIN = re.compile(r"[A-Za-z0-9._:/@{}+-]{1,200}")
+_CONSOLE_FIRST = ("status", "method", "path", "duration_ms")
+
+
+def _console_value(value: Any) -> str:
+    text = str(value)
+    return text if _PLAIN.fullmatch(text) else json.dumps(text)
+
+
+class ConsoleFormatter(logging.Formatter):
+    """``12:00:01.123 INFO  request 200 GET /api/v1/me 3.1ms user_id=... request_id=...``"""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data = record_fields(record)
+        clock = time.strftime("%H:%M:%S", time.localtime(data.pop("ts")))
+        millis = int(record.msecs)
+        parts = [f"{clock}.{millis:03d}", f"{data.pop('level').upper():5}", data.pop("event")]
+        data.pop("logger")
+        if parts[-1] == "request":
+            for key in _CONSOLE_FIRST:
+                if key in data:
+                    value = data.pop(key)
+                    parts.append(f"{value}ms" if key == "duration_ms" else _console_value(value))
+        parts += [
+            f"{key}={_console_value(value)}" for key, value in data.items() if value is not None
+        ]
+        return " ".join(parts)
 
 
 REQUEST_ID_HEADER = b"x-request-id"
@@ -68,16 +129,20 @@ def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **f
         logger.log(level, event, extra={"fields": fields})
 
 
-def configure_logging(level: str = "INFO") -> None:
-    """Send every logger to stderr as one JSON object per line (idempotent)."""
+def configure_logging(level: str = "INFO", log_format: str = "json") -> None:
+    """Send every logger to stderr, one line per event in ``log_format`` (idempotent)."""
+    formatter: logging.Formatter = (
+        ConsoleFormatter() if log_format == "console" else JsonFormatter()
+    )
     root = logging.getLogger()
+    root.setLevel(level.upper())
     for handler in root.handlers:
-        if isinstance(handler.formatter, JsonFormatter):
+        if isinstance(handler.formatter, JsonFormatter | ConsoleFormatter):
+            handler.setFormatter(formatter)
             return
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(formatter)
     root.addHandler(handler)
-    root.setLevel(level.upper())
 
 
 def monotonic_ms(start: float) -> float:

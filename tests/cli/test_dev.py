@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -85,6 +86,14 @@ def test_dev_runs_stops_on_ctrl_c_and_reuses_its_data(tmp_path: Path) -> None:
             timeout=10,
         )
         assert me.json()["email"] == "dev@example.test"
+        # metrics are on, on their own listener, and the URLs are printed
+        urls = re.findall(r"http://127\.0\.0\.1:\d+/metrics", output)
+        assert len(urls) == 2 and not any(f":{gateway_port}/" in url for url in urls)
+        gateway_metrics = httpx.get(urls[0], timeout=10).text
+        assert 'tokengate_gateway_logins_total{outcome="success"} 1.0' in gateway_metrics
+        assert "tokengate_backend_password_verification_seconds_count" in (
+            httpx.get(urls[1], timeout=10).text
+        )
     finally:
         code = _stop(proc)
     assert code == 0

@@ -50,8 +50,11 @@ class StackError(RuntimeError):
 
 
 class _Service:
-    def __init__(self, name: str, env: dict[str, str], port: int, logdir: Path) -> None:
+    def __init__(
+        self, name: str, env: dict[str, str], port: int, logdir: Path, args: tuple[str, ...] = ()
+    ) -> None:
         self.name = name
+        self.args = args
         self.env = env
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
@@ -63,7 +66,7 @@ class _Service:
             return
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                _tokengate(self.name, "--host", "127.0.0.1", "--port", str(self.port)),
+                _tokengate(self.name, "--host", "127.0.0.1", "--port", str(self.port), *self.args),
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -189,6 +192,8 @@ def running_stack(
     gateway_env: Mapping[str, str] | None = None,
     backend_env: Mapping[str, str] | None = None,
     gateway_port: int | None = None,
+    gateway_args: tuple[str, ...] = (),
+    backend_args: tuple[str, ...] = (),
 ) -> Iterator[Stack]:
     key = generate_private_key()
     base = {k: v for k, v in os.environ.items() if not k.startswith(("JWT_", "INTERNAL_JWT"))}
@@ -215,8 +220,8 @@ def running_stack(
         **(gateway_env or {}),
     }
     with tempfile.TemporaryDirectory(prefix="tokengate-stack-") as tmp:
-        backend = _Service("backend", benv, backend_port, Path(tmp))
-        gateway = _Service("gateway", genv, gateway_port, Path(tmp))
+        backend = _Service("backend", benv, backend_port, Path(tmp), backend_args)
+        gateway = _Service("gateway", genv, gateway_port, Path(tmp), gateway_args)
         try:
             backend.start()
             gateway.start()

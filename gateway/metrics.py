@@ -1,0 +1,228 @@
+"""The gateway's Prometheus metrics: what they are, and the small calls the code makes.
+
+Every label set a hot path uses is bound once (a dict of pre-bound children, or a child created
+the first time a route/method/status-class triple is seen, then cached): a proxied request costs
+one route lookup, two dict lookups and a few counter/histogram updates, no label formatting.
+
+Names (all prefixed ``tokengate_gateway_``):
+
+- ``requests_total{route,method,status_class}``: every HTTP request. ``route`` is a gateway route
+  template, a proxied route template (:data:`PROXIED_ROUTES`) or ``other``.
+- ``proxy_duration_seconds{part}``: a proxied request's time, ``part="backend"`` from sending it
+  to the backend until its answer was read (its headers, for a streamed answer) and
+  ``part="gateway"`` everything else (authentication, minting, forwarding, streaming back).
+- ``backend_failures_total{kind}``: ``connect`` (refused, unreachable), ``timeout``, ``reset``
+  (the connection broke mid-request or mid-answer).
+- ``logins_total{outcome}``, ``refresh_total{outcome}`` (the ledger's ``Outcome`` values),
+  ``revocations_total{reason}`` (families revoked), ``rate_limited_total{limit}``.
+- ``revocation_listener_connected`` (0/1; with several workers the lowest, so one disconnected
+  worker shows), ``revoked_sessions`` (the local revoked set), ``db_pool_connections{state}``
+  (``in_use``/``idle``), ``redis_errors_total{operation}``; PostgreSQL failures are
+  ``tokengate_postgres_errors_total{service="gateway"}`` (:mod:`servicekit.metrics`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from prometheus_client import Counter, Gauge, Histogram
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.errors import (
+    BadGateway,
+    GatewayError,
+    InvalidCredentials,
+    RateLimited,
+    ServiceUnavailable,
+)
+
+#: The backend's routes as the public sees them (``/v1/x`` is proxied at ``/api/v1/x``).
+#: A test checks this against the backend's own route table, so it cannot drift.
+PROXIED_ROUTES = (
+    "/api/v1/me",
+    "/api/v1/users",
+    "/api/v1/notes",
+    "/api/v1/notes/{note_id}",
+)
+
+REQUESTS = Counter(
+    "tokengate_gateway_requests_total",
+    "HTTP requests by route template, method and status class.",
+    ["route", "method", "status_class"],
+)
+PROXY_DURATION = Histogram(
+    "tokengate_gateway_proxy_duration_seconds",
+    "Proxied request time, split into the backend's part and the gateway's own part.",
+    ["part"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+BACKEND_FAILURES = Counter(
+    "tokengate_gateway_backend_failures_total",
+    "Proxied requests the backend did not answer: connect, timeout, reset.",
+    ["kind"],
+)
+LOGINS = Counter("tokengate_gateway_logins_total", "Login attempts by outcome.", ["outcome"])
+REFRESHES = Counter(
+    "tokengate_gateway_refresh_total",
+    "Refresh-token presentations by ledger outcome (reused-revoked is a reuse detection).",
+    ["outcome"],
+)
+REVOCATIONS = Counter(
+    "tokengate_gateway_revocations_total", "Session families revoked, by reason.", ["reason"]
+)
+RATE_LIMITED = Counter(
+    "tokengate_gateway_rate_limited_total", "Requests refused with 429, by limit.", ["limit"]
+)
+REDIS_ERRORS = Counter(
+    "tokengate_gateway_redis_errors_total", "Redis failures, by operation.", ["operation"]
+)
+LISTENER_CONNECTED = Gauge(
+    "tokengate_gateway_revocation_listener_connected",
+    "1 while the revocation listener is subscribed to Redis (lowest over workers).",
+    multiprocess_mode="livemin",
+)
+REVOKED_SESSIONS = Gauge(
+    "tokengate_gateway_revoked_sessions",
+    "Session families in the local revoked set (highest over workers).",
+    multiprocess_mode="livemax",
+)
+DB_POOL = Gauge(
+    "tokengate_gateway_db_pool_connections",
+    "PostgreSQL pool connections by state (summed over workers).",
+    ["state"],
+    multiprocess_mode="livesum",
+)
+
+_PROXY_GATEWAY = PROXY_DURATION.labels("gateway")
+_PROXY_BACKEND = PROXY_DURATION.labels("backend")
+_FAILURE = {kind: BACKEND_FAILURES.labels(kind) for kind in ("connect", "timeout", "reset")}
+_POOL_IN_USE = DB_POOL.labels("in_use")
+_POOL_IDLE = DB_POOL.labels("idle")
+
+
+def _prebind(counter: Counter, values: tuple[str, ...]) -> dict[str, Any]:
+    # Bound at import so every series exists (at 0) from the first scrape: an alert on a rate
+    # needs the series before the first event, and a rare outcome is no dict miss later.
+    return {value: counter.labels(value) for value in values}
+
+
+_LOGIN = _prebind(
+    LOGINS,
+    ("success", "invalid_credentials", "rate_limited", "unavailable", "backend_error", "invalid"),
+)
+_REFRESH = _prebind(
+    REFRESHES,
+    ("rotated", "retry", "reused-revoked", "family-revoked", "expired", "unknown", "key-mismatch"),
+)
+_REVOKED = _prebind(REVOCATIONS, ("logout", "logout-all", "user-revoked", "reuse"))
+_LIMITED = _prebind(RATE_LIMITED, ("login-ip", "login-account", "refresh-ip", "user"))
+_REDIS = _prebind(REDIS_ERRORS, ("ratelimit", "revocation", "user_limit"))
+
+
+def _child(table: dict[str, Any], counter: Counter, value: str) -> Any:
+    child = table.get(value)
+    if child is None:
+        child = table[value] = counter.labels(value)
+    return child
+
+
+# -- the calls the rest of the gateway makes ---------------------------------------------------
+
+
+def refresh_outcome(outcome: str) -> None:
+    _child(_REFRESH, REFRESHES, str(outcome)).inc()
+
+
+def revoked(reason: str, count: int = 1) -> None:
+    if count:
+        _child(_REVOKED, REVOCATIONS, reason).inc(count)
+
+
+def rate_limited(limit: str) -> None:
+    _child(_LIMITED, RATE_LIMITED, limit).inc()
+
+
+def redis_error(operation: str) -> None:
+    _child(_REDIS, REDIS_ERRORS, operation).inc()
+
+
+def backend_failure(exc: BaseException) -> None:
+    if isinstance(exc, TimeoutError):
+        kind = "timeout"
+    elif isinstance(exc, aiohttp.ClientConnectorError | ConnectionRefusedError):
+        kind = "connect"
+    else:
+        kind = "reset"
+    _FAILURE[kind].inc()
+
+
+def proxy_timing(started: float, backend_seconds: float) -> None:
+    """One proxied request: ``started`` is its ``perf_counter()`` at entry."""
+    total = time.perf_counter() - started
+    _PROXY_BACKEND.observe(backend_seconds)
+    _PROXY_GATEWAY.observe(max(total - backend_seconds, 0.0))
+
+
+def _login_outcome(exc: BaseException | None) -> str:
+    if exc is None:
+        return "success"
+    if isinstance(exc, InvalidCredentials):
+        return "invalid_credentials"
+    if isinstance(exc, RateLimited):
+        return "rate_limited"
+    if isinstance(exc, ServiceUnavailable):
+        return "unavailable"
+    if isinstance(exc, BadGateway):
+        return "backend_error"
+    return "invalid"
+
+
+def count_login(
+    endpoint: Callable[[Request], Awaitable[Response]],
+) -> Callable[[Request], Awaitable[Response]]:
+    """Decorates the login route: one ``logins_total`` increment per attempt."""
+
+    @functools.wraps(endpoint)
+    async def wrapper(request: Request) -> Response:
+        try:
+            response = await endpoint(request)
+        except GatewayError as exc:
+            _LOGIN[_login_outcome(exc)].inc()
+            raise
+        _LOGIN["success"].inc()
+        return response
+
+    return wrapper
+
+
+# -- gauges sampled in the background -----------------------------------------------------------
+
+SAMPLE_INTERVAL = 1.0
+
+
+async def sample_gauges(state: Any, interval: float = SAMPLE_INTERVAL) -> None:
+    """Every ``interval`` seconds: listener state, revoked-set size, pool in use and idle."""
+    while True:
+        sample_once(state)
+        await asyncio.sleep(interval)
+
+
+def sample_once(state: Any) -> None:
+    revoked_set = getattr(state, "revoked", None)
+    if revoked_set is not None:
+        LISTENER_CONNECTED.set(1 if revoked_set.connected else 0)
+        REVOKED_SESSIONS.set(len(revoked_set))
+    database = getattr(state, "pool", None)
+    pool = getattr(database, "pool", None)
+    if pool is not None:
+        with contextlib.suppress(Exception):
+            size, idle = pool.get_size(), pool.get_idle_size()
+            _POOL_IN_USE.set(size - idle)
+            _POOL_IDLE.set(idle)

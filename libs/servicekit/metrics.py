@@ -1,0 +1,287 @@
+"""Prometheus metrics for both services: the separate listener, route templates, several workers.
+
+The metrics are served on their own listener (``METRICS_HOST``/``METRICS_PORT``, off unless the
+port is set, host 127.0.0.1 by default), never on the public port: a scrape shows traffic
+volumes, error rates and pool sizes that are nobody's business outside the operator's network.
+
+Labels are bounded by construction: a request is counted under its *route template*
+(``/api/v1/notes/{note_id}``, never the raw path) or ``other`` (:class:`RouteTemplates`), under
+one of a fixed set of methods, and under its status class; no label ever carries a user id, an IP
+address or anything else a client chooses.
+
+Several workers (``--workers N``): each worker writes its values to files in
+``PROMETHEUS_MULTIPROC_DIR`` (prometheus-client's multiprocess mode), and the parent process,
+which accepts no requests, serves the sum from one listener. :func:`prepare_multiprocess_dir`
+empties the folder before the workers start (values of an earlier run must not be added in);
+every gauge names its multiprocess mode (``livesum``, ``livemin``, ``livemax``: a dead worker's
+gauges drop out); :class:`_LiveWorkersCollector` removes the gauge files of workers that died
+without cleaning up (a crash, SIGKILL) before every scrape, while their counters stay so a
+total never goes backwards.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, start_http_server
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.registry import Collector
+
+from servicekit.config import ConfigError, get_int, get_str
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+#: The methods a request is counted under; anything else is ``other`` (a client picks methods).
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+# One counter both services share: faults in PostgreSQL mapped to 503 (servicekit.db.Outages).
+# ``error`` is an exception class name from servicekit.db.UNAVAILABLE (a bounded set).
+POSTGRES_ERRORS = Counter(
+    "tokengate_postgres_errors_total",
+    "PostgreSQL failures answered with 503 (unreachable, gone, too slow), by exception class.",
+    ["service", "error"],
+)
+
+
+def postgres_error(service: str) -> Any:
+    """The ``on_record`` hook of :class:`servicekit.db.Outages` for ``service``."""
+
+    def record(error: str) -> None:
+        POSTGRES_ERRORS.labels(service, error).inc()
+
+    return record
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """``METRICS_HOST`` and ``METRICS_PORT``; ``port`` is ``None`` when metrics are off."""
+
+    host: str = "127.0.0.1"
+    port: int | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> MetricsSettings:
+        host = get_str(environ, "METRICS_HOST", "127.0.0.1")
+        if not environ.get("METRICS_PORT"):
+            return cls(host=host, port=None)
+        port = get_int(environ, "METRICS_PORT", 0, minimum=1)
+        if port > 65535:
+            raise ConfigError(f"METRICS_PORT must be at most 65535, got {port}")
+        return cls(host=host, port=port)
+
+    @property
+    def url(self) -> str | None:
+        if self.port is None:
+            return None
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/metrics"
+
+
+class RouteTemplates:
+    """Map a request path to its route template, or ``"other"``; cheap on the hot path.
+
+    Templates use Starlette's syntax (``/v1/notes/{note_id}``, ``/static/{rest:path}``). Literal
+    paths are one dict lookup; templated ones are tried as anchored regular expressions, in the
+    order given, only when the literal lookup missed.
+    """
+
+    OTHER = "other"
+
+    def __init__(self, templates: Iterable[str]) -> None:
+        self._exact: dict[str, str] = {}
+        self._patterns: list[tuple[re.Pattern[str], str]] = []
+        for template in templates:
+            if "{" not in template:
+                self._exact[template] = template
+                continue
+            pattern = re.sub(
+                r"\{[A-Za-z_][A-Za-z0-9_]*(:path)?\}",
+                lambda m: ".+" if m.group(1) else "[^/]+",
+                re.escape(template).replace(r"\{", "{").replace(r"\}", "}"),
+            )
+            self._patterns.append((re.compile(pattern), template))
+
+    @property
+    def templates(self) -> list[str]:
+        return [*self._exact, *(t for _, t in self._patterns)]
+
+    def __call__(self, path: str) -> str:
+        found = self._exact.get(path)
+        if found is not None:
+            return found
+        for pattern, template in self._patterns:
+            if pattern.fullmatch(path):
+                return template
+        return self.OTHER
+
+
+def status_class(status: int) -> str:
+    return f"{status // 100}xx" if 100 <= status < 600 else "5xx"
+
+
+def method_label(method: str) -> str:
+    return method if method in METHODS else "other"
+
+
+class RequestCounter:
+    """ASGI middleware: one increment of ``counter{route, method, status}`` per HTTP request.
+
+    ``status`` is what ``status_label`` makes of the response status (a class like ``2xx``, or
+    the code). Children are cached per (route, method, status) so the steady state formats no
+    label; the cache is capped, and every label is bounded anyway.
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        *,
+        routes: RouteTemplates,
+        counter: Counter,
+        status_label: Callable[[int], str] = status_class,
+    ) -> None:
+        self.app = app
+        self.routes = routes
+        self.counter = counter
+        self.status_label = status_label
+        self._children: dict[tuple[str, str, int], Any] = {}
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 0
+
+        async def send_and_record(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            self.count(scope["path"], scope["method"], status or 500)
+
+    def count(self, path: str, method: str, status: int) -> None:
+        key = (self.routes(path), method, status)
+        child = self._children.get(key)
+        if child is None:
+            child = self.counter.labels(key[0], method_label(method), self.status_label(status))
+            if len(self._children) < 4096:
+                self._children[key] = child
+        child.inc()
+
+
+# -- the listener ----------------------------------------------------------------------------
+
+
+#: The operator's ``PROMETHEUS_MULTIPROC_DIR``, taken out of the environment by the command line
+#: before prometheus-client was imported (``tokengate.cli``), so the parent keeps its own values
+#: in memory and only workers write files.
+requested_dir: str | None = None
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def prepare_multiprocess_dir() -> tuple[str, bool]:
+    """Create (or empty) the folder workers write their metric files to, and export it.
+
+    Called by the parent before any worker starts. The operator's folder is used when one was
+    given (and emptied: files of an earlier run would be added to this one's totals); otherwise
+    a private temporary folder. Returns the folder and whether it was made here (to remove).
+    """
+    path, made = requested_dir, False
+    if path is None:
+        path, made = tempfile.mkdtemp(prefix="tokengate-metrics-"), True
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    for entry in folder.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    os.environ[MULTIPROC_ENV] = str(folder)
+    return str(folder), made
+
+
+_GAUGE_FILE = re.compile(r"gauge_(live\w+)_(\d+)\.db")
+
+
+class _LiveWorkersCollector(Collector):
+    """:class:`MultiProcessCollector` that first forgets the live gauges of dead workers.
+
+    A worker that exits cleanly removes its own (lifespan shutdown calls
+    :func:`mark_worker_stopped`); this catches the ones that could not (killed, crashed).
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._inner = MultiProcessCollector(None, path=path)  # type: ignore[no-untyped-call]
+
+    def collect(self) -> Iterable[Any]:
+        for name in os.listdir(self._path):
+            match = _GAUGE_FILE.fullmatch(name)
+            if match and not _alive(int(match.group(2))):
+                mark_process_dead(int(match.group(2)), self._path)  # type: ignore[no-untyped-call]
+        metrics: Iterable[Any] = self._inner.collect()  # type: ignore[no-untyped-call]
+        return metrics
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie (exited, not yet reaped by its parent) still answers kill(0)
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def mark_worker_stopped() -> None:
+    """Drop this process's live gauges (a worker shutting down cleanly)."""
+    path = multiprocess_dir()
+    if path is not None:
+        mark_process_dead(os.getpid(), path)  # type: ignore[no-untyped-call]
+
+
+def serve_metrics(settings: MetricsSettings) -> Any:
+    """Start the metrics listener in a daemon thread; returns the server (``None`` when off).
+
+    In multiprocess mode it serves the sum of every worker's files; otherwise this process's
+    own registry.
+    """
+    if settings.port is None:
+        return None
+    path = multiprocess_dir()
+    registry: CollectorRegistry = REGISTRY
+    if path is not None:
+        registry = CollectorRegistry()
+        registry.register(_LiveWorkersCollector(path))
+    try:
+        server, _thread = start_http_server(settings.port, addr=settings.host, registry=registry)
+    except OSError as exc:
+        raise ConfigError(
+            f"METRICS_PORT: cannot listen on {settings.host}:{settings.port} ({exc.strerror})"
+        ) from None
+    return server
+
+
+def stop_metrics(server: Any) -> None:
+    if server is not None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+        server.server_close()

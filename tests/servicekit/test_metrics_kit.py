@@ -1,0 +1,58 @@
+"""servicekit.metrics: route templates as labels, settings, the multiprocess folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from servicekit import metrics
+from servicekit.config import ConfigError
+from servicekit.metrics import MetricsSettings, RouteTemplates, method_label, status_class
+
+
+def test_route_templates_never_return_a_raw_path() -> None:
+    routes = RouteTemplates(
+        ["/healthz", "/api/v1/notes/{note_id}", "/demo/{path:path}", "/api/v1/notes"]
+    )
+    assert routes("/healthz") == "/healthz"
+    assert routes("/api/v1/notes") == "/api/v1/notes"
+    assert routes("/api/v1/notes/5f0c") == "/api/v1/notes/{note_id}"
+    assert routes("/api/v1/notes/5f0c/extra") == "other"
+    assert routes("/demo/js/app.js") == "/demo/{path:path}"
+    assert routes("/api/v1/users/42") == "other"
+    assert routes("/healthz/") == "other"
+    # regex metacharacters in a template are literal
+    assert RouteTemplates(["/a.b"])("/aXb") == "other"
+
+
+def test_methods_and_statuses_are_bounded() -> None:
+    assert method_label("GET") == "GET"
+    assert method_label("BREW") == "other"
+    assert status_class(204) == "2xx"
+    assert status_class(999) == "5xx"
+
+
+def test_metrics_settings() -> None:
+    assert MetricsSettings.from_env({}).port is None
+    assert MetricsSettings.from_env({}).url is None
+    on = MetricsSettings.from_env({"METRICS_PORT": "9100"})
+    assert (on.host, on.port, on.url) == ("127.0.0.1", 9100, "http://127.0.0.1:9100/metrics")
+    for bad in ("x", "0", "70000"):
+        with pytest.raises(ConfigError, match="METRICS_PORT"):
+            MetricsSettings.from_env({"METRICS_PORT": bad})
+
+
+def test_prepare_empties_the_operators_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "counter_123.db").write_bytes(b"old")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.setattr(metrics, "requested_dir", str(tmp_path))
+    # set, then removed: monkeypatch restores the variable's absence at teardown
+    monkeypatch.setenv(metrics.MULTIPROC_ENV, "unused")
+    monkeypatch.delenv(metrics.MULTIPROC_ENV)
+    folder, made = metrics.prepare_multiprocess_dir()
+    assert (folder, made) == (str(tmp_path), False)
+    assert list(tmp_path.iterdir()) == []
+    assert os.environ[metrics.MULTIPROC_ENV] == str(tmp_path)
