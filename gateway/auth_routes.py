@@ -264,7 +264,11 @@ async def refresh(request: Request) -> Response:
         check_origin(request, settings.cors_allowed_origins)
     limits = request.app.state.ratelimits
     headers = await limits.check(limits.refresh_ip, "refresh-ip", limits.client_ip(request))
-    token = _parse_refresh_body(raw) if body_mode else read_refresh_cookie(request)
+    token = (
+        _parse_refresh_body(raw)
+        if body_mode
+        else read_refresh_cookie(request, secure=cookie_secure(request, settings.cookie_secure))
+    )
     jkt = await _proof_jkt(request)
     if body_mode and jkt is None:
         raise InvalidDPoPProof("a refresh token in the body needs a DPoP proof")
@@ -310,8 +314,9 @@ async def logout(request: Request) -> Response:
         token: str | None = _parse_refresh_body(raw)
     else:
         check_origin(request, settings.cors_allowed_origins)
-        token = read_refresh_cookie(request)
-        clear_refresh_cookie(response, secure=cookie_secure(request, settings.cookie_secure))
+        secure = cookie_secure(request, settings.cookie_secure)
+        token = read_refresh_cookie(request, secure=secure)
+        clear_refresh_cookie(response, secure=secure)
     jkt = await _proof_jkt(request)
     if body_mode and jkt is None:
         raise InvalidDPoPProof("a refresh token in the body needs a DPoP proof")

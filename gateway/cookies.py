@@ -2,8 +2,16 @@
 
 The refresh token lives only in an ``HttpOnly`` cookie (script cannot read it, so XSS cannot
 steal it), ``Secure`` (``COOKIE_SECURE=false`` is the development switch for plain-HTTP
-localhost), ``SameSite=Strict`` and scoped to ``Path=/api/v1/auth`` so it is sent to the auth
-routes only, never to proxied API calls.
+localhost) and ``SameSite=Strict``.
+
+Cookie tossing: a site on a sibling subdomain can plant a cookie of the same name with
+``Domain=`` and a narrower ``Path``, and the browser sends both. Only the ``__Host-`` prefix stops
+that (RFC 6265bis §4.1.3.2: no ``Domain``, ``Secure``, ``Path=/``, so only this host can set it),
+so whenever the cookie is ``Secure`` it is ``__Host-tg_refresh`` with ``Path=/``. The price is a
+wider path: the cookie also travels with proxied calls, where the proxy drops ``Cookie`` before
+the backend. Without ``Secure`` (plain-HTTP localhost only) no prefix is possible: the cookie is
+``tg_refresh`` on ``Path=/api/v1/auth``. In both modes a request carrying the refresh cookie
+twice is refused: one of the two was planted.
 
 SameSite is not enough on its own (same-site sibling subdomains, older browsers), so refresh and
 logout also require an ``Origin`` (or, when a browser omits it, ``Referer``) on the allowlist
@@ -17,9 +25,12 @@ from urllib.parse import urlsplit
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.errors import Forbidden
+from gateway.errors import Forbidden, InvalidToken
 
+#: The cookie's name without ``Secure`` (plain-HTTP localhost development only).
 REFRESH_COOKIE = "tg_refresh"
+#: The cookie's name whenever it is ``Secure``: the prefix makes browsers refuse planted copies.
+HOST_REFRESH_COOKIE = "__Host-" + REFRESH_COOKIE
 COOKIE_PATH = "/api/v1/auth"
 
 
@@ -39,26 +50,50 @@ def cookie_secure(request: Request, configured: bool) -> bool:
     return name not in _LOCAL_HOSTS
 
 
+def refresh_cookie_name(secure: bool) -> str:
+    return HOST_REFRESH_COOKIE if secure else REFRESH_COOKIE
+
+
+def _name_and_path(secure: bool) -> tuple[str, str]:
+    # __Host- requires Path=/ (RFC 6265bis §4.1.3.2); a browser drops it otherwise.
+    return (HOST_REFRESH_COOKIE, "/") if secure else (REFRESH_COOKIE, COOKIE_PATH)
+
+
 def set_refresh_cookie(response: Response, token: str, *, max_age: int, secure: bool) -> None:
+    name, path = _name_and_path(secure)
     response.set_cookie(
-        REFRESH_COOKIE,
-        token,
-        max_age=max_age,
-        path=COOKIE_PATH,
-        secure=secure,
-        httponly=True,
-        samesite="strict",
+        name, token, max_age=max_age, path=path, secure=secure, httponly=True, samesite="strict"
     )
+    if secure:
+        _clear_legacy(response)
 
 
 def clear_refresh_cookie(response: Response, *, secure: bool) -> None:
+    name, path = _name_and_path(secure)
+    response.delete_cookie(name, path=path, secure=secure, httponly=True, samesite="strict")
+    if secure:
+        _clear_legacy(response)
+
+
+def _clear_legacy(response: Response) -> None:
+    # The unprefixed cookie of earlier releases is never read in Secure mode; let it go.
     response.delete_cookie(
-        REFRESH_COOKIE, path=COOKIE_PATH, secure=secure, httponly=True, samesite="strict"
+        REFRESH_COOKIE, path=COOKIE_PATH, secure=True, httponly=True, samesite="strict"
     )
 
 
-def read_refresh_cookie(request: Request) -> str | None:
-    return request.cookies.get(REFRESH_COOKIE) or None
+def read_refresh_cookie(request: Request, *, secure: bool) -> str | None:
+    """The refresh token from this mode's cookie; 401 (cookie cleared) if sent twice."""
+    name = refresh_cookie_name(secure)
+    values = [
+        value.strip()
+        for header in request.headers.getlist("cookie")
+        for key, _, value in (pair.partition("=") for pair in header.split(";"))
+        if key.strip() == name
+    ]
+    if len(values) > 1:
+        raise InvalidToken(clear_cookie=True)
+    return values[0] or None if values else None
 
 
 def request_origin(request: Request) -> str | None:

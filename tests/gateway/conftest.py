@@ -193,10 +193,11 @@ async def login(client: httpx.AsyncClient, email: str, password: str = PASSWORD)
     return await client.post("/api/v1/auth/login", json={"email": email, "password": password})
 
 
-def refresh_cookie(response: httpx.Response) -> str | None:
+def refresh_cookie(response: httpx.Response, name: str = "__Host-tg_refresh") -> str | None:
+    """The refresh token a response set (``__Host-tg_refresh``: the harness serves HTTPS)."""
     for header in response.headers.get_list("set-cookie"):
-        name, _, rest = header.partition("=")
-        if name == "tg_refresh":
+        key, _, rest = header.partition("=")
+        if key == name:
             value = rest.split(";", 1)[0]
             return value or None
     return None
@@ -204,7 +205,9 @@ def refresh_cookie(response: httpx.Response) -> str | None:
 
 async def refresh_with(client: httpx.AsyncClient, token: str) -> httpx.Response:
     client.cookies.clear()
-    return await client.post("/api/v1/auth/refresh", headers={"Cookie": f"tg_refresh={token}"})
+    return await client.post(
+        "/api/v1/auth/refresh", headers={"Cookie": f"__Host-tg_refresh={token}"}
+    )
 
 
 @pytest.fixture(autouse=True)

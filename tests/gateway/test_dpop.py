@@ -236,13 +236,13 @@ async def test_login_with_proof_from_a_browser_keeps_the_cookie_now_bound(
         # the bound cookie alone no longer refreshes ...
         client.cookies.clear()
         alone = await client.post(
-            "/api/v1/auth/refresh", headers={"Cookie": f"tg_refresh={cookie}"}
+            "/api/v1/auth/refresh", headers={"Cookie": f"__Host-tg_refresh={cookie}"}
         )
         assert alone.status_code == 401
         # ... with a proof from the key it does, and the cookie stays a cookie
         with_proof = await client.post(
             "/api/v1/auth/refresh",
-            headers={"Cookie": f"tg_refresh={cookie}", "DPoP": key.proof("POST", REFRESH)},
+            headers={"Cookie": f"__Host-tg_refresh={cookie}", "DPoP": key.proof("POST", REFRESH)},
         )
         assert with_proof.status_code == 200
         assert refresh_cookie(with_proof) and "refresh_token" not in with_proof.json()

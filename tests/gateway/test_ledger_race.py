@@ -123,7 +123,7 @@ async def test_refresh_racing_logout_over_http(
         client.cookies.clear()
 
         def post(path: str, token: str) -> Any:
-            return client.post(path, headers={"Cookie": f"tg_refresh={token}"})
+            return client.post(path, headers={"Cookie": f"__Host-tg_refresh={token}"})
 
         async def tab(token: str) -> list[httpx.Response]:
             # a browser tab refreshing, then refreshing again with the cookie it got back

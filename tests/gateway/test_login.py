@@ -36,10 +36,14 @@ async def test_refresh_cookie_attributes(
     email = backend.add_user()
     async with gateway(env) as client:
         response = await login(client, email)
-    header = response.headers["set-cookie"]
+    [header] = [
+        h for h in response.headers.get_list("set-cookie") if h.startswith("__Host-tg_refresh=")
+    ]
     attributes = {part.strip().split("=")[0].lower() for part in header.split(";")}
     assert {"httponly", "secure", "path", "samesite", "max-age"} <= attributes
-    assert "Path=/api/v1/auth" in header
+    # __Host- (RFC 6265bis §4.1.3.2): Secure, Path=/ and no Domain, or browsers drop it
+    assert "domain" not in attributes
+    assert "; Path=/;" in header + ";"
     assert "SameSite=strict" in header or "SameSite=Strict" in header
 
 

@@ -29,11 +29,11 @@ async def _login(client: httpx.AsyncClient, backend: FakeBackend) -> tuple[str, 
 
 def _assert_cleared(response: httpx.Response) -> None:
     header = response.headers["set-cookie"]
-    assert header.startswith("tg_refresh=")
+    assert header.startswith("__Host-tg_refresh=")
     assert (
         "Max-Age=0" in header
         or "expires=Thu, 01 Jan 1970" in header.lower()
-        or ('tg_refresh="";' in header)
+        or ('__Host-tg_refresh="";' in header)
     )
 
 
@@ -71,7 +71,9 @@ async def test_fifty_concurrent_refreshes_of_one_token(
         client.cookies.clear()
         responses = await asyncio.gather(
             *(
-                client.post("/api/v1/auth/refresh", headers={"Cookie": f"tg_refresh={token}"})
+                client.post(
+                    "/api/v1/auth/refresh", headers={"Cookie": f"__Host-tg_refresh={token}"}
+                )
                 for _ in range(50)
             )
         )
@@ -146,7 +148,7 @@ async def test_refresh_without_a_valid_cookie_is_401_and_clears(
     gateway: Harness, env: dict[str, str], cookie: str | None
 ) -> None:
     async with gateway(env) as client:
-        headers = {"Cookie": f"tg_refresh={cookie}"} if cookie else {}
+        headers = {"Cookie": f"__Host-tg_refresh={cookie}"} if cookie else {}
         response = await client.post("/api/v1/auth/refresh", headers=headers)
     assert response.status_code == 401
     _assert_cleared(response)
@@ -188,11 +190,11 @@ async def test_refresh_origin_check(
         client.headers.pop("Origin")
         client.cookies.clear()
         response = await client.post(
-            "/api/v1/auth/refresh", headers={**headers, "Cookie": f"tg_refresh={token}"}
+            "/api/v1/auth/refresh", headers={**headers, "Cookie": f"__Host-tg_refresh={token}"}
         )
         assert response.status_code == status
         logout = await client.post(
-            "/api/v1/auth/logout", headers={**headers, "Cookie": f"tg_refresh={token}"}
+            "/api/v1/auth/logout", headers={**headers, "Cookie": f"__Host-tg_refresh={token}"}
         )
         assert logout.status_code == (204 if status == 200 else 403)
 
@@ -204,7 +206,7 @@ async def test_logout_revokes_family_and_its_access_tokens(
         access, token = await _login(client, backend)
         client.cookies.clear()
         response = await client.post(
-            "/api/v1/auth/logout", headers={"Cookie": f"tg_refresh={token}"}
+            "/api/v1/auth/logout", headers={"Cookie": f"__Host-tg_refresh={token}"}
         )
         assert response.status_code == 204
         _assert_cleared(response)

@@ -166,7 +166,9 @@ async def test_a_gateway_started_after_redis_lost_everything_still_denies_a_logg
         access, token = response.json()["access_token"], refresh_cookie(response)
         bearer = {"Authorization": f"Bearer {access}"}
         assert (await one.get("/api/v1/auth/sessions", headers=bearer)).status_code == 200
-        logout = await one.post("/api/v1/auth/logout", headers={"Cookie": f"tg_refresh={token}"})
+        logout = await one.post(
+            "/api/v1/auth/logout", headers={"Cookie": f"__Host-tg_refresh={token}"}
+        )
         assert logout.status_code == 204
     # Redis forgets everything under this prefix (a restart without persistence)
     client = aioredis.from_url(redis_url)
