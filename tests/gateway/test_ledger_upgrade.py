@@ -144,7 +144,7 @@ async def test_mixed_population_over_http(
         client.cookies.clear()
         first = await asyncio.gather(
             *(
-                client.post("/api/v1/auth/refresh", headers={"Cookie": f"tg_refresh={c}"})
+                client.post("/api/v1/auth/refresh", headers={"Cookie": f"__Host-tg_refresh={c}"})
                 for c in cookies
             )
         )
