@@ -9,6 +9,7 @@ replay on a second gateway, 20 concurrent body-mode refreshes) are in
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,7 +29,7 @@ from tests.gateway.conftest import (
     Harness,
     refresh_cookie,
 )
-from tests.support.dpop_proofs import ProofKey, ath
+from tests.support.dpop_proofs import ProofKey, ath, b64url
 
 LOGIN = f"{BASE_URL}/api/v1/auth/login"
 REFRESH = f"{BASE_URL}/api/v1/auth/refresh"
@@ -112,6 +113,10 @@ def test_browser_exported_jwk_members_are_ignored() -> None:
         ({"header": {"typ": "JWT"}}, "typ"),
         ({"header": {"typ": None}}, "typ"),
         ({"header": {"jwk": None}}, "jwk"),
+        ({"header": {"jwk": {"kty": "EC", "crv": "P-256", "x": ["a"], "y": {}}}}, "jwk"),
+        ({"header": {"jwk": {"kty": "EC", "crv": "P-256", "x": "AAAA", "y": "AAAA"}}}, "jwk"),
+        ({"header": {"jwk": {"kty": "OKP", "crv": "Ed25519", "x": "AA"}}}, "jwk_type"),
+        ({"header": {"jwk": {"kty": "OKP", "crv": "Ed448", "x": "AA"}}}, "jwk_type"),
         ({"private_jwk": True}, "jwk_private"),
         ({"claims": {"jti": None}}, "jti"),
         ({"claims": {"htm": "POST"}}, "htm"),
@@ -505,3 +510,37 @@ async def test_cors_allows_the_dpop_header_and_exposes_nonce_and_challenge(
         r = await client.post("/api/v1/auth/logout-all")
         exposed = r.headers["access-control-expose-headers"].lower()
         assert "dpop-nonce" in exposed and "www-authenticate" in exposed
+
+
+async def test_concurrent_claims_share_round_trips_and_still_catch_replays(
+    redis_url: str, redis_prefix: str
+) -> None:
+    from gateway.dpop import Proof, ReplayCache
+    from gateway.errors import ServiceUnavailable
+
+    client = aioredis.from_url(redis_url)
+    try:
+        cache = ReplayCache(client, prefix=f"{redis_prefix}batch:", iat_window=60)
+        now = int(time.time())
+        proofs = [Proof("k", f"jti-{i}", now) for i in range(40)] + [Proof("k", "dup", now)] * 10
+        results = await asyncio.gather(*(cache.claim(p) for p in proofs))
+        assert results[:40] == [True] * 40
+        assert results[40:].count(True) == 1  # one winner among the ten copies
+        assert cache.claims == 50 and cache.round_trips < 50
+        # the same jti under another key is a different proof
+        assert await cache.claim(Proof("other", "dup", now)) is True
+        assert await cache.claim(Proof("k", "dup", now)) is False
+        # each entry lives as long as its proof could pass the iat check, no longer
+        digest = hashlib.sha256(b"k\x00jti-0").digest()[:18]
+        ttl = await client.ttl(f"{redis_prefix}batch:dpop:jti:{b64url(digest)}")
+        assert 55 <= ttl <= 61
+
+        dead = aioredis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
+        down = ReplayCache(dead, prefix=f"{redis_prefix}batch:", iat_window=60)
+        outcomes = await asyncio.gather(
+            *(down.claim(Proof("k", f"d{i}", now)) for i in range(5)), return_exceptions=True
+        )
+        assert all(isinstance(o, ServiceUnavailable) for o in outcomes)
+        await dead.aclose()
+    finally:
+        await client.aclose()

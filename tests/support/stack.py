@@ -128,6 +128,12 @@ class Stack:
         """The folder holding every process's log (``*.log``)."""
         return self._logdir
 
+    @property
+    def gateway_pid(self) -> int | None:
+        """The gateway process's id (benchmarks read its CPU time from ``/proc``)."""
+        proc = self._gateway.proc
+        return proc.pid if proc is not None else None
+
     def stop_backend(self) -> None:
         self._backend.stop()
 
