@@ -41,7 +41,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from gateway import auth_routes, metrics
+from gateway import auth_routes, metrics, openapi
 from gateway.access_log import AccessLogMiddleware
 from gateway.backend_client import BackendClient
 from gateway.cookies import clear_refresh_cookie, cookie_secure
@@ -208,6 +208,7 @@ def create_app(
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         *auth_routes.routes,
+        openapi.route(),
         Mount("/demo", app=StaticFiles(directory=DEMO_DIR, html=True), name="demo"),
     ]
     app = Starlette(

@@ -1,0 +1,470 @@
+"""The OpenAPI 3.1 description of the public surface, served at ``GET /api/v1/openapi.json``.
+
+One document, built here and nowhere else: the gateway serves it, and the tests read the same
+object (``tests/test_openapi_routes.py`` fails when a route of either service exists that the
+document does not describe, or the reverse; ``tests/contract/`` fuzzes every operation of the
+served copy against the real processes with schemathesis).
+
+It describes the auth routes, the backend's ``/v1/...`` routes as the proxy publishes them under
+``/api/v1/...``, the one error body, and the security schemes. The numbers that bound a field
+(note title and body lengths, paging limits) are the backend's; a test checks they agree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.paths import MAX_PATH_BYTES
+
+PATH = "/api/v1/openapi.json"
+MAX_TITLE = 200
+MAX_NOTE_BODY = 10_000
+MAX_LIMIT = 200
+MAX_OFFSET = 10_000_000
+
+Json = dict[str, Any]
+
+_ERROR_TEXT = {
+    400: "malformed request: body that is not strict JSON, a bad path or a bad DPoP proof",
+    401: "missing, invalid, expired or revoked credentials",
+    403: "not allowed: foreign Origin, or a role the route needs",
+    404: "no such resource (another user's resource is reported as missing)",
+    413: "request body over the limit",
+    414: f"request path over {MAX_PATH_BYTES} bytes",
+    415: "a request body that is not application/json",
+    422: "a JSON body or query parameter of the wrong shape",
+    429: "rate limited; see Retry-After",
+    502: "the backend gave an invalid answer or could not be reached",
+    503: "a dependency is unavailable; see Retry-After",
+    504: "the backend did not answer in time",
+}
+# What any proxied call can meet on the way, whatever the backend route.
+_PROXY_ERRORS = (400, 401, 404, 414, 429, 502, 503, 504)
+
+
+def _ref(name: str) -> Json:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: Json) -> Json:
+    return {"application/json": {"schema": schema}}
+
+
+def _ok(description: str, schema: Json | None = None) -> Json:
+    return {"description": description, **({"content": _json(schema)} if schema else {})}
+
+
+def _errors(*statuses: int) -> dict[str, Json]:
+    return {str(s): {"$ref": f"#/components/responses/E{s}"} for s in sorted(set(statuses))}
+
+
+def _body(schema: Json, *, required: bool = True) -> Json:
+    return {"required": required, "content": _json(schema)}
+
+
+def _page_parameters() -> list[Json]:
+    return [
+        {
+            "name": "limit",
+            "in": "query",
+            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50},
+        },
+        {
+            "name": "offset",
+            "in": "query",
+            "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0},
+        },
+    ]
+
+
+def _id_parameter(name: str) -> Json:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+_USER_AUTH: list[Json] = [{"bearer": []}, {"dpop": []}]
+_REFRESH_AUTH: list[Json] = [{"refreshCookie": []}, {"dpop": []}]
+
+_SCHEMAS: Json = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "additionalProperties": False,
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "additionalProperties": False,
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+            }
+        },
+    },
+    "Credentials": {
+        "type": "object",
+        "required": ["email", "password"],
+        "properties": {
+            "email": {"type": "string", "minLength": 3, "maxLength": 320},
+            "password": {"type": "string", "minLength": 1, "maxLength": 1024},
+        },
+    },
+    "RefreshBody": {
+        "description": "DPoP-bound API clients only: the refresh token in the body, with a proof.",
+        "type": "object",
+        "required": ["refresh_token"],
+        "properties": {"refresh_token": {"type": "string"}},
+    },
+    "LoginUser": {
+        "type": "object",
+        "required": ["id", "email", "roles"],
+        "properties": {
+            "id": {"type": "string"},
+            "email": {"type": "string"},
+            "roles": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "TokenResponse": {
+        "type": "object",
+        "required": ["access_token", "token_type", "expires_in"],
+        "properties": {
+            "access_token": {"type": "string"},
+            "token_type": {"enum": ["Bearer", "DPoP"]},
+            "expires_in": {"type": "integer", "minimum": 1},
+            "refresh_token": {"type": "string", "description": "DPoP body mode only"},
+            "refresh_expires_in": {"type": "integer", "minimum": 1},
+            "user": _ref("LoginUser"),
+        },
+    },
+    "Session": {
+        "type": "object",
+        "required": ["id", "created_at", "last_used_at", "expires_at", "current"],
+        "properties": {
+            "id": {"type": "string", "format": "uuid"},
+            "created_at": {"type": "string", "format": "date-time"},
+            "last_used_at": {"type": "string", "format": "date-time"},
+            "expires_at": {"type": "string", "format": "date-time"},
+            "user_agent": {"type": ["string", "null"]},
+            "ip": {"type": ["string", "null"]},
+            "current": {"type": "boolean"},
+            "key_bound": {"type": "boolean"},
+            "jkt": {"type": ["string", "null"]},
+        },
+    },
+    "SessionList": {
+        "type": "object",
+        "required": ["sessions"],
+        "properties": {"sessions": {"type": "array", "items": _ref("Session")}},
+    },
+    "User": {
+        "type": "object",
+        "required": ["id", "email", "roles", "created_at"],
+        "properties": {
+            "id": {"type": "string", "format": "uuid"},
+            "email": {"type": "string"},
+            "roles": {"type": "array", "items": {"type": "string"}},
+            "created_at": {"type": "string", "format": "date-time"},
+        },
+    },
+    "UserPage": {
+        "type": "object",
+        "required": ["items", "total", "limit", "offset"],
+        "properties": {
+            "items": {"type": "array", "items": _ref("User")},
+            "total": {"type": "integer", "minimum": 0},
+            "limit": {"type": "integer"},
+            "offset": {"type": "integer"},
+        },
+    },
+    "Note": {
+        "type": "object",
+        "required": ["id", "title", "body", "created_at", "updated_at"],
+        "properties": {
+            "id": {"type": "string", "format": "uuid"},
+            "title": {"type": "string"},
+            "body": {"type": "string"},
+            "created_at": {"type": "string", "format": "date-time"},
+            "updated_at": {"type": "string", "format": "date-time"},
+        },
+    },
+    "NotePage": {
+        "type": "object",
+        "required": ["items", "limit", "offset"],
+        "properties": {
+            "items": {"type": "array", "items": _ref("Note")},
+            "limit": {"type": "integer"},
+            "offset": {"type": "integer"},
+        },
+    },
+    "NewNote": {
+        "type": "object",
+        "required": ["title"],
+        "additionalProperties": False,
+        "properties": {
+            "title": {"type": "string", "minLength": 1, "maxLength": MAX_TITLE},
+            "body": {"type": "string", "maxLength": MAX_NOTE_BODY},
+        },
+    },
+    "NoteChanges": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "title": {"type": "string", "minLength": 1, "maxLength": MAX_TITLE},
+            "body": {"type": "string", "maxLength": MAX_NOTE_BODY},
+        },
+    },
+    "Health": {
+        "type": "object",
+        "required": ["status"],
+        "properties": {"status": {"type": "string"}},
+    },
+    "Readiness": {
+        "type": "object",
+        "required": ["status", "checks"],
+        "properties": {
+            "status": {"enum": ["ready", "unavailable"]},
+            "checks": {"type": "object", "additionalProperties": {"type": "boolean"}},
+        },
+    },
+}
+
+_PATHS: Json = {
+    "/healthz": {
+        "get": {
+            "operationId": "healthz",
+            "summary": "Liveness",
+            "security": [],
+            "responses": {"200": _ok("alive", _ref("Health"))},
+        }
+    },
+    "/readyz": {
+        "get": {
+            "operationId": "readyz",
+            "summary": "Readiness: backend, PostgreSQL and Redis",
+            "security": [],
+            "responses": {
+                "200": _ok("every dependency answers", _ref("Readiness")),
+                "503": _ok("a dependency is down; Retry-After", _ref("Readiness")),
+            },
+        }
+    },
+    PATH: {
+        "get": {
+            "operationId": "openapi",
+            "summary": "This document",
+            "security": [],
+            "responses": {"200": _ok("OpenAPI 3.1", {"type": "object"})},
+        }
+    },
+    "/api/v1/auth/login": {
+        "post": {
+            "operationId": "login",
+            "summary": "Log in: the access token in the body, the refresh token in its cookie",
+            "description": (
+                "Browsers (an `Origin` header) get the refresh token as the `__Host-tg_refresh` "
+                "cookie (`tg_refresh` on plain-HTTP localhost). A request with a present, "
+                "foreign `Origin` (`null` included) is refused. With a `DPoP` proof the session "
+                "is bound to the client's key; without `Origin` the bound refresh token comes "
+                "in the body."
+            ),
+            "security": [],
+            "requestBody": _body(_ref("Credentials")),
+            "responses": {
+                "200": _ok("logged in", _ref("TokenResponse")),
+                **_errors(400, 401, 403, 413, 415, 422, 429, 502, 503),
+            },
+        }
+    },
+    "/api/v1/auth/refresh": {
+        "post": {
+            "operationId": "refresh",
+            "summary": "Rotate the refresh token; a new access token",
+            "description": (
+                "Cookie mode: the refresh cookie and an allowed `Origin`. DPoP body mode: "
+                "`{refresh_token}` and a proof. A reused token revokes its whole family."
+            ),
+            "security": _REFRESH_AUTH,
+            "requestBody": _body(_ref("RefreshBody"), required=False),
+            "responses": {
+                "200": _ok("rotated", _ref("TokenResponse")),
+                **_errors(400, 401, 403, 413, 415, 422, 429, 503),
+            },
+        }
+    },
+    "/api/v1/auth/logout": {
+        "post": {
+            "operationId": "logout",
+            "summary": "End this session (its family) and clear the cookie",
+            "security": _REFRESH_AUTH,
+            "requestBody": _body(_ref("RefreshBody"), required=False),
+            "responses": {
+                "204": {"description": "logged out (also when there was nothing to end)"},
+                **_errors(400, 401, 403, 413, 415, 422, 503),
+            },
+        }
+    },
+    "/api/v1/auth/logout-all": {
+        "post": {
+            "operationId": "logoutAll",
+            "summary": "End every session of the caller",
+            "security": _USER_AUTH,
+            "responses": {
+                "204": {"description": "every session ended"},
+                **_errors(400, 401, 413, 415, 503),
+            },
+        }
+    },
+    "/api/v1/auth/sessions": {
+        "get": {
+            "operationId": "listSessions",
+            "summary": "The caller's live sessions",
+            "security": _USER_AUTH,
+            "responses": {
+                "200": _ok("sessions", _ref("SessionList")),
+                **_errors(400, 401, 503),
+            },
+        }
+    },
+    "/api/v1/auth/sessions/{session_id}": {
+        "delete": {
+            "operationId": "deleteSession",
+            "summary": "End one of the caller's sessions",
+            "security": _USER_AUTH,
+            "parameters": [_id_parameter("session_id")],
+            "responses": {
+                "204": {"description": "ended"},
+                **_errors(400, 401, 404, 413, 415, 503),
+            },
+        }
+    },
+    "/api/v1/me": {
+        "get": {
+            "operationId": "me",
+            "summary": "The caller (proxied to the backend's /v1/me)",
+            "security": _USER_AUTH,
+            "responses": {"200": _ok("the caller", _ref("User")), **_errors(*_PROXY_ERRORS)},
+        }
+    },
+    "/api/v1/users": {
+        "get": {
+            "operationId": "listUsers",
+            "summary": "Every user, a page at a time (admin role)",
+            "security": _USER_AUTH,
+            "parameters": _page_parameters(),
+            "responses": {
+                "200": _ok("a page of users", _ref("UserPage")),
+                **_errors(*_PROXY_ERRORS, 403, 422),
+            },
+        }
+    },
+    "/api/v1/notes": {
+        "get": {
+            "operationId": "listNotes",
+            "summary": "The caller's notes, newest first",
+            "security": _USER_AUTH,
+            "parameters": _page_parameters(),
+            "responses": {
+                "200": _ok("a page of notes", _ref("NotePage")),
+                **_errors(*_PROXY_ERRORS, 422),
+            },
+        },
+        "post": {
+            "operationId": "createNote",
+            "summary": "Create a note",
+            "security": _USER_AUTH,
+            "requestBody": _body(_ref("NewNote")),
+            "responses": {
+                "201": _ok("created", _ref("Note")),
+                **_errors(*_PROXY_ERRORS, 413, 415, 422),
+            },
+        },
+    },
+    "/api/v1/notes/{note_id}": {
+        "parameters": [_id_parameter("note_id")],
+        "get": {
+            "operationId": "getNote",
+            "summary": "One of the caller's notes",
+            "security": _USER_AUTH,
+            "responses": {"200": _ok("the note", _ref("Note")), **_errors(*_PROXY_ERRORS)},
+        },
+        "patch": {
+            "operationId": "updateNote",
+            "summary": "Change a note's title or body",
+            "security": _USER_AUTH,
+            "requestBody": _body(_ref("NoteChanges")),
+            "responses": {
+                "200": _ok("the changed note", _ref("Note")),
+                **_errors(*_PROXY_ERRORS, 413, 415, 422),
+            },
+        },
+        "delete": {
+            "operationId": "deleteNote",
+            "summary": "Delete a note",
+            "security": _USER_AUTH,
+            "responses": {"204": {"description": "deleted"}, **_errors(*_PROXY_ERRORS, 413, 415)},
+        },
+    },
+}
+
+
+def document() -> Json:
+    """A fresh copy of the document (callers may not change the shared one)."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "tokengate",
+            "version": "1",
+            "description": (
+                "The public API of the tokengate gateway: login and sessions, and the backend's "
+                "routes proxied under /api/v1/. Every error is "
+                '`{"error": {"code", "message"}}`. JSON bodies must be `application/json`.'
+            ),
+        },
+        "paths": _deep_copy(_PATHS),
+        "components": {
+            "schemas": _deep_copy(_SCHEMAS),
+            "responses": {
+                f"E{status}": {"description": text, "content": _json(_ref("Error"))}
+                for status, text in _ERROR_TEXT.items()
+            },
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "An access token from login or refresh (RFC 6750).",
+                },
+                "dpop": {
+                    "type": "http",
+                    "scheme": "DPoP",
+                    "description": (
+                        "A DPoP-bound access token with a `DPoP` proof header per request "
+                        "(RFC 9449); on login, refresh and logout the proof alone."
+                    ),
+                },
+                "refreshCookie": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": "__Host-tg_refresh",
+                    "description": "`tg_refresh` on plain-HTTP localhost; needs an allowed Origin.",
+                },
+            },
+        },
+    }
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(document(), headers={"Cache-Control": "no-cache"})
+
+
+def route() -> Route:
+    return Route(PATH, openapi, methods=["GET"])
