@@ -159,13 +159,6 @@ async def backend_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status, exc.code, exc.message, exc.headers)
 
 
-async def database_error(request: Request, exc: Exception) -> Response:
-    if not db.is_unavailable(exc):
-        return await unexpected_error(request, exc)
-    request.app.state.db_outages.record(exc, path=request.url.path)
-    return await backend_error(request, ServiceUnavailable())
-
-
 async def unexpected_error(request: Request, exc: Exception) -> Response:
     # The type only: a traceback in a response or a log line can carry request data.
     log_event(logger, "unhandled_error", logging.ERROR, exc_type=type(exc).__name__)
@@ -239,7 +232,11 @@ def create_app(settings: Settings, *, passwords: Passwords | None = None) -> Sta
         BodyError: body_error,
         HTTPException: http_exception,
         Exception: unexpected_error,
-        **dict.fromkeys(db.UNAVAILABLE, database_error),
+        **db.exception_handlers(
+            retry_after=ServiceUnavailable.retry_after,
+            message=ServiceUnavailable.message,
+            otherwise=unexpected_error,
+        ),
     }
     app = Starlette(
         routes=routes,

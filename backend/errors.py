@@ -64,6 +64,7 @@ class ServiceUnavailable(BackendError):
     status = 503
     code = "service_unavailable"
     message = "the database is unavailable; try again shortly"
+    retry_after = 2
 
     def __init__(self, message: str | None = None) -> None:
-        super().__init__(message, headers={"Retry-After": "2"})
+        super().__init__(message, headers={"Retry-After": str(self.retry_after)})

@@ -46,7 +46,7 @@ from gateway.access_log import AccessLogMiddleware
 from gateway.backend_client import BackendClient
 from gateway.cookies import clear_refresh_cookie, cookie_secure
 from gateway.dpop import DPoP
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, ServiceUnavailable
 from gateway.ledger_pruner import LedgerPruner
 from gateway.proxy import BackendProxy, proxy_route
 from gateway.ratelimit import RateLimits
@@ -242,6 +242,12 @@ def create_app(
             BodyError: body_error,
             HTTPException: http_exception,
             Exception: unexpected_error,
+            # PostgreSQL gone or too slow, on any route: 503, never a 500
+            **db.exception_handlers(
+                retry_after=ServiceUnavailable.retry_after,
+                message=ServiceUnavailable.message,
+                otherwise=unexpected_error,
+            ),
         },
         lifespan=lifespan,
     )

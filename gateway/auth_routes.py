@@ -15,14 +15,11 @@ Every failure raises a :mod:`gateway.errors` exception; ``app.py`` turns it into
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from servicekit import db
 from servicekit.bodies import parse_json, read_json, read_limited, refuse_foreign_body
 from servicekit.logs import log_event
 from starlette.requests import Request
@@ -42,7 +39,6 @@ from gateway.dpop import DPoP, InvalidDPoPProof
 from gateway.errors import (
     InvalidToken,
     NotFound,
-    ServiceUnavailable,
     ValidationFailed,
 )
 from gateway.ratelimit import account_key
@@ -56,24 +52,6 @@ MAX_LOGIN_BODY = 4096
 MAX_EMAIL = 320
 MAX_PASSWORD = 1024
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-
-Endpoint = Callable[[Request], Awaitable[Response]]
-
-
-def _db_guard(endpoint: Endpoint) -> Endpoint:
-    """PostgreSQL gone or too slow (:data:`servicekit.db.UNAVAILABLE`): 503, never a 500."""
-
-    @functools.wraps(endpoint)
-    async def wrapper(request: Request) -> Response:
-        try:
-            return await endpoint(request)
-        except db.UNAVAILABLE as exc:
-            if not db.is_unavailable(exc):
-                raise
-            request.app.state.db_outages.record(exc, path=request.url.path)
-            raise ServiceUnavailable() from None
-
-    return wrapper
 
 
 def _now() -> int:
@@ -217,7 +195,6 @@ def _key_mismatch(request: Request, sid: str | None, mode: str) -> None:
 
 
 @metrics.count_login
-@_db_guard
 async def login(request: Request) -> Response:
     # Login CSRF: a cross-site form must not log the victim's browser into another account.
     check_login_origin(request, _settings(request).cors_allowed_origins)
@@ -254,7 +231,6 @@ async def login(request: Request) -> Response:
     )
 
 
-@_db_guard
 async def refresh(request: Request) -> Response:
     settings = _settings(request)
     refuse_foreign_body(request.headers.raw)
@@ -303,7 +279,6 @@ async def refresh(request: Request) -> Response:
     )
 
 
-@_db_guard
 async def logout(request: Request) -> Response:
     settings = _settings(request)
     refuse_foreign_body(request.headers.raw)
@@ -340,7 +315,6 @@ async def logout(request: Request) -> Response:
     return response
 
 
-@_db_guard
 async def logout_all(request: Request) -> Response:
     refuse_foreign_body(request.headers.raw)
     claims = await authenticate(request)
@@ -353,7 +327,6 @@ async def logout_all(request: Request) -> Response:
     return response
 
 
-@_db_guard
 async def list_sessions(request: Request) -> Response:
     claims = await authenticate(request)
     sessions = await _ledger(request).list_sessions(claims.sub, now=_now())
@@ -379,7 +352,6 @@ async def list_sessions(request: Request) -> Response:
     )
 
 
-@_db_guard
 async def delete_session(request: Request) -> Response:
     refuse_foreign_body(request.headers.raw)
     claims = await authenticate(request)

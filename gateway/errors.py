@@ -95,8 +95,9 @@ class ServiceUnavailable(GatewayError):
     status = 503
     code = "service_unavailable"
     message = "a dependency is unavailable, retry later"
+    retry_after = 5
 
-    def __init__(self, message: str | None = None, *, retry_after: int = 5) -> None:
+    def __init__(self, message: str | None = None, *, retry_after: int = retry_after) -> None:
         super().__init__(message, headers={"Retry-After": str(retry_after)})
 
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import aiohttp
 from prometheus_client import Counter, Gauge, Histogram
+from servicekit import db
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -195,6 +196,11 @@ def count_login(
             response = await endpoint(request)
         except GatewayError as exc:
             _LOGIN[_login_outcome(exc)].inc()
+            raise
+        except db.UNAVAILABLE as exc:
+            # answered 503 by the app's database handlers (servicekit.db)
+            if db.is_unavailable(exc):
+                _LOGIN["unavailable"].inc()
             raise
         _LOGIN["success"].inc()
         return response

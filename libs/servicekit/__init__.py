@@ -6,5 +6,7 @@ tree and fails when an import goes the wrong way). Modules:
 - :mod:`servicekit.config`: settings from the environment, ``*_FILE`` forms, :class:`ConfigError`;
 - :mod:`servicekit.logs`: structured JSON log lines and the request id context;
 - :mod:`servicekit.http_errors`: the JSON error body ``{"error": {"code", "message"}}``;
-- :mod:`servicekit.bodies`: request framing, the body-size limit, media type and strict JSON.
+- :mod:`servicekit.bodies`: request framing, the body-size limit, media type and strict JSON;
+- :mod:`servicekit.db`: the bounded PostgreSQL pool and the one list of "database is down"
+  exception classes, mapped to 503 in both apps.
 """

@@ -32,14 +32,19 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+from starlette.requests import Request
+from starlette.responses import Response
 
 from servicekit.config import ConfigError, get_float, get_int
+from servicekit.http_errors import error_response
 from servicekit.logs import log_event
+
+ExceptionHandler = Callable[[Request, Exception], Awaitable[Response]]
 
 UNAVAILABLE: tuple[type[BaseException], ...] = (
     OSError,
@@ -85,6 +90,24 @@ class Outages:
             count=self.counts[name],
             **fields,
         )
+
+
+def exception_handlers(
+    *, retry_after: int, message: str, otherwise: ExceptionHandler
+) -> dict[type[BaseException], ExceptionHandler]:
+    """The app's handlers for :data:`UNAVAILABLE`: 503 ``service_unavailable`` with
+    ``Retry-After``, recorded in ``app.state.db_outages`` (an :class:`Outages`); an exception of
+    these classes that is not an outage (:func:`is_unavailable`) goes to ``otherwise``."""
+
+    async def database_unavailable(request: Request, exc: Exception) -> Response:
+        if not is_unavailable(exc):
+            return await otherwise(request, exc)
+        request.app.state.db_outages.record(exc, path=request.url.path)
+        return error_response(
+            503, "service_unavailable", message, {"Retry-After": str(retry_after)}
+        )
+
+    return dict.fromkeys(UNAVAILABLE, database_unavailable)
 
 
 @dataclass(frozen=True)
