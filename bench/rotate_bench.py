@@ -1,6 +1,6 @@
 """Refresh rotations per second against the real PostgreSQL, through ``gateway.sessions``.
 
-Creates a throw-away database, applies ``db/002_refresh_token_family.sql``, then runs rotation
+Creates a throw-away database, applies every migration in ``db/``, then runs rotation
 chains (each worker rotates its own family's newest token again and again, as clients do) for a
 few seconds at several concurrency levels, and prints a table. The database is dropped at the end.
 
@@ -18,11 +18,11 @@ import secrets
 import statistics
 import time
 import uuid
-from pathlib import Path
 
 import asyncpg
 
 from gateway.sessions import Ledger, Outcome
+from tokengate.migrate import migrate
 
 ADMIN_DSN = os.environ.get("TOKENGATE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 GOAL = 1000.0
@@ -37,13 +37,13 @@ async def run_level(ledger: Ledger, workers: int, seconds: float) -> tuple[float
         issued = await ledger.create_family(
             user_id=str(uuid.uuid4()), roles=["user"], user_agent="bench", ip="127.0.0.1", now=now
         )
-        jti, done = issued.jti, 0
+        claims, done = issued.as_claims(), 0
         while time.perf_counter() < stop:
             start = time.perf_counter()
-            result = await ledger.rotate(jti, now=int(time.time()))
+            result = await ledger.rotate(claims, now=int(time.time()))
             latencies.append(time.perf_counter() - start)
             assert result.outcome is Outcome.ROTATED and result.successor is not None
-            jti = result.successor.jti
+            claims = result.successor.as_claims()
             done += 1
         return done
 
@@ -63,10 +63,7 @@ async def main(seconds: float, levels: list[int]) -> int:
     dsn = f"{ADMIN_DSN.rpartition('/')[0]}/{name}"
     best = 0.0
     try:
-        conn = await asyncpg.connect(dsn)
-        sql = Path(__file__).parents[1] / "db" / "002_refresh_token_family.sql"
-        await conn.execute(sql.read_text())
-        await conn.close()
+        await migrate(dsn)
         pool = await asyncpg.create_pool(dsn, min_size=max(levels), max_size=max(levels))
         assert pool is not None
         ledger = Ledger(pool, refresh_ttl=1209600, family_lifetime=2592000, grace_seconds=10)
