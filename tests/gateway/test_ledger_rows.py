@@ -13,6 +13,7 @@ import pytest
 
 from gateway.sessions import IssuedRefresh, Ledger, Outcome, new_secret
 from gateway.tokens import RefreshClaims
+from tests.gateway.conftest import FakeBackend, Harness, login, refresh_cookie, refresh_with
 
 
 def ledger(pool: asyncpg.Pool, grace: int = 10) -> Ledger:
@@ -154,3 +155,41 @@ async def test_unknown_family_and_malformed_ids(pool: asyncpg.Pool) -> None:
         legacy = dataclasses.replace(claims, gen=None, sec=None)
         assert (await led.rotate(legacy, now=now)).outcome is Outcome.UNKNOWN
     assert not await led.revoke_user_family("nor-this", "not-a-uuid", reason="logout", now=now)
+
+
+async def test_a_token_minted_with_the_signing_secret_is_refused_over_http(
+    gateway: Harness, env: dict[str, str], backend: FakeBackend
+) -> None:
+    """The attack of a leaked JWT_REFRESH_SECRET, through the route: sign tokens for a victim's
+    family (sid, sub and generation are known to the attacker) with made-up secret parts."""
+    async with gateway(env) as client:
+        tokens = client.app.state.tokens
+        victim = refresh_cookie(await login(client, backend.add_user()))
+        assert victim is not None
+        claims = tokens.verify_refresh(victim)
+        assert claims.gen == 1
+
+        def mint(gen: int) -> str:
+            return tokens.encode_refresh(
+                sub=claims.sub,
+                sid=claims.sid,
+                jti="minted",
+                iat=claims.iat,
+                exp=claims.exp,
+                gen=gen,
+                sec=new_secret(),
+            )
+
+        ahead = await refresh_with(client, mint(2))
+        assert ahead.status_code == 401
+        assert ahead.json()["error"]["code"] == "invalid_token"
+        # a forgery ahead of the family harms nothing: the victim refreshes as usual
+        moved = await refresh_with(client, victim)
+        assert moved.status_code == 200
+        current = refresh_cookie(moved)
+        assert current is not None
+        # a made-up secret at the current generation: never a rotation (and the family is
+        # treated as compromised, as for any token that matches neither digest)
+        assert (await refresh_with(client, mint(2))).status_code == 401
+        assert (await refresh_with(client, current)).status_code == 401
+        assert claims.sid in client.app.state.revoked

@@ -18,6 +18,8 @@ def test_defaults(env: dict[str, str]) -> None:
     assert settings.access_token_audience == "tokengate-api"
     assert (settings.access_token_ttl, settings.refresh_token_ttl) == (600, 1209600)
     assert (settings.refresh_family_lifetime, settings.refresh_grace_seconds) == (2592000, 10)
+    assert settings.refresh_ledger_retention == 7 * 86400
+    assert settings.refresh_ledger_prune_interval == 3600
     assert settings.cookie_secure is True
     assert settings.trusted_proxies == ()
     assert settings.proxy_rate_limit_user == ""
@@ -38,6 +40,10 @@ def test_defaults(env: dict[str, str]) -> None:
         ({"INTERNAL_JWT_PRIVATE_KEY": None}, "INTERNAL_JWT_PRIVATE_KEY"),
         ({"DATABASE_URL": None}, "DATABASE_URL"),
         ({"REDIS_URL": None}, "REDIS_URL"),
+        # a revoked family must outlive its access tokens (revoked-set rebuild from the ledger)
+        ({"REFRESH_LEDGER_RETENTION": "599"}, "REFRESH_LEDGER_RETENTION"),
+        ({"REFRESH_LEDGER_RETENTION": "week"}, "REFRESH_LEDGER_RETENTION"),
+        ({"REFRESH_LEDGER_PRUNE_INTERVAL": "-1"}, "REFRESH_LEDGER_PRUNE_INTERVAL"),
         ({"BACKEND_URL": None}, "BACKEND_URL"),
         ({"CORS_ALLOWED_ORIGINS": "*"}, "CORS_ALLOWED_ORIGINS"),
         ({"CORS_ALLOWED_ORIGINS": "https://ok.test,https://*.test"}, "CORS_ALLOWED_ORIGINS"),
