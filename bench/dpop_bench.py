@@ -10,8 +10,10 @@ Ed25519 key, PUBLIC_ORIGIN set) and drives ``GET /api/v1/me`` through the gatewa
   script; a run that used more requests than proofs would show up as 401s and fails loudly.
 
 For each run it reads the gateway process's CPU time (``/proc/<pid>/stat``, user + system) before
-and after and divides by the requests served, and counts the replay-cache keys the run left in
-Redis (``{prefix}dpop:jti:*``, one per claimed proof) to give Redis round trips per request.
+and after and divides by the requests served, and reads the gateway's own counters
+(``tokengate_gateway_dpop_replay_round_trips_total`` / ``..._claims_total`` on its metrics
+listener) to give Redis round trips per DPoP request (claims made while a round trip is in flight
+share the next one; bearer requests make none).
 Configurations run interleaved (bearer c1, DPoP c1, bearer cN, DPoP cN, ...) and the median round
 by throughput is printed. Goal (issue 11): at most 150 µs of gateway CPU added per request.
 
@@ -28,11 +30,12 @@ import secrets
 import statistics
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -40,7 +43,7 @@ from bench import wrk_tools
 from bench.stack_bench import PASSWORD, scratch_database
 from bench.wrk_tools import WrkResult
 from tests.support.dpop_proofs import ProofKey
-from tests.support.stack import Stack, running_stack
+from tests.support.stack import Stack, free_port, running_stack
 from tokengate.migrate import migrate
 
 # One proof per request, in the order wrk sends them; wrk -t1 runs one Lua state.
@@ -84,8 +87,14 @@ def login(stack: Stack, email: str, key: ProofKey | None, origin: str) -> str:
     return str(r.json()["access_token"])
 
 
-def jti_keys(client: redis.Redis, prefix: str) -> int:
-    return sum(1 for _ in client.scan_iter(match=f"{prefix}dpop:jti:*", count=5000))
+def replay_counters(metrics_url: str) -> tuple[float, float]:
+    """(round trips, claims) of the gateway's jti replay cache so far."""
+    values = {"round_trips": 0.0, "claims": 0.0}
+    for line in httpx.get(metrics_url, timeout=10).text.splitlines():
+        for name in values:
+            if line.startswith(f"tokengate_gateway_dpop_replay_{name}_total "):
+                values[name] = float(line.split()[1])
+    return values["round_trips"], values["claims"]
 
 
 def measure(
@@ -95,11 +104,11 @@ def measure(
     duration: float,
     headers: dict[str, str] | None = None,
     script: Path | None = None,
-    count_keys: tuple[redis.Redis, str] | None = None,
+    metrics_url: str,
 ) -> Run:
     pid = stack.gateway_pid
     assert pid is not None
-    before_keys = jti_keys(*count_keys) if count_keys else 0
+    trips_before, claims_before = replay_counters(metrics_url)
     before = cpu_seconds(pid)
     result = wrk_tools.run(
         stack.gateway_url + "/api/v1/me",
@@ -109,8 +118,70 @@ def measure(
         script=script,
     )
     cpu = cpu_seconds(pid) - before
-    keys = (jti_keys(*count_keys) - before_keys) if count_keys else 0
-    return Run(result, cpu / result.requests * 1e6, keys / result.requests)
+    trips_after, claims_after = replay_counters(metrics_url)
+    claims = claims_after - claims_before
+    return Run(result, cpu / result.requests * 1e6, (trips_after - trips_before) / max(claims, 1))
+
+
+def components(redis_url: str, prefix: str, alg: str) -> None:
+    """In-process CPU cost of the parts, in one run so they share the machine's load: a bare
+    Ed25519 signature check (the yardstick), the whole proof check, and one replay claim alone
+    and 32 at a time."""
+    import redis.asyncio as aioredis
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from gateway.dpop import Proof, ProofVerifier, ReplayCache
+
+    signer = ed25519.Ed25519PrivateKey.generate()
+    public, message = signer.public_key(), b"x" * 600
+    signature = signer.sign(message)
+    key = ProofKey(alg)
+    verifier = ProofVerifier(public_origins=["https://a.test"], iat_window=60, nonces=None)
+    proofs = [key.proof("GET", "https://a.test/api/v1/me", access_token="t") for _ in range(2000)]
+    verifier.verify(proofs[0], method="GET", path="/api/v1/me", access_token="t")
+
+    def per_call(fn: Callable[[], object], n: int) -> float:
+        start = time.process_time()
+        for _ in range(n):
+            fn()
+        return (time.process_time() - start) / n * 1e6
+
+    raw = per_call(lambda: public.verify(signature, message), 2000)
+    it = iter(proofs)
+    full = per_call(
+        lambda: verifier.verify(next(it), method="GET", path="/api/v1/me", access_token="t"),
+        len(proofs),
+    )
+
+    async def claims() -> tuple[float, float]:
+        client = aioredis.from_url(redis_url)
+        cache = ReplayCache(client, prefix=prefix + "components:", iat_window=60)
+        now = int(time.time())
+        await cache.claim(Proof("k", "warm", now))
+        start = time.process_time()
+        for i in range(2000):
+            await cache.claim(Proof("k", f"a{i}", now))
+        alone = (time.process_time() - start) / 2000 * 1e6
+        start = time.process_time()
+        for r in range(60):
+            await asyncio.gather(*(cache.claim(Proof("k", f"b{r}-{i}", now)) for i in range(32)))
+        together = (time.process_time() - start) / (60 * 32) * 1e6
+        keys = [k async for k in client.scan_iter(match=prefix + "components:*", count=5000)]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+        return alone, together
+
+    alone, together = asyncio.run(claims())
+    print(f"{'component (in process, CPU µs per call)':<44}{'µs':>8}")
+    for name, value in (
+        ("bare Ed25519 signature check (yardstick)", raw),
+        (f"whole proof check ({alg}, no I/O)", full),
+        ("replay claim, one at a time", alone),
+        ("replay claim, 32 at a time (pipelined)", together),
+    ):
+        print(f"{name:<44}{value:>8.0f}")
+    print()
 
 
 def main() -> int:
@@ -127,7 +198,10 @@ def main() -> int:
     redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
     prefix = f"tokengate-bench-{secrets.token_hex(4)}:"
     origin = "https://api.bench.test"
+    components(redis_url, prefix, args.alg)
     results: dict[str, list[Run]] = {}
+    metrics_port = free_port()
+    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
 
     with scratch_database(admin_dsn) as dsn, tempfile.TemporaryDirectory() as tmp:
         asyncio.run(migrate(dsn))
@@ -137,14 +211,14 @@ def main() -> int:
             redis_prefix=prefix,
             gateway_env={
                 "PUBLIC_ORIGIN": origin,
+                "METRICS_HOST": "127.0.0.1",
+                "METRICS_PORT": str(metrics_port),
                 "LOGIN_RATE_LIMIT_IP": "1000000/minute",
                 "LOGIN_RATE_LIMIT_ACCOUNT": "1000000/minute",
                 "LOG_LEVEL": "WARNING",
             },
             backend_env={"LOG_LEVEL": "WARNING"},
         ) as stack:
-            gateway_prefix = stack.gateway_env["REDIS_KEY_PREFIX"]
-            rclient = redis.Redis.from_url(redis_url)
             email = f"bench-{secrets.token_hex(4)}@example.test"
             stack.create_user(email, PASSWORD)
             key = ProofKey(args.alg)
@@ -166,6 +240,7 @@ def main() -> int:
                             connections=conns,
                             duration=args.duration,
                             headers={"Authorization": f"Bearer {bearer}"},
+                            metrics_url=metrics_url,
                         )
                     )
                     proofs_file.write_text(
@@ -181,10 +256,9 @@ def main() -> int:
                             connections=conns,
                             duration=args.duration,
                             script=script,
-                            count_keys=(rclient, gateway_prefix),
+                            metrics_url=metrics_url,
                         )
                     )
-            rclient.close()
 
     print(
         f"{'GET /api/v1/me, median of rounds':<34}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}"

@@ -54,6 +54,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from servicekit.logs import log_event
 
+from gateway import metrics
 from gateway.errors import GatewayError, ServiceUnavailable
 from gateway.settings import Settings
 
@@ -459,6 +460,7 @@ class ReplayCache:
                     pipe.set(key, b"1", nx=True, ex=ttl)
                 results = await pipe.execute()
         except Exception as exc:  # fail closed whatever went wrong: no claim, no request
+            metrics.redis_error("dpop_replay")
             log_event(
                 logger, "dpop_replay_cache_unavailable", logging.WARNING, error=type(exc).__name__
             )
@@ -468,6 +470,7 @@ class ReplayCache:
             return
         self.round_trips += 1
         self.claims += len(batch)
+        metrics.dpop_replay_round_trip(len(batch))
         for (_, _, future), fresh in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(bool(fresh))
@@ -523,6 +526,7 @@ class DPoP:
             raise ProofError("jkt")
         if not await self.replay.claim(proof):
             raise ProofError("replay")
+        metrics.dpop_proof("ok")
         return proof
 
     async def for_token_endpoint(self, proofs: Sequence[str], *, method: str, path: str) -> Proof:
@@ -530,8 +534,10 @@ class DPoP:
         try:
             return await self.check(proofs, method=method, path=path)
         except NonceRequired:
+            metrics.dpop_proof("nonce")
             raise UseDPoPNonce(headers=self.nonce_headers()) from None
         except ProofError as exc:
+            metrics.dpop_proof(exc.reason)
             log_event(logger, "dpop_proof_refused", reason=exc.reason, path=path)
             raise InvalidDPoPProof(headers=self.nonce_headers()) from None
 
@@ -544,6 +550,7 @@ class DPoP:
                 proofs, method=method, path=path, access_token=access_token, jkt=jkt
             )
         except NonceRequired:
+            metrics.dpop_proof("nonce")
             raise DPoPUnauthorized(
                 "retry with the nonce in the DPoP-Nonce header",
                 headers={
@@ -552,6 +559,7 @@ class DPoP:
                 },
             ) from None
         except ProofError as exc:
+            metrics.dpop_proof(exc.reason)
             log_event(logger, "dpop_proof_refused", reason=exc.reason, path=path)
             raise DPoPUnauthorized(
                 headers={

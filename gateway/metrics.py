@@ -19,6 +19,10 @@ Names (all prefixed ``tokengate_gateway_``):
   worker shows), ``revoked_sessions`` (the local revoked set), ``db_pool_connections{state}``
   (``in_use``/``idle``), ``redis_errors_total{operation}``; PostgreSQL failures are
   ``tokengate_postgres_errors_total{service="gateway"}`` (:mod:`servicekit.metrics`).
+- ``dpop_proofs_total{outcome}``: DPoP proofs accepted (``ok``) or refused, by the check that
+  refused them (``replay``, ``htu``, ``iat_window``, ``ath``, ``jkt``, ``nonce``, ...);
+  ``dpop_replay_round_trips_total`` and ``dpop_replay_claims_total``: Redis round trips of the
+  ``jti`` replay cache and the proofs they carried (claims made together share one pipeline).
 """
 
 from __future__ import annotations
@@ -94,6 +98,17 @@ REVOKED_SESSIONS = Gauge(
     "Session families in the local revoked set (highest over workers).",
     multiprocess_mode="livemax",
 )
+DPOP_PROOFS = Counter(
+    "tokengate_gateway_dpop_proofs_total",
+    "DPoP proofs by outcome (ok or the failed check).",
+    ["outcome"],
+)
+DPOP_ROUND_TRIPS = Counter(
+    "tokengate_gateway_dpop_replay_round_trips_total", "Redis round trips of the DPoP jti cache."
+)
+DPOP_CLAIMS = Counter(
+    "tokengate_gateway_dpop_replay_claims_total", "DPoP jti values claimed in Redis."
+)
 DB_POOL = Gauge(
     "tokengate_gateway_db_pool_connections",
     "PostgreSQL pool connections by state (summed over workers).",
@@ -124,7 +139,8 @@ _REFRESH = _prebind(
 )
 _REVOKED = _prebind(REVOCATIONS, ("logout", "logout-all", "user-revoked", "reuse"))
 _LIMITED = _prebind(RATE_LIMITED, ("login-ip", "login-account", "refresh-ip", "user"))
-_REDIS = _prebind(REDIS_ERRORS, ("ratelimit", "revocation", "user_limit"))
+_REDIS = _prebind(REDIS_ERRORS, ("ratelimit", "revocation", "user_limit", "dpop_replay"))
+_DPOP = _prebind(DPOP_PROOFS, ("ok", "replay", "htu", "htm", "iat_window", "ath", "jkt", "nonce"))
 
 
 def _child(table: dict[str, Any], counter: Counter, value: str) -> Any:
@@ -152,6 +168,15 @@ def rate_limited(limit: str) -> None:
 
 def redis_error(operation: str) -> None:
     _child(_REDIS, REDIS_ERRORS, operation).inc()
+
+
+def dpop_proof(outcome: str) -> None:
+    _child(_DPOP, DPOP_PROOFS, outcome).inc()
+
+
+def dpop_replay_round_trip(claims: int) -> None:
+    DPOP_ROUND_TRIPS.inc()
+    DPOP_CLAIMS.inc(claims)
 
 
 def backend_failure(exc: BaseException) -> None:
