@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.dpop import ALGORITHMS
 from gateway.paths import MAX_PATH_BYTES
 
 PATH = "/api/v1/openapi.json"
@@ -408,6 +409,34 @@ _PATHS: Json = {
 }
 
 
+_DPOP_HEADER: Json = {
+    "name": "DPoP",
+    "in": "header",
+    "required": False,
+    "description": (
+        "A DPoP proof JWT (RFC 9449 §4): `typ: dpop+jwt`, `alg` one of "
+        f"{', '.join(ALGORITHMS)}, the public `jwk`; claims `jti`, `htm`, `htu` (the gateway's "
+        "`PUBLIC_ORIGIN` plus this path), `iat`, and `ath` with an access token. Required with "
+        "`Authorization: DPoP` and for body-mode refresh and logout; at login it binds the session."
+    ),
+    "schema": {"type": "string", "maxLength": 4096},
+}
+
+
+def _with_dpop_header(paths: Json) -> Json:
+    """Every operation that accepts a DPoP proof (login and the ``dpop`` security scheme)
+    documents the ``DPoP`` header once, by reference."""
+    for path, item in paths.items():
+        for operation in item.values():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            if {"dpop": []} in operation.get("security", []) or path == "/api/v1/auth/login":
+                operation.setdefault("parameters", []).append(
+                    {"$ref": "#/components/parameters/DPoP"}
+                )
+    return paths
+
+
 def document() -> Json:
     """A fresh copy of the document (callers may not change the shared one)."""
     return {
@@ -421,8 +450,9 @@ def document() -> Json:
                 '`{"error": {"code", "message"}}`. JSON bodies must be `application/json`.'
             ),
         },
-        "paths": _deep_copy(_PATHS),
+        "paths": _with_dpop_header(_deep_copy(_PATHS)),
         "components": {
+            "parameters": {"DPoP": _DPOP_HEADER},
             "schemas": _deep_copy(_SCHEMAS),
             "responses": {
                 f"E{status}": {"description": text, "content": _json(_ref("Error"))}
@@ -440,7 +470,11 @@ def document() -> Json:
                     "scheme": "DPoP",
                     "description": (
                         "A DPoP-bound access token with a `DPoP` proof header per request "
-                        "(RFC 9449); on login, refresh and logout the proof alone."
+                        "(RFC 9449); on login, refresh and logout the proof alone. Proof "
+                        f"algorithms: {', '.join(ALGORITHMS)}. A bound token sent as `Bearer` is "
+                        "refused. Errors: `WWW-Authenticate: DPoP error=..., algs=...`; with "
+                        "`DPOP_NONCE_REQUIRED` a `use_dpop_nonce` error carries the nonce in "
+                        "`DPoP-Nonce`."
                     ),
                 },
                 "refreshCookie": {
