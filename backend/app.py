@@ -28,6 +28,7 @@ from servicekit.http_errors import body_error, error_response, http_exception
 from servicekit.logs import configure_logging, log_event
 from servicekit.metrics import RequestCounter, RouteTemplates, mark_worker_stopped, postgres_error
 from servicekit.request_id import RequestIdMiddleware
+from servicekit.tracing import TraceContextMiddleware
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -210,6 +211,8 @@ def create_app(settings: Settings, *, passwords: Passwords | None = None) -> Sta
     ]
     middleware = [
         Middleware(RequestIdMiddleware),
+        # private service: its only caller is the gateway, which already decided the trace
+        Middleware(TraceContextMiddleware, trusted=lambda peer: True),
         Middleware(
             RequestCounter,
             routes=RouteTemplates(r.path for r in routes),

@@ -23,6 +23,7 @@ from internal_auth import KeyLoadError, Minter, load_private_key
 from servicekit import db
 from servicekit.bodies import BodyError
 from servicekit.config import ConfigError
+from servicekit.forwarded import is_trusted
 from servicekit.http_errors import body_error, error_response, http_exception
 from servicekit.logs import log_event
 from servicekit.metrics import (
@@ -32,6 +33,7 @@ from servicekit.metrics import (
     postgres_error,
 )
 from servicekit.request_id import RequestIdMiddleware
+from servicekit.tracing import TraceContextMiddleware
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -215,6 +217,12 @@ def create_app(
         routes=[*routes, proxy_route()],
         middleware=[
             Middleware(RequestIdMiddleware),
+            Middleware(
+                TraceContextMiddleware,
+                trusted=lambda peer: (
+                    peer is not None and is_trusted(peer, settings.trusted_proxies)
+                ),
+            ),
             Middleware(RequestCounter, routes=route_templates(routes), counter=metrics.REQUESTS),
             Middleware(AccessLogMiddleware),
             Middleware(SecurityHeadersMiddleware, trusted_proxies=settings.trusted_proxies),
@@ -224,7 +232,14 @@ def create_app(
                 allow_credentials=True,
                 allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
                 # DPoP: the proof header in, the nonce and the challenge out (RFC 9449 §7.1, §8)
-                allow_headers=["Authorization", "Content-Type", "DPoP", "X-Request-ID"],
+                allow_headers=[
+                    "Authorization",
+                    "Content-Type",
+                    "DPoP",
+                    "X-Request-ID",
+                    "traceparent",
+                    "tracestate",
+                ],
                 expose_headers=[
                     "DPoP-Nonce",
                     "WWW-Authenticate",

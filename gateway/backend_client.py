@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import httpx
 from internal_auth import HEADER, Minter, TokenScope
 from servicekit.logs import log_event, request_id_var
+from servicekit.tracing import outbound_headers
 
 from gateway.errors import BadGateway, InvalidCredentials, ServiceUnavailable
 
@@ -49,6 +50,7 @@ class BackendClient:
         if rid is not None:
             # The backend writes it in its audit line, tying the two services' logs together.
             headers["X-Request-Id"] = rid
+        headers.update(outbound_headers())
         try:
             response = await self._client.post(
                 VALIDATE_PATH,

@@ -45,6 +45,9 @@ _REQUEST_DROP = HOP_BY_HOP | {
     b"x-internal-auth",
     b"x-request-id",
     b"x-real-ip",
+    # the gateway sends its own trace context (servicekit.tracing), never the client's
+    b"traceparent",
+    b"tracestate",
 }
 
 # Dropped from responses on top of HOP_BY_HOP. Our own server writes Date and Server, and

@@ -29,6 +29,7 @@ from internal_auth import TokenScope
 from servicekit.bodies import PayloadTooLarge, framing
 from servicekit.forwarded import client_ip, forwarded_for, request_scheme
 from servicekit.logs import log_event, new_request_id
+from servicekit.tracing import outbound_headers
 from starlette.exceptions import HTTPException
 from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
@@ -195,6 +196,7 @@ async def proxy_request(scope: Scope, receive: Receive, send: Send) -> None:
         request_id=request_state.get("request_id") or new_request_id(),
         internal_token=internal_token,
     )
+    outbound += outbound_headers(request_state.get("trace"))
     if length is not None:
         # Known size: keep it, so the backend is not handed a chunked body it did not need.
         outbound.append(("content-length", str(length)))

@@ -4,6 +4,7 @@ refused internal token); both endpoints scraped before and after, exact deltas c
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -41,6 +42,8 @@ def scraped(migrated_dsn: str, redis_url: str, redis_prefix: str) -> Iterator[Sc
             "LOGIN_RATE_LIMIT_IP": "1000/minute",
             "LOGIN_RATE_LIMIT_ACCOUNT": "3/minute",
             "REFRESH_GRACE_SECONDS": "0",
+            # requests from 127.0.0.2 come from a trusted proxy (the trace-context test)
+            "TRUSTED_PROXIES": "127.0.0.2/32",
         },
         backend_env={"METRICS_PORT": str(bport)},
     ) as stack:
@@ -198,3 +201,48 @@ def test_proxied_route_templates_match_the_backends_routes() -> None:
     )
     backend_routes = {r.path for r in app.routes if r.path.startswith("/v1/")}  # type: ignore[attr-defined]
     assert {"/api" + path for path in backend_routes} == set(PROXIED_ROUTES)
+
+
+CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def _lines(text: str, request_id: str) -> list[dict[str, object]]:
+    out = []
+    for line in text.splitlines():
+        if request_id in line and line.startswith("{"):
+            data = json.loads(line)
+            if data.get("request_id") == request_id:
+                out.append(data)
+    return out
+
+
+@pytest.mark.parametrize("source", ["127.0.0.1", "127.0.0.2"])
+def test_both_services_log_the_same_trace_id_next_to_the_request_id(
+    scraped: Scraped, source: str
+) -> None:
+    stack = scraped.stack
+    email = f"trace-{uuid.uuid4().hex[:8]}@example.test"
+    stack.create_user(email, PASSWORD)
+    rid = f"trace-{uuid.uuid4().hex[:12]}"
+    transport = httpx.HTTPTransport(local_address=source)
+    with httpx.Client(base_url=stack.gateway_url, transport=transport, timeout=30) as client:
+        r = client.post(
+            "/api/v1/auth/login",
+            json={"email": email, "password": "not the password"},
+            headers={"traceparent": f"00-{CLIENT_TRACE}-00f067aa0ba902b7-01", "X-Request-Id": rid},
+        )
+    assert r.status_code == 401
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        gateway = _lines(stack.log_text("gateway"), rid)
+        backend = _lines(stack.log_text("backend"), rid)
+        if gateway and backend:
+            break
+        time.sleep(0.1)
+    assert gateway and backend
+    trace_ids = {line.get("trace_id") for line in gateway + backend}
+    assert len(trace_ids) == 1, (gateway, backend)
+    trace_id = trace_ids.pop()
+    assert isinstance(trace_id, str) and len(trace_id) == 32
+    # only the trusted proxy's trace is continued
+    assert (trace_id == CLIENT_TRACE) is (source == "127.0.0.2")
