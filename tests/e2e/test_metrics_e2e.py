@@ -5,15 +5,17 @@ refused internal token); both endpoints scraped before and after, exact deltas c
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
 from gateway.metrics import PROXIED_ROUTES
-from tests.support.scrape import delta, scrape, value
+from tests.support.scrape import delta, names, scrape, value
 from tests.support.stack import Stack, free_port, running_stack
 
 pytestmark = pytest.mark.e2e
@@ -246,3 +248,11 @@ def test_both_services_log_the_same_trace_id_next_to_the_request_id(
     assert isinstance(trace_id, str) and len(trace_id) == 32
     # only the trusted proxy's trace is continued
     assert (trace_id == CLIENT_TRACE) is (source == "127.0.0.2")
+
+
+def test_every_metric_the_alert_rules_use_is_in_a_live_scrape(scraped: Scraped) -> None:
+    rules = (Path(__file__).resolve().parents[2] / "docs" / "prometheus" / "alerts.yml").read_text()
+    used = set(re.findall(r"\btokengate_[a-z_]+", rules))
+    assert len(used) >= 4
+    live = names(scrape(scraped.gateway_metrics)) | names(scrape(scraped.backend_metrics))
+    assert used <= live, used - live
