@@ -1,9 +1,10 @@
 """The backend application: ``create_app(settings)``.
 
 Every route except ``/healthz`` and ``/readyz`` sits behind :class:`internal_auth.
-InternalAuthMiddleware`: ``/internal/auth/`` needs scope ``auth_validate`` (the gateway's own
-identity), ``/v1/`` needs ``user_request``. Identity comes only from the verified token — no
-request header can change who the caller is.
+InternalAuthMiddleware`: ``/internal/auth/`` (credential check, password change) needs scope
+``auth_validate`` and ``/internal/lifecycle/`` (an account's status, roles and epochs) needs
+``refresh_lifecycle``, both with the gateway's own identity; ``/v1/`` needs ``user_request``.
+Identity comes only from the verified token — no request header can change who the caller is.
 """
 
 from __future__ import annotations
@@ -37,11 +38,18 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from backend import audit, metrics
-from backend.errors import BackendError, Forbidden, NotFound, ServiceUnavailable, Unauthorized
+from backend.errors import (
+    BackendError,
+    CurrentPasswordRejected,
+    Forbidden,
+    NotFound,
+    ServiceUnavailable,
+    Unauthorized,
+)
 from backend.notes import MAX_BODY, MAX_TITLE, NoteStore
 from backend.passwords import Passwords
 from backend.settings import Settings
-from backend.users import UserStore, check_credentials
+from backend.users import UserStore, WrongPassword, change_password, check_credentials
 from backend.validation import int_param, json_object, string_field, uuid_path
 
 logger = logging.getLogger("backend.app")
@@ -67,7 +75,55 @@ async def validate_credentials(request: Request) -> Response:
     user = await check_credentials(
         request.app.state.users, request.app.state.passwords, email, password
     )
-    return JSONResponse({"id": str(user.id), "email": user.email, "roles": list(user.roles)})
+    return JSONResponse(user.lifecycle())
+
+
+async def password_change(request: Request) -> Response:
+    """The gateway relays a user's own password change; ``user_id`` comes from the user's
+    verified access token at the gateway. A wrong current password is a 403 with nothing more."""
+    data = await json_object(
+        request,
+        allowed={"user_id", "current_password", "new_password"},
+        required={"user_id", "current_password", "new_password"},
+    )
+    user_id = string_field(data, "user_id", min_len=1, max_len=64)
+    current = string_field(data, "current_password", min_len=0, max_len=4096)
+    new = string_field(data, "new_password", min_len=0, max_len=4096)
+    assert user_id is not None and current is not None and new is not None
+    try:
+        uid = uuid.UUID(user_id)
+    except ValueError:
+        raise CurrentPasswordRejected() from None
+    try:
+        user = await change_password(
+            request.app.state.users, request.app.state.passwords, uid, current, new
+        )
+    except WrongPassword:
+        raise CurrentPasswordRejected() from None
+    return JSONResponse(user.lifecycle())
+
+
+async def lifecycle(request: Request) -> Response:
+    """Status, roles and epochs of one account: the gateway asks before every rotation."""
+    user = await request.app.state.users.by_id(uuid_path(request, "user_id"))
+    if user is None:
+        raise NotFound()
+    return JSONResponse(user.lifecycle())
+
+
+async def lifecycle_epochs(request: Request) -> Response:
+    """Every account whose token epoch is at or after ``since``: a gateway that starts, or
+    reconnects to Redis, rebuilds what the broadcasts it missed would have told it."""
+    since = int_param(request, "since", default=0, low=0, high=2**62)
+    users = await request.app.state.users.epochs_since(since)
+    return JSONResponse(
+        {
+            "epochs": [
+                {"id": str(u.id), "session_epoch": u.session_epoch, "token_epoch": u.token_epoch}
+                for u in users
+            ]
+        }
+    )
 
 
 async def me(request: Request) -> Response:
@@ -201,6 +257,9 @@ def create_app(settings: Settings, *, passwords: Passwords | None = None) -> Sta
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/internal/auth/validate", validate_credentials, methods=["POST"]),
+        Route("/internal/auth/password", password_change, methods=["POST"]),
+        Route("/internal/lifecycle/users/{user_id}", lifecycle, methods=["GET"]),
+        Route("/internal/lifecycle/epochs", lifecycle_epochs, methods=["GET"]),
         Route("/v1/me", me, methods=["GET"]),
         Route("/v1/users", list_users, methods=["GET"]),
         Route("/v1/notes", list_notes, methods=["GET"]),
@@ -225,6 +284,7 @@ def create_app(settings: Settings, *, passwords: Passwords | None = None) -> Sta
             rules=[
                 ("/v1/", TokenScope.USER_REQUEST),
                 ("/internal/auth/", TokenScope.AUTH_VALIDATE),
+                ("/internal/lifecycle/", TokenScope.REFRESH_LIFECYCLE),
             ],
             public_paths=("/healthz", "/readyz"),
             on_reject=audit.token_rejected,

@@ -1,4 +1,5 @@
-"""Audit events: credential checks and rejected internal tokens, as structured JSON lines.
+"""Audit events: credential checks, account changes and rejected internal tokens, as structured
+JSON lines.
 
 Only outcomes, reasons and identifiers are logged; never a token, a password or a hash.
 """
@@ -21,6 +22,26 @@ def credential_check(outcome: str, *, user_id: str | None = None) -> None:
     """``outcome`` is ``success``, ``failure`` or ``disabled``."""
     level = logging.INFO if outcome == "success" else logging.WARNING
     log_event(logger, "credential_check", level, outcome=outcome, user_id=user_id)
+
+
+def account_changed(action: str, *, user_id: str, actor: str, **fields: Any) -> None:
+    """Every change to an account: ``action`` is ``disabled``, ``enabled``, ``roles_changed``,
+    ``password_changed`` or ``sessions_ended``; ``actor`` is ``operator`` (the command line) or
+    ``user`` (the account holder through the gateway)."""
+    log_event(
+        logger,
+        "account_changed",
+        logging.WARNING,
+        action=action,
+        user_id=user_id,
+        actor=actor,
+        **fields,
+    )
+
+
+def password_change_refused(*, user_id: str) -> None:
+    """A password change whose current password did not verify (a possible guessing attempt)."""
+    log_event(logger, "password_change_refused", logging.WARNING, user_id=user_id)
 
 
 def token_rejected(reason: Reason, scope: Mapping[str, Any], iss: str | None) -> None:

@@ -1,18 +1,28 @@
-"""``tokengate users create|disable`` and ``tokengate backend``."""
+"""``tokengate users create|disable|enable|set-roles|set-password|end-sessions`` and
+``tokengate backend``.
+
+The ``users`` commands need only the backend's own database role (``DATABASE_URL``), never a
+superuser. Those that end sessions or change roles move the user's epochs in the same
+``UPDATE`` and then publish them on Redis (``REDIS_URL``, ``REDIS_KEY_PREFIX``: the gateways'
+values) so live access tokens die within a second; without Redis the change still holds for
+every refresh at once, and for access tokens at the gateways' next epoch reload.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
 from servicekit import config
 
+from backend import audit, broadcast
 from backend.errors import BackendError
 from backend.passwords import Passwords, params_from_env
-from backend.users import UserStore, check_password_policy
+from backend.users import User, UserStore, check_password_policy
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -28,9 +38,40 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         help="read the password from standard input (never from the command line)",
     )
     create.set_defaults(func=_users_create)
-    disable = actions.add_parser("disable", help="stop a user from logging in")
+    disable = actions.add_parser(
+        "disable", help="stop a user from logging in and end all their sessions"
+    )
     disable.add_argument("--email", required=True)
     disable.set_defaults(func=_users_disable)
+    enable = actions.add_parser("enable", help="let a disabled user log in again (new sessions)")
+    enable.add_argument("--email", required=True)
+    enable.set_defaults(func=_users_enable)
+    set_roles = actions.add_parser(
+        "set-roles", help="replace a user's roles (live access tokens stop at once)"
+    )
+    set_roles.add_argument("--email", required=True)
+    set_roles.add_argument(
+        "--role",
+        action="append",
+        choices=["user", "admin"],
+        required=True,
+        help="repeat for several; the complete new set",
+    )
+    set_roles.set_defaults(func=_users_set_roles)
+    set_password = actions.add_parser(
+        "set-password", help="set a user's password and end all their sessions"
+    )
+    set_password.add_argument("--email", required=True)
+    set_password.add_argument(
+        "--password-stdin",
+        action="store_true",
+        required=True,
+        help="read the password from standard input (never from the command line)",
+    )
+    set_password.set_defaults(func=_users_set_password)
+    end = actions.add_parser("end-sessions", help="log a user out everywhere")
+    end.add_argument("--email", required=True)
+    end.set_defaults(func=_users_end_sessions)
 
     serve = sub.add_parser("backend", help="run the backend service (settings from environment)")
     serve.add_argument("--host", default="127.0.0.1")
@@ -84,25 +125,82 @@ def _users_create(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _disable(dsn: str, email: str) -> bool:
+Change = Callable[[UserStore], Awaitable[User | None]]
+
+
+async def _change(dsn: str, change: Change) -> User | None:
     pool, store = await _with_store(dsn)
     try:
-        return await store.disable(email)
+        return await change(store)
     finally:
         await pool.close()
 
 
-def _users_disable(args: argparse.Namespace) -> int:
+def _run_change(
+    args: argparse.Namespace, name: str, action: str, change: Change, *, publish: bool = True
+) -> int:
+    """Apply ``change``; audit, broadcast the new epochs, report. Exit 1 if no user matched."""
+    command = f"tokengate users {name}"
     try:
-        changed = asyncio.run(_disable(_database_url(args), args.email))
+        user = asyncio.run(_change(_database_url(args), change))
+    except BackendError as exc:
+        print(f"{command}: {exc.message}", file=sys.stderr)
+        return 1
     except (OSError, asyncpg.PostgresError) as exc:
-        print(f"tokengate users disable: database error: {type(exc).__name__}", file=sys.stderr)
+        print(f"{command}: database error: {type(exc).__name__}", file=sys.stderr)
         return 1
-    if not changed:
-        print("tokengate users disable: no active user with that email", file=sys.stderr)
+    if user is None:
+        print(f"{command}: no such user (or nothing to change)", file=sys.stderr)
         return 1
-    print("disabled")
+    audit.account_changed(action, user_id=str(user.id), actor="operator")
+    if publish:
+        problem = asyncio.run(broadcast.publish(config.environ(), user))
+        if problem is not None:
+            # The change is committed and every refresh already obeys it; only live access
+            # tokens wait for the gateways' periodic epoch reload instead of a second.
+            print(
+                f"{command}: warning: not broadcast ({problem}); live access tokens end at the"
+                " gateways' next epoch reload (EPOCH_RELOAD_INTERVAL)",
+                file=sys.stderr,
+            )
+    print(action.replace("_", " "))
     return 0
+
+
+def _users_disable(args: argparse.Namespace) -> int:
+    return _run_change(args, "disable", "disabled", lambda s: s.disable(args.email))
+
+
+def _users_enable(args: argparse.Namespace) -> int:
+    # Nothing to broadcast: enabling revives no session, it only allows new logins.
+    return _run_change(args, "enable", "enabled", lambda s: s.enable(args.email), publish=False)
+
+
+def _users_set_roles(args: argparse.Namespace) -> int:
+    roles = tuple(sorted(set(args.role)))
+    return _run_change(args, "set-roles", "roles_changed", lambda s: s.set_roles(args.email, roles))
+
+
+def _users_end_sessions(args: argparse.Namespace) -> int:
+    return _run_change(args, "end-sessions", "sessions_ended", lambda s: s.end_sessions(args.email))
+
+
+def _users_set_password(args: argparse.Namespace) -> int:
+    password = _password_from_stdin()
+    try:
+        check_password_policy(password)
+    except BackendError as exc:
+        print(f"tokengate users set-password: {exc.message}", file=sys.stderr)
+        return 1
+
+    async def change(store: UserStore) -> User | None:
+        user = await store.by_email(args.email)
+        if user is None:
+            return None
+        password_hash = await Passwords(params_from_env(config.environ())).hash(password)
+        return await store.set_password(user.id, password_hash)
+
+    return _run_change(args, "set-password", "password_changed", change)
 
 
 def app_from_env() -> Any:

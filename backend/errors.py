@@ -42,6 +42,15 @@ class Forbidden(BackendError):
     message = "you may not do this"
 
 
+class CurrentPasswordRejected(Forbidden):
+    """A password change whose current password did not verify. Its own code lets the gateway
+    tell it from a 403 of the internal-token check (a wrong scope), which is an operator
+    problem; the gateway's public answer is a bare 403 either way."""
+
+    code = "current_password_rejected"
+    message = "forbidden"
+
+
 class NotFound(BackendError):
     # Another user's note is reported as missing, not forbidden, so ids cannot be probed.
     status = 404

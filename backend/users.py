@@ -1,4 +1,10 @@
-"""Users and the credential check. Every query is parameterised."""
+"""Users, the credential check and the account lifecycle. Every query is parameterised.
+
+Emails are matched and kept unique on their one normal form (:mod:`servicekit.emails`, column
+``email_normal``). Every change that must end sessions moves the user's epochs forward in the
+same ``UPDATE`` that makes the change (``db/003_accounts.sql`` says what each epoch ends), so the
+account and its sessions can never be left half changed.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +14,60 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+from servicekit.emails import looks_like_email, normalise_email
 
 from backend import audit
-from backend.emails import looks_like_email, normalise_email
 from backend.errors import Conflict, InvalidCredentials, ValidationFailed
 from backend.passwords import Passwords
 
 MIN_PASSWORD_LENGTH = 8
 MAX_PASSWORD_LENGTH = 1024  # argon2 handles any length; this only bounds the work per request
 ROLES = frozenset({"user", "admin"})
+
+_SELECT_BY_ID = (
+    "SELECT id, email, roles, created_at, disabled_at, session_epoch, token_epoch"
+    " FROM users WHERE id = $1"
+)
+_SELECT_BY_EMAIL = (
+    "SELECT id, email, roles, created_at, disabled_at, session_epoch, token_epoch"
+    " FROM users WHERE email_normal = $1"
+)
+# Epochs move to the first whole second after the change: with "valid iff iat >= epoch" a token
+# minted before the change (iat <= floor(now)) is dead, and one minted after it is not (the
+# gateway waits out the rest of that second before minting). clock_timestamp(), not now(): now()
+# is the start of the transaction, which may be earlier. greatest(): epochs never move back.
+_DISABLE = """
+UPDATE users SET disabled_at = now(),
+    session_epoch = greatest(session_epoch, ceil(extract(epoch FROM clock_timestamp()))::bigint),
+    token_epoch = greatest(token_epoch, ceil(extract(epoch FROM clock_timestamp()))::bigint)
+WHERE email_normal = $1 AND disabled_at IS NULL
+RETURNING id, email, roles, created_at, disabled_at, session_epoch, token_epoch
+"""
+_ENABLE = """
+UPDATE users SET disabled_at = NULL
+WHERE email_normal = $1 AND disabled_at IS NOT NULL
+RETURNING id, email, roles, created_at, disabled_at, session_epoch, token_epoch
+"""
+_SET_ROLES = """
+UPDATE users SET roles = $2,
+    token_epoch = greatest(token_epoch, ceil(extract(epoch FROM clock_timestamp()))::bigint)
+WHERE email_normal = $1
+RETURNING id, email, roles, created_at, disabled_at, session_epoch, token_epoch
+"""
+_SET_PASSWORD = """
+UPDATE users SET password_hash = $2,
+    session_epoch = greatest(session_epoch, ceil(extract(epoch FROM clock_timestamp()))::bigint),
+    token_epoch = greatest(token_epoch, ceil(extract(epoch FROM clock_timestamp()))::bigint)
+WHERE id = $1
+RETURNING id, email, roles, created_at, disabled_at, session_epoch, token_epoch
+"""
+_END_SESSIONS = """
+UPDATE users SET
+    session_epoch = greatest(session_epoch, ceil(extract(epoch FROM clock_timestamp()))::bigint),
+    token_epoch = greatest(token_epoch, ceil(extract(epoch FROM clock_timestamp()))::bigint)
+WHERE email_normal = $1
+RETURNING id, email, roles, created_at, disabled_at, session_epoch, token_epoch
+"""
 
 
 @dataclass(frozen=True)
@@ -26,6 +77,8 @@ class User:
     roles: tuple[str, ...]
     created_at: datetime
     disabled_at: datetime | None
+    session_epoch: int = 0
+    token_epoch: int = 0
 
     def public(self) -> dict[str, Any]:
         return {
@@ -33,6 +86,17 @@ class User:
             "email": self.email,
             "roles": list(self.roles),
             "created_at": self.created_at.isoformat(),
+        }
+
+    def lifecycle(self) -> dict[str, Any]:
+        """What the gateway needs before it lets a session go on (``/internal/lifecycle/``)."""
+        return {
+            "id": str(self.id),
+            "email": self.email,
+            "status": "disabled" if self.disabled_at is not None else "active",
+            "roles": list(self.roles),
+            "session_epoch": self.session_epoch,
+            "token_epoch": self.token_epoch,
         }
 
 
@@ -43,7 +107,21 @@ def _user(row: asyncpg.Record) -> User:
         roles=tuple(row["roles"]),
         created_at=row["created_at"],
         disabled_at=row["disabled_at"],
+        session_epoch=int(row["session_epoch"]),
+        token_epoch=int(row["token_epoch"]),
     )
+
+
+def _normal_email(email: str) -> str:
+    normal = normalise_email(email)
+    if not looks_like_email(normal):
+        raise ValidationFailed("email: not a valid address")
+    return normal
+
+
+def check_roles(roles: tuple[str, ...]) -> None:
+    if not roles or not set(roles) <= ROLES:
+        raise ValidationFailed(f"roles: must be among {sorted(ROLES)}")
 
 
 class UserStore:
@@ -51,15 +129,13 @@ class UserStore:
         self._pool = pool
 
     async def create(self, email: str, password_hash: str, roles: tuple[str, ...]) -> User:
-        email = normalise_email(email)
-        if not looks_like_email(email):
-            raise ValidationFailed("email: not a valid address")
-        if not set(roles) <= ROLES:
-            raise ValidationFailed(f"roles: must be among {sorted(ROLES)}")
+        email = _normal_email(email)
+        check_roles(roles)
         try:
             row = await self._pool.fetchrow(
-                "INSERT INTO users (id, email, password_hash, roles) VALUES ($1, $2, $3, $4)"
-                " RETURNING id, email, roles, created_at, disabled_at",
+                "INSERT INTO users (id, email, email_normal, password_hash, roles)"
+                " VALUES ($1, $2, $2, $3, $4)"
+                " RETURNING id, email, roles, created_at, disabled_at, session_epoch, token_epoch",
                 uuid.uuid4(),
                 email,
                 password_hash,
@@ -70,24 +146,31 @@ class UserStore:
         return _user(row)
 
     async def by_id(self, user_id: uuid.UUID) -> User | None:
-        row = await self._pool.fetchrow(
-            "SELECT id, email, roles, created_at, disabled_at FROM users WHERE id = $1", user_id
-        )
+        row = await self._pool.fetchrow(_SELECT_BY_ID, user_id)
+        return _user(row) if row else None
+
+    async def by_email(self, email: str) -> User | None:
+        row = await self._pool.fetchrow(_SELECT_BY_EMAIL, normalise_email(email))
         return _user(row) if row else None
 
     async def credentials(self, email: str) -> tuple[User, str] | None:
         row = await self._pool.fetchrow(
-            "SELECT id, email, roles, created_at, disabled_at, password_hash FROM users"
-            " WHERE lower(email) = $1",
+            _SELECT_BY_EMAIL.replace(" FROM", ", password_hash FROM"),
             normalise_email(email),
+        )
+        return (_user(row), row["password_hash"]) if row else None
+
+    async def hash_of(self, user_id: uuid.UUID) -> tuple[User, str] | None:
+        row = await self._pool.fetchrow(
+            _SELECT_BY_ID.replace(" FROM", ", password_hash FROM"), user_id
         )
         return (_user(row), row["password_hash"]) if row else None
 
     async def page(self, *, limit: int, offset: int) -> tuple[list[User], int]:
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
-                "SELECT id, email, roles, created_at, disabled_at FROM users"
-                " ORDER BY created_at, id LIMIT $1 OFFSET $2",
+                "SELECT id, email, roles, created_at, disabled_at, session_epoch, token_epoch"
+                " FROM users ORDER BY created_at, id LIMIT $1 OFFSET $2",
                 limit,
                 offset,
             )
@@ -95,16 +178,47 @@ class UserStore:
         return [_user(r) for r in rows], int(total)
 
     async def set_password_hash(self, user_id: uuid.UUID, password_hash: str) -> None:
+        """A rehash with new parameters: the same password, so no session ends."""
         await self._pool.execute(
             "UPDATE users SET password_hash = $2 WHERE id = $1", user_id, password_hash
         )
 
-    async def disable(self, email: str) -> bool:
-        status = await self._pool.execute(
-            "UPDATE users SET disabled_at = now() WHERE lower(email) = $1 AND disabled_at IS NULL",
-            normalise_email(email),
+    async def _update(self, query: str, *args: object) -> User | None:
+        row = await self._pool.fetchrow(query, *args)
+        return _user(row) if row else None
+
+    async def disable(self, email: str) -> User | None:
+        """Disable and end every session; ``None`` if there is no enabled user with this email."""
+        return await self._update(_DISABLE, normalise_email(email))
+
+    async def enable(self, email: str) -> User | None:
+        """Let a disabled user log in again. The epochs stay: old sessions stay dead."""
+        return await self._update(_ENABLE, normalise_email(email))
+
+    async def set_roles(self, email: str, roles: tuple[str, ...]) -> User | None:
+        """New roles; live access tokens (which carry the old ones) stop working, families stay
+        so the next refresh picks the new roles up."""
+        check_roles(roles)
+        return await self._update(_SET_ROLES, normalise_email(email), list(roles))
+
+    async def set_password(self, user_id: uuid.UUID, password_hash: str) -> User | None:
+        """A new password ends every session of the user, in the same statement."""
+        return await self._update(_SET_PASSWORD, user_id, password_hash)
+
+    async def end_sessions(self, email: str) -> User | None:
+        """An operator's "log this user out everywhere"."""
+        return await self._update(_END_SESSIONS, normalise_email(email))
+
+    async def epochs_since(self, since: int, *, limit: int = 10_000) -> list[User]:
+        """Users whose token epoch is at or after ``since`` (a gateway rebuilding its view)."""
+        rows = await self._pool.fetch(
+            "SELECT id, email, roles, created_at, disabled_at, session_epoch, token_epoch"
+            " FROM users WHERE token_epoch >= $1 AND token_epoch > 0"
+            " ORDER BY token_epoch DESC LIMIT $2",
+            since,
+            limit,
         )
-        return bool(status.endswith(" 1"))
+        return [_user(r) for r in rows]
 
 
 def check_password_policy(password: str) -> None:
@@ -136,3 +250,26 @@ async def check_credentials(
         await users.set_password_hash(user.id, await passwords.hash(password))
     audit.credential_check("success", user_id=str(user.id))
     return user
+
+
+class WrongPassword(Exception):
+    """The current password given for a password change is not the user's."""
+
+
+async def change_password(
+    users: UserStore, passwords: Passwords, user_id: uuid.UUID, current: str, new: str
+) -> User:
+    """A user changing their own password: the current one must verify (one argon2 run even
+    for an unknown or disabled user, as at login), the new one must meet the policy."""
+    found = await users.hash_of(user_id)
+    user, stored_hash = found if found else (None, None)
+    ok = await passwords.verify(stored_hash, current[:MAX_PASSWORD_LENGTH])
+    if user is None or not ok or user.disabled_at is not None:
+        audit.password_change_refused(user_id=str(user_id))
+        raise WrongPassword()
+    check_password_policy(new)
+    updated = await users.set_password(user.id, await passwords.hash(new))
+    if updated is None:
+        raise WrongPassword()
+    audit.account_changed("password_changed", user_id=str(user.id), actor="user")
+    return updated

@@ -4,6 +4,7 @@ app.state after start-up (the proxy reads these):
 - ``settings``: :class:`gateway.settings.Settings`
 - ``tokens``: :class:`gateway.tokens.TokenService` (``verify_access``)
 - ``revoked``: :class:`gateway.revocation.RevokedSessions` (``sid in revoked``, no I/O)
+- ``epochs``: :class:`gateway.epochs.UserEpochs` (``token_denied(sub, iat)``, no I/O)
 - ``minter``: :class:`internal_auth.Minter` (issuer GATEWAY_ID, audience BACKEND_ID)
 - ``pool`` (asyncpg), ``redis`` (redis.asyncio), ``ledger``, ``backend``, ``ratelimits``
 - ``dpop``: :class:`gateway.dpop.DPoP` (proof checks and the shared ``jti`` replay cache)
@@ -48,6 +49,7 @@ from gateway.access_log import AccessLogMiddleware
 from gateway.backend_client import BackendClient
 from gateway.cookies import clear_refresh_cookie, cookie_secure
 from gateway.dpop import DPoP
+from gateway.epochs import UserEpochs
 from gateway.errors import GatewayError, ServiceUnavailable
 from gateway.ledger_pruner import LedgerPruner
 from gateway.proxy import BackendProxy, proxy_route
@@ -162,6 +164,9 @@ def create_app(
                 settings.proxy_read_timeout, connect=settings.proxy_connect_timeout
             ),
         )
+        epochs = UserEpochs(
+            access_ttl=settings.access_token_ttl, reload_interval=settings.epoch_reload_interval
+        )
         ledger = Ledger(
             pool,
             refresh_ttl=settings.refresh_token_ttl,
@@ -173,17 +178,23 @@ def create_app(
             prefix=settings.redis_key_prefix,
             ttl=settings.access_token_ttl,
             revoked_since=ledger.revoked_since,
+            epochs=epochs,
         )
         app.state.pool = pool
         app.state.redis = redis_client
         app.state.revoked = revoked
+        app.state.epochs = epochs
         app.state.ledger = ledger
-        app.state.backend = BackendClient(http, minter, gateway_id=settings.gateway_id)
+        backend = BackendClient(http, minter, gateway_id=settings.gateway_id)
+        app.state.backend = backend
         app.state.ratelimits = RateLimits(settings)
         app.state.dpop = DPoP.from_settings(settings, redis_client)
         proxy = BackendProxy(settings, tokens)
         await proxy.start()
         app.state.proxy = proxy
+        # epochs first: the durable source, so even with Redis down (or flushed) this instance
+        # refuses the access tokens of accounts changed within one access-token lifetime
+        await epochs.start(backend.epochs_since)
         await revoked.start()
         pruner = LedgerPruner(
             ledger,
@@ -192,7 +203,12 @@ def create_app(
         )
         pruner.start()
         app.state.pruner = pruner
-        log_event(logger, "gateway_started", revocation_connected=revoked.connected)
+        log_event(
+            logger,
+            "gateway_started",
+            revocation_connected=revoked.connected,
+            epochs_loaded=epochs.loaded,
+        )
         sampler = asyncio.create_task(metrics.sample_gauges(app.state), name="metrics-sampler")
         try:
             yield
@@ -201,6 +217,7 @@ def create_app(
             mark_worker_stopped()
             await pruner.stop()
             await revoked.stop()
+            await epochs.stop()
             await proxy.close()
             await http.aclose()
             await redis_client.aclose()

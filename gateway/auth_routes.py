@@ -1,4 +1,4 @@
-"""``/api/v1/auth/*``: login, refresh, logout, and a user's own sessions.
+"""``/api/v1/auth/*``: login, refresh, logout, password change, and a user's own sessions.
 
 Two client modes (docs/SECURITY.md, "Client modes"):
 
@@ -27,21 +27,27 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway import bearer, metrics
+from gateway.backend_client import BackendClient, BackendUser
 from gateway.cookies import (
     check_login_origin,
     check_origin,
     clear_refresh_cookie,
     cookie_secure,
     read_refresh_cookie,
+    request_origin,
     set_refresh_cookie,
 )
 from gateway.dpop import DPoP, InvalidDPoPProof
+from gateway.epochs import UserEpochs, wait_until_past
 from gateway.errors import (
+    Forbidden,
     InvalidToken,
     NotFound,
+    SessionRevoked,
     ValidationFailed,
 )
 from gateway.ratelimit import account_key
+from gateway.revocation import RevokedSessions
 from gateway.sessions import IssuedRefresh, Ledger, Outcome
 from gateway.settings import Settings
 from gateway.tokens import AccessClaims, TokenService
@@ -51,6 +57,7 @@ logger = logging.getLogger("gateway.auth")
 MAX_LOGIN_BODY = 4096
 MAX_EMAIL = 320
 MAX_PASSWORD = 1024
+MIN_NEW_PASSWORD = 8  # the backend's policy (backend.users), checked here to spare a round trip
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
@@ -90,6 +97,28 @@ def _ledger(request: Request) -> Ledger:
 def _dpop(request: Request) -> DPoP:
     dpop: DPoP = request.app.state.dpop
     return dpop
+
+
+def _backend(request: Request) -> BackendClient:
+    backend: BackendClient = request.app.state.backend
+    return backend
+
+
+def _revoked(request: Request) -> RevokedSessions:
+    revoked: RevokedSessions = request.app.state.revoked
+    return revoked
+
+
+def _epochs(request: Request) -> UserEpochs:
+    epochs: UserEpochs = request.app.state.epochs
+    return epochs
+
+
+async def _before_minting(request: Request, user: BackendUser) -> None:
+    """Learn the user's epochs and let their second pass, so what is minted next has
+    ``iat >= epoch``: a change that just happened never kills the token issued after it."""
+    _epochs(request).apply(user.epochs)
+    await wait_until_past(user.token_epoch)
 
 
 def _token_response(
@@ -141,14 +170,16 @@ def _token_response(
 
 
 async def authenticate(request: Request) -> AccessClaims:
-    """The caller's access token (Bearer, or DPoP with a proof); revoked sessions fail."""
+    """The caller's access token (Bearer, or DPoP with a proof); revoked sessions, and tokens
+    issued before their account last changed, fail."""
     return await bearer.authenticate_request(
         headers=request.scope["headers"],
         method=request.method,
         path=_request_path(request),
         verify=_tokens(request).verify_access,
         dpop=_dpop(request),
-        revoked=request.app.state.revoked,
+        revoked=_revoked(request),
+        token_denied=_epochs(request).token_denied,
     )
 
 
@@ -205,7 +236,8 @@ async def login(request: Request) -> Response:
     headers = await limits.check(limits.login_account, "login-account", account_key(email))
     # The proof before the password check: a bad proof costs no argon2 and reveals nothing.
     jkt = await _proof_jkt(request)
-    user = await request.app.state.backend.validate(email, password)
+    user = await _backend(request).validate(email, password)
+    await _before_minting(request, user)
     issued = await _ledger(request).create_family(
         user_id=user.id,
         roles=user.roles,
@@ -256,23 +288,43 @@ async def refresh(request: Request) -> Response:
         presented = _tokens(request).verify_refresh(token)
     except InvalidToken:
         raise InvalidToken(clear_cookie=clear) from None
-    result = await _ledger(request).rotate(presented, now=_now(), jkt=jkt)
+    # Status, roles and epochs are re-read before anything commits. If the backend cannot
+    # answer, this raises 503 + Retry-After and the presented token stays valid: a hiccup must
+    # not burn the rotation and turn the client's retry into "reuse".
+    user = await _backend(request).lifecycle(presented.sub)
+    if user is None or not user.active:
+        # disabled or deleted: this family ends here, whatever its epoch says
+        if await _ledger(request).revoke_family(
+            presented.sid, reason="account-disabled", now=_now()
+        ):
+            await _revoked(request).revoke([presented.sid])
+            metrics.revoked("account-disabled")
+        log_event(logger, "refresh_refused", sid=presented.sid, reason="account-inactive")
+        raise InvalidToken(clear_cookie=clear)
+    await _before_minting(request, user)
+    result = await _ledger(request).rotate(
+        presented, now=_now(), jkt=jkt, sessions_valid_from=user.session_epoch
+    )
     log_event(logger, "refresh_rotation", sid=result.sid, outcome=str(result.outcome))
     metrics.refresh_outcome(result.outcome)
     if result.outcome is Outcome.KEY_MISMATCH:
         _key_mismatch(request, result.sid, "body" if body_mode else "cookie")
         raise InvalidToken(clear_cookie=clear)
-    if result.outcome is Outcome.REUSED_REVOKED and result.sid is not None:
+    if (
+        result.outcome in (Outcome.REUSED_REVOKED, Outcome.SESSIONS_ENDED)
+        and result.sid is not None
+    ):
         # RFC 9700 §4.14.2: a replayed refresh token means the family may be stolen; kill
         # its live access tokens everywhere, not only the refresh chain.
-        await request.app.state.revoked.revoke([result.sid])
-        metrics.revoked("reuse")
+        await _revoked(request).revoke([result.sid])
+        metrics.revoked("reuse" if result.outcome is Outcome.REUSED_REVOKED else "sessions-ended")
     if result.outcome not in (Outcome.ROTATED, Outcome.RETRY) or result.successor is None:
         raise InvalidToken(clear_cookie=clear)
     return _token_response(
         request,
         issued=result.successor,
-        roles=result.roles,
+        # the roles of the account now, not those copied into the family at login
+        roles=user.roles,
         jkt=result.jkt,
         body_mode=body_mode,
         headers=headers,
@@ -371,11 +423,84 @@ async def delete_session(request: Request) -> Response:
     return Response(status_code=204, headers=NO_STORE)
 
 
+def _parse_password_change(data: Any) -> tuple[str, str]:
+    if not isinstance(data, dict) or set(data) != {"current_password", "new_password"}:
+        raise ValidationFailed("body must be {current_password, new_password}")
+    current, new = data["current_password"], data["new_password"]
+    if not isinstance(current, str) or not isinstance(new, str):
+        raise ValidationFailed("current_password and new_password must be strings")
+    if not current or len(current) > MAX_PASSWORD:
+        raise ValidationFailed("current_password is not valid")
+    if not MIN_NEW_PASSWORD <= len(new) <= MAX_PASSWORD:
+        raise ValidationFailed(
+            f"new_password must be {MIN_NEW_PASSWORD} to {MAX_PASSWORD} characters"
+        )
+    return current, new
+
+
+async def change_password(request: Request) -> Response:
+    """``POST /api/v1/auth/password``: the caller stays logged in, every other session ends.
+
+    The backend sets the new hash and moves the user's epochs in one statement, which ends every
+    family and access token of the user, the caller's included; the caller then gets a new
+    family (created after the epoch) with a fresh access token and refresh cookie, so their
+    session carries on under a new id. A wrong current password is a bare 403 (a 401 would tell
+    the client to refresh and retry) and counts against the per-account login limit.
+    """
+    settings = _settings(request)
+    if request_origin(request) is not None:
+        # browsers always send Origin on a POST; non-browser clients send none
+        check_origin(request, settings.cors_allowed_origins)
+    claims = await authenticate(request)
+    current, new = _parse_password_change(await read_json(request, limit=MAX_LOGIN_BODY))
+    user = await _backend(request).lifecycle(claims.sub)
+    if user is None or not user.active:
+        raise SessionRevoked(headers={"WWW-Authenticate": bearer.INVALID_TOKEN_CHALLENGE})
+    limits = request.app.state.ratelimits
+    ip = limits.client_ip(request)
+    await limits.check(limits.login_ip, "login-ip", ip)
+    headers = await limits.check(limits.login_account, "login-account", account_key(user.email))
+    try:
+        changed = await _backend(request).change_password(claims.sub, current, new)
+    except Forbidden:
+        log_event(logger, "password_change_refused", logging.WARNING, sub=claims.sub)
+        raise Forbidden(headers=headers) from None
+    await _revoked(request).publish_epochs(changed.epochs)
+    ended = await _ledger(request).revoke_all_for_user(
+        claims.sub, reason="password-changed", now=_now()
+    )
+    # the epoch already ends them; revoking in the ledger too keeps the sessions list true and
+    # kills their access tokens through the revoked-session set as well
+    await _revoked(request).revoke({*ended, claims.sid})
+    metrics.revoked("password-changed", len(ended))
+    await _before_minting(request, changed)
+    issued = await _ledger(request).create_family(
+        user_id=claims.sub,
+        roles=changed.roles,
+        user_agent=request.headers.get("user-agent"),
+        ip=ip,
+        now=_now(),
+        # a DPoP-bound session stays bound to the same key
+        jkt=claims.jkt,
+    )
+    body_mode = claims.jkt is not None and "origin" not in request.headers
+    log_event(logger, "password_changed", sub=claims.sub, sid=issued.sid, ended=len(ended))
+    return _token_response(
+        request,
+        issued=issued,
+        roles=changed.roles,
+        jkt=claims.jkt,
+        body_mode=body_mode,
+        headers=headers,
+    )
+
+
 routes = [
     Route("/api/v1/auth/login", login, methods=["POST"]),
     Route("/api/v1/auth/refresh", refresh, methods=["POST"]),
     Route("/api/v1/auth/logout", logout, methods=["POST"]),
     Route("/api/v1/auth/logout-all", logout_all, methods=["POST"]),
+    Route("/api/v1/auth/password", change_password, methods=["POST"]),
     Route("/api/v1/auth/sessions", list_sessions, methods=["GET"]),
     Route("/api/v1/auth/sessions/{session_id}", delete_session, methods=["DELETE"]),
 ]

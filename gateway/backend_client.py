@@ -1,32 +1,86 @@
-"""The gateway's system calls to the backend: the credential check behind login.
+"""The gateway's system calls to the backend: the credential check behind login, the account
+lifecycle check behind every refresh, and a user's own password change.
 
-The call carries an internal token with scope ``auth_validate`` and ``sub`` = the gateway's own id
-(no user session yet), bound to ``POST /internal/auth/validate`` so it cannot be replayed on any
-other route.
+Each call carries an internal token with ``sub`` = the gateway's own id, the scope of its kind
+of call (``auth_validate`` for credentials, ``refresh_lifecycle`` for an account's status, roles
+and epochs), bound to that exact method and path so it cannot be replayed on any other route.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
 
 import httpx
 from internal_auth import HEADER, Minter, TokenScope
+from servicekit.epochs import EpochUpdate
 from servicekit.logs import log_event, request_id_var
 from servicekit.tracing import outbound_headers
 
-from gateway.errors import BadGateway, InvalidCredentials, ServiceUnavailable
+from gateway.errors import (
+    BadGateway,
+    Forbidden,
+    InvalidCredentials,
+    ServiceUnavailable,
+    ValidationFailed,
+)
 
 logger = logging.getLogger("gateway.backend_client")
 
 VALIDATE_PATH = "/internal/auth/validate"
+PASSWORD_PATH = "/internal/auth/password"
+LIFECYCLE_PATH = "/internal/lifecycle/users/"
+EPOCHS_PATH = "/internal/lifecycle/epochs"
 
 
 @dataclass(frozen=True)
 class BackendUser:
+    """An account as the backend sees it now."""
+
     id: str
     email: str
     roles: tuple[str, ...]
+    active: bool = True
+    session_epoch: int = 0
+    token_epoch: int = 0
+
+    @property
+    def epochs(self) -> EpochUpdate:
+        return EpochUpdate(self.id, self.session_epoch, self.token_epoch)
+
+
+def _epoch(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise TypeError("epoch")
+    return value
+
+
+def _user(data: Any) -> BackendUser:
+    try:
+        roles = data.get("roles", ["user"])
+        if not isinstance(roles, list):
+            raise TypeError("roles")
+        return BackendUser(
+            id=str(data["id"]),
+            email=str(data["email"]),
+            roles=tuple(str(r) for r in roles),
+            # fail closed: anything but an explicit "active" is a disabled account
+            active=data.get("status", "active") == "active",
+            session_epoch=_epoch(data.get("session_epoch", 0)),
+            token_epoch=_epoch(data.get("token_epoch", 0)),
+        )
+    except (AttributeError, KeyError, TypeError):
+        raise BadGateway() from None
+
+
+def _error_code(response: httpx.Response) -> str | None:
+    try:
+        code = response.json()["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return code if isinstance(code, str) else None
 
 
 class BackendClient:
@@ -41,10 +95,17 @@ class BackendClient:
         self._minter = minter
         self._gateway_id = gateway_id
 
-    async def validate(self, email: str, password: str) -> BackendUser:
-        token = self._minter.mint(
-            sub=self._gateway_id, scope=TokenScope.AUTH_VALIDATE, htm="POST", htu=VALIDATE_PATH
-        )
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        scope: TokenScope,
+        *,
+        json: dict[str, Any] | None = None,
+        params: dict[str, str] | None = None,
+        unavailable: str,
+    ) -> httpx.Response:
+        token = self._minter.mint(sub=self._gateway_id, scope=scope, htm=method, htu=path)
         headers = {HEADER: token}
         rid = request_id_var.get()
         if rid is not None:
@@ -52,34 +113,103 @@ class BackendClient:
             headers["X-Request-Id"] = rid
         headers.update(outbound_headers())
         try:
-            response = await self._client.post(
-                VALIDATE_PATH,
-                json={"email": email, "password": password},
-                headers=headers,
+            response = await self._client.request(
+                method, path, json=json, params=params, headers=headers
             )
         except httpx.HTTPError as exc:
             log_event(logger, "backend_unreachable", logging.WARNING, error=type(exc).__name__)
-            raise ServiceUnavailable("the login service is unavailable, retry later") from None
-        if response.status_code == 401:
-            raise InvalidCredentials()
+            raise ServiceUnavailable(unavailable) from None
         if response.status_code >= 500:
             log_event(logger, "backend_error", logging.WARNING, status=response.status_code)
-            raise ServiceUnavailable("the login service is unavailable, retry later")
-        if response.status_code != 200:
-            # 403/422 from the backend mean the gateway and backend disagree on the contract
-            # (keys, scope, body): an operator problem, not the user's.
-            log_event(logger, "backend_rejected", logging.ERROR, status=response.status_code)
-            raise BadGateway()
+            raise ServiceUnavailable(unavailable)
+        return response
+
+    @staticmethod
+    def _rejected(response: httpx.Response) -> BadGateway:
+        # 403/422 from the backend mean the gateway and backend disagree on the contract
+        # (keys, scope, body): an operator problem, not the user's.
+        log_event(logger, "backend_rejected", logging.ERROR, status=response.status_code)
+        return BadGateway()
+
+    @staticmethod
+    def _json(response: httpx.Response) -> Any:
         try:
-            data = response.json()
-            user = BackendUser(
-                id=str(data["id"]),
-                email=str(data["email"]),
-                roles=tuple(str(r) for r in data.get("roles", ["user"])),
-            )
-        except (ValueError, KeyError, TypeError):
+            return response.json()
+        except ValueError:
             raise BadGateway() from None
+
+    async def validate(self, email: str, password: str) -> BackendUser:
+        response = await self._call(
+            "POST",
+            VALIDATE_PATH,
+            TokenScope.AUTH_VALIDATE,
+            json={"email": email, "password": password},
+            unavailable="the login service is unavailable, retry later",
+        )
+        if response.status_code == 401:
+            raise InvalidCredentials()
+        if response.status_code != 200:
+            raise self._rejected(response)
+        user = _user(self._json(response))
+        if not user.active:
+            raise InvalidCredentials()
         return user
+
+    async def lifecycle(self, user_id: str) -> BackendUser | None:
+        """The account's current status, roles and epochs; ``None`` if it no longer exists.
+        Raises :class:`ServiceUnavailable` (503 + ``Retry-After``) when the backend cannot say."""
+        response = await self._call(
+            "GET",
+            LIFECYCLE_PATH + quote(user_id, safe=""),
+            TokenScope.REFRESH_LIFECYCLE,
+            unavailable="the account service is unavailable, retry later",
+        )
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise self._rejected(response)
+        user = _user(self._json(response))
+        if user.id != user_id:
+            raise BadGateway()
+        return user
+
+    async def epochs_since(self, since: int) -> list[EpochUpdate]:
+        """Every account whose epochs moved at or after ``since`` (Unix seconds)."""
+        response = await self._call(
+            "GET",
+            EPOCHS_PATH,
+            TokenScope.REFRESH_LIFECYCLE,
+            params={"since": str(max(since, 0))},
+            unavailable="the account service is unavailable",
+        )
+        if response.status_code != 200:
+            raise self._rejected(response)
+        try:
+            return [
+                EpochUpdate(
+                    str(item["id"]), _epoch(item["session_epoch"]), _epoch(item["token_epoch"])
+                )
+                for item in self._json(response)["epochs"]
+            ]
+        except (KeyError, TypeError):
+            raise BadGateway() from None
+
+    async def change_password(self, user_id: str, current: str, new: str) -> BackendUser:
+        """Raises :class:`Forbidden` when the current password is wrong (and nothing more)."""
+        response = await self._call(
+            "POST",
+            PASSWORD_PATH,
+            TokenScope.AUTH_VALIDATE,
+            json={"user_id": user_id, "current_password": current, "new_password": new},
+            unavailable="the account service is unavailable, retry later",
+        )
+        if response.status_code == 403 and _error_code(response) == "current_password_rejected":
+            raise Forbidden()
+        if response.status_code == 422:
+            raise ValidationFailed("new_password is not acceptable")
+        if response.status_code != 200:
+            raise self._rejected(response)
+        return _user(self._json(response))
 
     async def ready(self) -> bool:
         try:

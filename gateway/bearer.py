@@ -1,5 +1,5 @@
 """Who is calling with an access token: ``Authorization: Bearer`` or ``Authorization: DPoP``,
-verified, session not revoked.
+verified, session not revoked, not older than its user's last account change.
 
 One implementation for the proxy and for the auth routes that need an access token (sessions,
 logout-all), with the ``WWW-Authenticate`` challenges RFC 6750 §3 and RFC 9449 §7.1 ask a
@@ -7,8 +7,9 @@ protected resource to send with its 401:
 
 - no credentials, or an unknown scheme: ``Bearer, DPoP algs="..."`` with no error code (§3.1: a
   request that carried no token gets no error attribute; both accepted schemes are offered);
-- a token that fails verification, or whose session was revoked: ``Bearer error="invalid_token"``
-  (or ``DPoP error="invalid_token", algs=...`` for the DPoP scheme);
+- a token that fails verification, whose session was revoked, or issued before its user's token
+  epoch (account disabled, password or roles changed): ``Bearer error="invalid_token"`` (or
+  ``DPoP error="invalid_token", algs=...`` for the DPoP scheme);
 - a DPoP-bound token (``cnf.jkt``) sent as ``Bearer``: refused (RFC 9449 §7.2), or a stolen bound
   token would work without its key;
 - ``DPoP <token>``: a bound token only, with a ``DPoP`` proof for this request signed by the key
@@ -63,12 +64,14 @@ def authenticate(
     headers: Iterable[tuple[bytes, bytes]],
     verify: Callable[[str], AccessClaims],
     revoked: Container[str],
+    token_denied: Callable[[str, int], bool] | None = None,
 ) -> AccessClaims:
     """The verified claims of the caller's access token; 401 if absent, invalid or revoked.
 
     ``verify`` checks signature, algorithm, type, issuer, audience and expiry (it raises an
     :class:`~gateway.errors.Unauthorized`); ``revoked`` is the local set of revoked sessions
-    (no I/O), checked on every call so a logged-out session's access tokens die at once.
+    (no I/O), checked on every call so a logged-out session's access tokens die at once;
+    ``token_denied(sub, iat)`` is :meth:`gateway.epochs.UserEpochs.token_denied` (no I/O either).
     """
     token = bearer_token(headers)
     try:
@@ -81,7 +84,7 @@ def authenticate(
             "this token is bound to a key: send it with the DPoP scheme and a proof",
             headers={"WWW-Authenticate": DPOP_INVALID_TOKEN_CHALLENGE},
         )
-    if claims.sid in revoked:
+    if claims.sid in revoked or (token_denied is not None and token_denied(claims.sub, claims.iat)):
         raise SessionRevoked(headers={"WWW-Authenticate": INVALID_TOKEN_CHALLENGE})
     return claims
 
@@ -94,6 +97,7 @@ async def authenticate_request(
     verify: Callable[[str], AccessClaims],
     revoked: Container[str],
     dpop: DPoP,
+    token_denied: Callable[[str, int], bool] | None = None,
 ) -> AccessClaims:
     """:func:`authenticate`, or for ``Authorization: DPoP`` the bound token and its proof.
 
@@ -103,7 +107,7 @@ async def authenticate_request(
     scheme, _, token = value.decode("latin-1").partition(" ")
     token = token.strip()
     if scheme.lower() != "dpop" or not token:
-        return authenticate(headers, verify, revoked)
+        return authenticate(headers, verify, revoked, token_denied)
     try:
         claims = verify(token)
     except Unauthorized as exc:
@@ -111,7 +115,7 @@ async def authenticate_request(
         raise
     if claims.jkt is None:
         raise InvalidToken(headers={"WWW-Authenticate": DPOP_INVALID_TOKEN_CHALLENGE})
-    if claims.sid in revoked:
+    if claims.sid in revoked or (token_denied is not None and token_denied(claims.sub, claims.iat)):
         raise SessionRevoked(headers={"WWW-Authenticate": DPOP_INVALID_TOKEN_CHALLENGE})
     await dpop.for_resource(
         [raw.decode("latin-1") for name, raw in headers if name == b"dpop"],

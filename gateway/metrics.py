@@ -137,9 +137,20 @@ _REFRESH = _prebind(
     REFRESHES,
     ("rotated", "retry", "reused-revoked", "family-revoked", "expired", "unknown", "key-mismatch"),
 )
-_REVOKED = _prebind(REVOCATIONS, ("logout", "logout-all", "user-revoked", "reuse"))
+_REVOKED = _prebind(
+    REVOCATIONS,
+    (
+        "logout",
+        "logout-all",
+        "user-revoked",
+        "reuse",
+        "sessions-ended",
+        "account-disabled",
+        "password-changed",
+    ),
+)
 _LIMITED = _prebind(RATE_LIMITED, ("login-ip", "login-account", "refresh-ip", "user"))
-_REDIS = _prebind(REDIS_ERRORS, ("ratelimit", "revocation", "user_limit", "dpop_replay"))
+_REDIS = _prebind(REDIS_ERRORS, ("ratelimit", "revocation", "user_limit", "dpop_replay", "epochs"))
 _DPOP = _prebind(DPOP_PROOFS, ("ok", "replay", "htu", "htm", "iat_window", "ath", "jkt", "nonce"))
 
 

@@ -6,8 +6,9 @@ One request, top to bottom in :func:`proxy_request`:
    (before any token work, so garbage costs nothing and unknown auth routes are a plain 404);
 1. authenticate: the ``Authorization: Bearer`` access token (RFC 6750 §2.1), or a DPoP-bound one
    with ``Authorization: DPoP`` and a proof for this request (RFC 9449 §7, :mod:`gateway.dpop`);
-2. check revocation: the token's session (``sid``) against the local revoked set (no I/O), then
-   the optional per-user limit;
+2. check revocation: the token's session (``sid``) against the local revoked set and its ``iat``
+   against its user's epoch (account disabled, password or roles changed; no I/O), then the
+   optional per-user limit;
 3. mint: an internal token bound to this method and that exact backend path;
 4. forward: method, path, query, end-to-end headers and the body, streamed, size-capped;
 5. stream back: status, end-to-end headers and the body as it arrives.
@@ -135,7 +136,8 @@ async def proxy_request(scope: Scope, receive: Receive, send: Send) -> None:
     target = backend_path(scope.get("raw_path"), scope["path"])
 
     # 1. Authenticate (Bearer, or DPoP with a proof for this request), 2. check revocation
-    #    (a logged-out session's access tokens die at once), then the per-user limit.
+    #    (a logged-out session's access tokens die at once, and so do those issued before their
+    #    account last changed), then the per-user limit.
     claims = await authenticate_request(
         headers=headers,
         method=method,
@@ -143,6 +145,7 @@ async def proxy_request(scope: Scope, receive: Receive, send: Send) -> None:
         verify=proxy.access_tokens.verify,
         dpop=app_state.dpop,
         revoked=app_state.revoked,
+        token_denied=app_state.epochs.token_denied,
     )
     request_state["user_id"] = claims.sub
     if proxy.user_limit is not None:

@@ -29,6 +29,7 @@ from typing import Any
 from limits import RateLimitItem
 from limits import parse as parse_limit
 from redis.exceptions import RedisError
+from servicekit.emails import normalise_email
 from servicekit.forwarded import client_ip, forwarded_for
 from servicekit.logs import log_event
 from slowapi import Limiter
@@ -45,8 +46,10 @@ REDIS_DOWN_RETRY_AFTER = 5
 
 
 def account_key(email: str) -> str:
-    # Hashed so the Redis keyspace is not a list of everyone's email address.
-    return hashlib.sha256(email.strip().lower().encode("utf-8")).hexdigest()[:32]
+    """The per-account bucket: the address's one normal form (the backend looks accounts up by
+    the same), so no spelling of an address (case, long s, fullwidth letters, spaces) gets a
+    fresh allowance of guesses. Hashed so the Redis keyspace is not a list of addresses."""
+    return hashlib.sha256(normalise_email(email).encode("utf-8")).hexdigest()[:32]
 
 
 class RateLimits:

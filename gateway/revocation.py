@@ -22,6 +22,10 @@ whether or not Redis answers), after every Redis reconnect, and, while a rebuild
 database was down too), again every few seconds until one succeeds. After a reconnect it also
 re-pushes everything it knows to the sorted set, so the set is whole again for the next instance
 to start.
+
+The same connection follows the per-user epoch channel (``<prefix>epochs``, see
+:mod:`gateway.epochs`); after every (re)connect the epochs are reloaded from the backend, which
+holds them durably.
 """
 
 from __future__ import annotations
@@ -34,9 +38,11 @@ from collections.abc import Awaitable, Callable, Iterable
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+from servicekit import epochs as epoch_messages
 from servicekit.logs import log_event
 
 from gateway import metrics
+from gateway.epochs import UserEpochs
 
 logger = logging.getLogger("gateway.revocation")
 
@@ -56,12 +62,15 @@ class RevokedSessions:
         prefix: str,
         ttl: int,
         revoked_since: RevokedSince | None = None,
+        epochs: UserEpochs | None = None,
     ) -> None:
         self._client = client
         self._revoked_since = revoked_since
         self._rebuilt = revoked_since is None
         self._last_rebuild = 0.0
         self.channel = f"{prefix}revoked"
+        self.epoch_channel = epoch_messages.channel(prefix)
+        self._epochs = epochs
         self.key = f"{prefix}revoked:sids"
         self._ttl = ttl
         self._local: dict[str, float] = {}
@@ -129,6 +138,17 @@ class RevokedSessions:
             log_event(logger, "revocation_queued", logging.WARNING, count=len(self._pending))
             metrics.redis_error("revocation")
 
+    async def publish_epochs(self, update: epoch_messages.EpochUpdate) -> None:
+        """Apply a user's new epochs here at once and tell every other gateway. If Redis is
+        unreachable they learn it at their next epoch reload from the backend instead."""
+        if self._epochs is not None:
+            self._epochs.apply(update)
+        try:
+            await self._client.publish(self.epoch_channel, epoch_messages.encode(update))
+        except (RedisError, OSError) as exc:
+            log_event(logger, "epoch_broadcast_failed", logging.WARNING, error=type(exc).__name__)
+            metrics.redis_error("epochs")
+
     async def _flush(self) -> None:
         if not self._pending:
             return
@@ -192,9 +212,15 @@ class RevokedSessions:
         while not self._stopping:
             pubsub = self._client.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self.channel)
+                channels = [self.channel]
+                if self._epochs is not None:
+                    channels.append(self.epoch_channel)
+                await pubsub.subscribe(*channels)
                 await self.reload()
                 await self.rebuild()
+                if self._epochs is not None:
+                    # broadcasts sent while we were not subscribed are lost: re-read the source
+                    self._epochs.request_reload()
                 await self._flush()
                 await self._push_all()
                 self.connected = True
@@ -214,6 +240,11 @@ class RevokedSessions:
                     if message is None or message.get("type") != "message":
                         continue
                     data = message["data"]
+                    if self._epochs is not None and _name(message) == self.epoch_channel:
+                        update = epoch_messages.decode(data)
+                        if update is not None:
+                            self._epochs.apply(update)
+                        continue
                     sid = data.decode() if isinstance(data, bytes) else str(data)
                     self._local[sid] = max(time.time() + self._ttl, self._local.get(sid, 0.0))
             except asyncio.CancelledError:
@@ -232,3 +263,8 @@ class RevokedSessions:
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+def _name(message: dict[str, object]) -> str:
+    channel = message.get("channel")
+    return channel.decode() if isinstance(channel, bytes) else str(channel)

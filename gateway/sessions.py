@@ -87,6 +87,9 @@ class Outcome(enum.StrEnum):
     RETRY = "retry"
     REUSED_REVOKED = "reused-revoked"
     FAMILY_REVOKED = "family-revoked"
+    #: the family was created before the user's session epoch (account disabled, password
+    #: changed, sessions ended): revoked now, for good
+    SESSIONS_ENDED = "sessions-ended"
     EXPIRED = "expired"
     #: signed, but never issued by the ledger: a generation above the family's, or claims that
     #: contradict the family (another user, a new-format token of an old-format family)
@@ -214,14 +217,14 @@ UPDATE refresh_session SET
     current_expires_at = LEAST($8, absolute_expires_at)
 WHERE family_id = $1 AND user_id = $2 AND generation = $3 AND current_digest = $9
   AND revoked_at IS NULL AND absolute_expires_at > $6 AND current_expires_at > $6
-  AND dpop_jkt IS NOT DISTINCT FROM $10
+  AND dpop_jkt IS NOT DISTINCT FROM $10 AND created_at >= $11
 RETURNING roles, current_expires_at, dpop_jkt
 """
 
 _LOCK_FAMILY = """
 SELECT user_id, roles, generation, current_jti, current_issued_at, current_expires_at,
        current_digest, previous_digest, rotated_at, rotation_nonce, revoked_at,
-       absolute_expires_at, dpop_jkt
+       absolute_expires_at, dpop_jkt, created_at
 FROM refresh_session WHERE family_id = $1
 FOR UPDATE
 """
@@ -383,7 +386,12 @@ class Ledger:
         raise AssertionError("unreachable")
 
     async def rotate(
-        self, presented: RefreshClaims, *, now: int, jkt: str | None = None
+        self,
+        presented: RefreshClaims,
+        *,
+        now: int,
+        jkt: str | None = None,
+        sessions_valid_from: int = 0,
     ) -> RotateResult:
         """Exchange a verified refresh token for its successor, atomically.
 
@@ -394,14 +402,19 @@ class Ledger:
 
         ``jkt``: the thumbprint of the key that signed the request's DPoP proof (``None``
         without one); it must be the family's binding, or nothing happens (``KEY_MISMATCH``).
+
+        ``sessions_valid_from``: the user's session epoch as the backend gave it for this
+        refresh (issue 9). A family created before it never rotates again: the fast path's
+        ``WHERE`` refuses it and the locked path revokes it (``SESSIONS_ENDED``) in the same
+        transaction, so no rotation of it can commit after the account changed.
         """
         if presented.gen is not None and presented.sec is not None:
-            fast = await self._rotate_current(presented, now, jkt)
+            fast = await self._rotate_current(presented, now, jkt, sessions_valid_from)
             if fast is not None:
                 return fast
 
         async def attempt(conn: asyncpg.Connection) -> RotateResult:
-            return await self._rotate_locked(conn, presented, now, jkt)
+            return await self._rotate_locked(conn, presented, now, jkt, sessions_valid_from)
 
         result = await self._retrying(attempt)
         if result.outcome in (Outcome.REUSED_REVOKED, Outcome.FORGED):
@@ -417,7 +430,7 @@ class Ledger:
         return result
 
     async def _rotate_current(
-        self, presented: RefreshClaims, now: int, jkt: str | None
+        self, presented: RefreshClaims, now: int, jkt: str | None, sessions_valid_from: int
     ) -> RotateResult | None:
         assert presented.gen is not None and presented.sec is not None
         try:
@@ -440,6 +453,7 @@ class Ledger:
             _ts(now + self.refresh_ttl),
             secret_digest(presented.sec),
             jkt,
+            _ts(sessions_valid_from),
         )
         if row is None:
             return None
@@ -462,7 +476,12 @@ class Ledger:
         )
 
     async def _rotate_locked(
-        self, conn: asyncpg.Connection, presented: RefreshClaims, now: int, jkt: str | None
+        self,
+        conn: asyncpg.Connection,
+        presented: RefreshClaims,
+        now: int,
+        jkt: str | None,
+        sessions_valid_from: int,
     ) -> RotateResult:
         try:
             uuid.UUID(presented.sid)
@@ -490,6 +509,9 @@ class Ledger:
         # nothing, neither a rotation nor a revocation that would log the victim out.
         if bound != jkt:
             return RotateResult(Outcome.KEY_MISMATCH, **base)
+        if _epoch(row["created_at"]) < sessions_valid_from:
+            await self._revoke_locked(conn, [sid], reason="sessions-ended", now=now)
+            return RotateResult(Outcome.SESSIONS_ENDED, **base)
         if legacy_family:
             return await self._rotate_legacy(conn, presented, now, row, base)
 

@@ -153,6 +153,7 @@ class Settings:
     proxy_max_body_bytes: int = 20971520
     proxy_connect_timeout: float = 2.0
     proxy_read_timeout: float = 30.0
+    epoch_reload_interval: float = 30.0
     log_level: str = "INFO"
     log_format: str = "json"
     pool: PoolSettings = field(default_factory=PoolSettings)
@@ -227,6 +228,7 @@ class Settings:
             proxy_max_body_bytes=get_int(environ, "PROXY_MAX_BODY_BYTES", 20971520, minimum=1),
             proxy_connect_timeout=get_float(environ, "PROXY_CONNECT_TIMEOUT", 2.0),
             proxy_read_timeout=get_float(environ, "PROXY_READ_TIMEOUT", 30.0),
+            epoch_reload_interval=get_float(environ, "EPOCH_RELOAD_INTERVAL", 30.0),
             log_level=level,
             log_format=log_format_from_env(environ),
             pool=PoolSettings.from_env(environ),

@@ -12,11 +12,14 @@ import asyncio
 import os
 import re
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 from servicekit import config
+
+from tokengate import email_backfill
 
 # Any fixed 64-bit number works; it only has to be the same for every migrate run.
 _LOCK_ID = 0x746F6B656E67  # "tokeng"
@@ -25,6 +28,13 @@ _NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 
 class MigrationError(Exception):
     """A migration file could not be applied; the message names it."""
+
+
+#: Steps that SQL cannot express, run right after their file in the same transaction (so a
+#: failure rolls the file back too). They must be idempotent like the files.
+PYTHON_STEPS: dict[str, Callable[[asyncpg.Connection], Awaitable[None]]] = {
+    email_backfill.MIGRATION: email_backfill.backfill,
+}
 
 
 def default_directory() -> Path:
@@ -66,10 +76,13 @@ async def migrate(dsn: str, directory: Path | None = None) -> list[str]:
                 try:
                     async with conn.transaction():
                         await conn.execute(sql)
+                        step = PYTHON_STEPS.get(path.name)
+                        if step is not None:
+                            await step(conn)
                         await conn.execute(
                             "INSERT INTO schema_migrations (name) VALUES ($1)", path.name
                         )
-                except asyncpg.PostgresError as exc:
+                except (asyncpg.PostgresError, email_backfill.EmailCollision) as exc:
                     raise MigrationError(f"{path.name}: {exc}") from exc
                 applied.append(path.name)
         finally:

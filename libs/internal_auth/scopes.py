@@ -21,3 +21,6 @@ class TokenScope(enum.StrEnum):
     USER_REQUEST = "user_request"
     #: The gateway asking the backend to check a credential; ``sub`` is the gateway id.
     AUTH_VALIDATE = "auth_validate"
+    #: The gateway asking the backend for an account's status, roles and session epochs (before
+    #: every refresh rotation, and to rebuild its epoch view); ``sub`` is the gateway id.
+    REFRESH_LIFECYCLE = "refresh_lifecycle"

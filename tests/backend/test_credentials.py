@@ -28,7 +28,14 @@ def test_right_password(backend: Backend) -> None:
     user = backend.create_user(email, PASSWORD, roles=("user", "admin"))
     response = backend.validate(f"  {email.upper()} ", PASSWORD)
     assert response.status_code == 200
-    assert response.json() == {"id": user, "email": email.lower(), "roles": ["user", "admin"]}
+    body = response.json()
+    assert {k: body[k] for k in ("id", "email", "roles", "status")} == {
+        "id": user,
+        "email": email.lower(),
+        "roles": ["user", "admin"],
+        "status": "active",
+    }
+    assert body["session_epoch"] == body["token_epoch"] == 0
 
 
 @pytest.mark.parametrize("case", ["wrong_password", "unknown_email", "disabled", "bad_email"])
@@ -90,7 +97,8 @@ def test_old_hash_is_upgraded_on_successful_login(backend: Backend, migrated_dsn
         conn = await asyncpg.connect(migrated_dsn)
         try:
             await conn.execute(
-                "INSERT INTO users (id, email, password_hash) VALUES (gen_random_uuid(), $1, $2)",
+                "INSERT INTO users (id, email, email_normal, password_hash)"
+                " VALUES (gen_random_uuid(), $1, $1, $2)",
                 email,
                 weak.hash(PASSWORD),
             )

@@ -1,8 +1,10 @@
 """Gateway test harness: real PostgreSQL and Redis, an in-process stand-in for the backend service.
 
-The fake backend is a small HTTP app implementing the documented ``/internal/auth/validate``
-contract (and verifying the gateway's internal token with the real ``internal_auth`` middleware);
-it is a test double for a *service*, while PostgreSQL and Redis are the real servers.
+The fake backend is a small HTTP app implementing the documented ``/internal/auth/validate`` and
+``/internal/lifecycle/`` contracts (and verifying the gateway's internal token with the real
+``internal_auth`` middleware); it is a test double for a *service*, while PostgreSQL and Redis are
+the real servers. Tests of the account lifecycle itself use the real backend app instead
+(``tests/gateway/test_accounts.py``).
 """
 
 from __future__ import annotations
@@ -83,19 +85,25 @@ class FakeBackend:
     def __init__(self, key: PrivateKey) -> None:
         self.users: dict[str, tuple[str, str, list[str]]] = {}
         self.calls = 0
+        self.lifecycle_calls = 0
         verifier = Verifier(
             KeySet([key.public_key]), issuer="tokengate-gateway", audience="tokengate-backend"
         )
         self.app = Starlette(
             routes=[
                 Route("/internal/auth/validate", self.validate, methods=["POST"]),
+                Route("/internal/lifecycle/users/{user_id}", self.lifecycle, methods=["GET"]),
+                Route("/internal/lifecycle/epochs", self.epochs, methods=["GET"]),
                 Route("/healthz", self.healthz, methods=["GET"]),
             ],
             middleware=[
                 Middleware(
                     InternalAuthMiddleware,
                     verifier=verifier,
-                    rules=[("/internal/auth/", TokenScope.AUTH_VALIDATE)],
+                    rules=[
+                        ("/internal/auth/", TokenScope.AUTH_VALIDATE),
+                        ("/internal/lifecycle/", TokenScope.REFRESH_LIFECYCLE),
+                    ],
                 )
             ],
         )
@@ -110,6 +118,25 @@ class FakeBackend:
 
     async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
+
+    async def lifecycle(self, request: Request) -> Response:
+        self.lifecycle_calls += 1
+        for email, (_, user_id, roles) in self.users.items():
+            if user_id == request.path_params["user_id"]:
+                return JSONResponse(
+                    {
+                        "id": user_id,
+                        "email": email,
+                        "status": "active",
+                        "roles": roles,
+                        "session_epoch": 0,
+                        "token_epoch": 0,
+                    }
+                )
+        return JSONResponse({"error": {"code": "not_found", "message": "not found"}}, 404)
+
+    async def epochs(self, request: Request) -> Response:
+        return JSONResponse({"epochs": []})
 
     async def validate(self, request: Request) -> Response:
         principal = get_principal(request)
