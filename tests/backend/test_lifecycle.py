@@ -10,7 +10,7 @@ import uuid
 
 import httpx
 import pytest
-from internal_auth import Scope
+from internal_auth import TokenScope as Scope
 
 from tests.backend.conftest import GATEWAY_ID, Backend
 
