@@ -31,12 +31,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     create = actions.add_parser("create", help="add a user (password read from standard input)")
     create.add_argument("--email", required=True)
     create.add_argument("--role", action="append", choices=["admin"], default=[])
-    create.add_argument(
-        "--password-stdin",
-        action="store_true",
-        required=True,
-        help="read the password from standard input (never from the command line)",
-    )
+    _password_stdin_flag(create)
     create.set_defaults(func=_users_create)
     disable = actions.add_parser(
         "disable", help="stop a user from logging in and end all their sessions"
@@ -62,12 +57,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "set-password", help="set a user's password and end all their sessions"
     )
     set_password.add_argument("--email", required=True)
-    set_password.add_argument(
-        "--password-stdin",
-        action="store_true",
-        required=True,
-        help="read the password from standard input (never from the command line)",
-    )
+    _password_stdin_flag(set_password)
     set_password.set_defaults(func=_users_set_password)
     end = actions.add_parser("end-sessions", help="log a user out everywhere")
     end.add_argument("--email", required=True)
@@ -80,6 +70,15 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "--workers", type=int, default=1, help="worker processes (default 1; see README)"
     )
     serve.set_defaults(func=_serve)
+
+
+def _password_stdin_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--password-stdin",
+        action="store_true",
+        required=True,
+        help="read the password from standard input (never from the command line)",
+    )
 
 
 def _database_url(args: argparse.Namespace) -> str:

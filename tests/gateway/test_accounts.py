@@ -21,7 +21,6 @@ from typing import Any
 
 import httpx
 import pytest
-import redis.asyncio as aioredis
 from internal_auth import KeySet, PrivateKey
 from servicekit.epochs import EpochUpdate
 from starlette.applications import Starlette
@@ -44,6 +43,7 @@ from tests.gateway.conftest import (
     refresh_with,
 )
 from tests.gateway.test_proxy_live import serve
+from tests.support.redis_keys import forget_prefix
 from tests.support.stack import free_port
 
 PASSWORD = "an account password"
@@ -208,13 +208,7 @@ async def test_after_redis_is_flushed_a_new_instance_still_knows(
     await accounts.operator(lambda: accounts.store.disable(email))
 
     # Redis loses everything this stack had (only this test's prefix: the server is shared)
-    client = aioredis.from_url(redis_url)
-    try:
-        keys = [k async for k in client.scan_iter(match=env["REDIS_KEY_PREFIX"] + "*")]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
+    await forget_prefix(redis_url, env["REDIS_KEY_PREFIX"])
 
     fresh = await gateways()
     assert (await fresh.get("/api/v1/notes", headers=bearer(access))).status_code == 401

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from gateway.revocation import RevokedSessions
 from gateway.sessions import Ledger
 from tests.gateway.conftest import FakeBackend, Harness, login, refresh_cookie
+from tests.support.redis_keys import forget_prefix
 
 
 async def test_revocation_while_redis_is_down_is_local_then_pushed_on_reconnect(
@@ -171,13 +172,7 @@ async def test_a_gateway_started_after_redis_lost_everything_still_denies_a_logg
         )
         assert logout.status_code == 204
     # Redis forgets everything under this prefix (a restart without persistence)
-    client = aioredis.from_url(redis_url)
-    try:
-        keys = [k async for k in client.scan_iter(match=env["REDIS_KEY_PREFIX"] + "*")]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
+    await forget_prefix(redis_url, env["REDIS_KEY_PREFIX"])
     async with gateway(env) as late:
         denied = await late.get("/api/v1/auth/sessions", headers=bearer)
         assert denied.status_code == 401
