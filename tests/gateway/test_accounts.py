@@ -390,8 +390,15 @@ async def test_password_change_input_and_origin(accounts: Accounts, gateways: St
     assert (await _change_password(gw, access, PASSWORD, "short")).status_code == 422
     evil = await _change_password(gw, access, PASSWORD, headers={"Origin": "https://evil.example"})
     assert evil.status_code == 403
-    bad = await gw.post("/api/v1/auth/password", content=b"{not json", headers=bearer(access))
+    json_type = {"Content-Type": "application/json"}
+    bad = await gw.post(
+        "/api/v1/auth/password", content=b"{not json", headers={**bearer(access), **json_type}
+    )
     assert bad.status_code == 400
+    form = await gw.post(
+        "/api/v1/auth/password", content=b"current_password=x", headers=bearer(access)
+    )
+    assert form.status_code == 415
     extra = await gw.post(
         "/api/v1/auth/password",
         json={"current_password": PASSWORD, "new_password": NEW_PASSWORD, "x": 1},
