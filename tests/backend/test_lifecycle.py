@@ -68,15 +68,23 @@ def test_lifecycle_token_cannot_be_replayed_on_another_route(backend: Backend) -
     alice = backend.create_user(_email(), PASSWORD)
     bob = backend.create_user(_email(), PASSWORD)
     path = f"/internal/lifecycle/users/{alice}"
-    headers = backend.token(GATEWAY_ID, method="GET", path=path, scope=Scope.REFRESH_LIFECYCLE)
-    assert backend.client.get(path, headers=headers).status_code == 200
+
+    def for_alice() -> dict[str, str]:
+        # a fresh token each time: internal tokens are single-use, and this test is about the
+        # route binding, not the replay cache
+        return backend.token(GATEWAY_ID, method="GET", path=path, scope=Scope.REFRESH_LIFECYCLE)
+
+    assert backend.client.get(path, headers=for_alice()).status_code == 200
     # bound to alice's path: not bob's, not the epoch list, not another method
-    assert (
-        backend.client.get(f"/internal/lifecycle/users/{bob}", headers=headers).status_code == 401
-    )
-    assert backend.client.get("/internal/lifecycle/epochs", headers=headers).status_code == 401
-    assert backend.client.get("/v1/notes", headers=headers).status_code in (401, 403)
-    assert backend.client.post(path, headers=headers).status_code in (401, 405)
+    other = f"/internal/lifecycle/users/{bob}"
+    assert backend.client.get(other, headers=for_alice()).status_code == 401
+    assert backend.client.get("/internal/lifecycle/epochs", headers=for_alice()).status_code == 401
+    assert backend.client.get("/v1/notes", headers=for_alice()).status_code in (401, 403)
+    assert backend.client.post(path, headers=for_alice()).status_code in (401, 405)
+    # and once used, not again on its own route either
+    used = for_alice()
+    assert backend.client.get(path, headers=used).status_code == 200
+    assert backend.client.get(path, headers=used).status_code == 401
     # and nothing without a token
     assert backend.client.get(path).status_code == 401
 
@@ -128,16 +136,18 @@ def test_epoch_list_holds_recent_changes_only(backend: Backend) -> None:
     changed = _run(backend, _store(backend).end_sessions, email)
     assert changed is not None
     path = "/internal/lifecycle/epochs"
-    headers = backend.token(GATEWAY_ID, method="GET", path=path, scope=Scope.REFRESH_LIFECYCLE)
+
+    def headers() -> dict[str, str]:
+        return backend.token(GATEWAY_ID, method="GET", path=path, scope=Scope.REFRESH_LIFECYCLE)
 
     def listed(since: int) -> set[str]:
-        response = backend.client.get(f"{path}?since={since}", headers=headers)
+        response = backend.client.get(f"{path}?since={since}", headers=headers())
         assert response.status_code == 200
         return {e["id"] for e in response.json()["epochs"]}
 
     assert user_id in listed(changed.token_epoch)
     assert user_id not in listed(changed.token_epoch + 1)
-    assert backend.client.get(f"{path}?since=-1", headers=headers).status_code == 422
+    assert backend.client.get(f"{path}?since=-1", headers=headers()).status_code == 422
 
 
 def _change(backend: Backend, user_id: str, current: str, new: str, **extra: str) -> httpx.Response:

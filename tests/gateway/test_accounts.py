@@ -265,12 +265,14 @@ async def test_ledger_and_epochs_compare_at_the_boundary(gateway_dsn: str) -> No
         at_epoch = await ledger.create_family(
             user_id=user, roles=["user"], user_agent=None, ip=None, now=epoch
         )
-        ended = await ledger.rotate(just_before.jti, now=epoch + 1, sessions_valid_from=epoch)
+        ended = await ledger.rotate(
+            just_before.as_claims(), now=epoch + 1, sessions_valid_from=epoch
+        )
         assert ended.outcome is Outcome.SESSIONS_ENDED
         # for good: the family is revoked, whatever epoch a later call passes
-        again = await ledger.rotate(just_before.jti, now=epoch + 2, sessions_valid_from=0)
+        again = await ledger.rotate(just_before.as_claims(), now=epoch + 2, sessions_valid_from=0)
         assert again.outcome is Outcome.FAMILY_REVOKED
-        kept = await ledger.rotate(at_epoch.jti, now=epoch + 1, sessions_valid_from=epoch)
+        kept = await ledger.rotate(at_epoch.as_claims(), now=epoch + 1, sessions_valid_from=epoch)
         assert kept.outcome is Outcome.ROTATED
     finally:
         await pool.close()

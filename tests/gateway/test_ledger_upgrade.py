@@ -132,7 +132,8 @@ async def test_mixed_population_over_http(
         now = int(time.time())
         old_cookies = []
         for _ in range(10):
-            claims = await old_login(old, now)
+            # a user the backend knows: every refresh asks it for the account's status (issue 9)
+            claims = await old_login(old, now, backend.user_id(backend.add_user()))
             old_cookies.append(
                 tokens.encode_refresh(
                     sub=claims.sub, sid=claims.sid, jti=claims.jti, iat=now, exp=claims.exp
