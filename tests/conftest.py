@@ -15,6 +15,12 @@ from collections.abc import Iterator
 import asyncpg
 import pytest
 import redis
+from hypothesis import HealthCheck, settings
+
+# Property tests run on a shared 2-core machine: a slow example is load, not a bug, so no
+# per-example deadline and no health check on generation speed. Each test sets its own bound.
+settings.register_profile("tokengate", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("tokengate")
 
 PG_ADMIN_DSN = os.environ.get("TOKENGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_BASE_URL = os.environ.get("TOKENGATE_TEST_REDIS", "redis://127.0.0.1:6379/0")

@@ -187,7 +187,7 @@ def _clean(text: str) -> bool:
     return "\x00" not in text and not any(0xD800 <= ord(c) <= 0xDFFF for c in text)
 
 
-@settings(max_examples=300)
+@settings(max_examples=150)
 @given(st.binary(max_size=300))
 def test_any_bytes_parse_to_clean_json_or_a_body_error(raw: bytes) -> None:
     try:
@@ -208,7 +208,7 @@ _json_values = st.recursive(
 )
 
 
-@settings(max_examples=300)
+@settings(max_examples=150)
 @given(_json_values)
 def test_json_that_python_writes_parses_back_or_is_refused_for_a_stated_reason(value: Any) -> None:
     raw = json.dumps(value).encode()

@@ -1,0 +1,193 @@
+"""Every operation of the served OpenAPI document, fuzzed with schemathesis against the real stack
+(gateway and backend processes, PostgreSQL, Redis), authenticated.
+
+Checks, chosen explicitly: no 5xx (``not_a_server_error``), and responses that match the document
+in status code, content type and body schema. Cases come from both generation modes (valid and
+invalid data). A run where every answer is a 401 or a 429 would prove nothing, so:
+
+- the stack runs with loose rate limits and cheap argon2 parameters;
+- every case carries a fresh session (access token, refresh cookie, an allowed ``Origin``);
+- about half the cases are "anchored": the parts no generator can guess (the test user's
+  credentials, the id of a note or session that exists) are replaced by real ones;
+- each operation must have had at least one 2xx, or its test fails.
+
+Bounded: ``TOKENGATE_FUZZ_EXAMPLES`` cases per operation (default 15; well under a minute for the
+whole file on a quiet 2-core machine). For a long campaign, raise it::
+
+    TOKENGATE_FUZZ_EXAMPLES=2000 .venv/bin/python -m pytest tests/contract -p no:randomly
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.core import NOT_SET
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from gateway import openapi
+from tests.support.stack import Stack, running_stack
+
+pytestmark = pytest.mark.e2e
+
+EXAMPLES = int(os.environ.get("TOKENGATE_FUZZ_EXAMPLES", "15"))
+# Operations that end or rotate the session they are called with: each case gets a new login.
+# Every other case reuses one login per operation test.
+SESSION_ENDING = {
+    "/api/v1/auth/login",
+    "/api/v1/auth/refresh",
+    "/api/v1/auth/logout",
+    "/api/v1/auth/logout-all",
+    "/api/v1/auth/sessions/{session_id}",
+}
+ORIGIN = "http://localhost:5173"
+PASSWORD = "contract fuzz correct horse battery"
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+# From the same document the gateway serves: collection needs no running server.
+OPERATIONS = sorted(
+    (method.upper(), path)
+    for path, item in openapi.document()["paths"].items()
+    for method in item
+    if method != "parameters"
+)
+
+
+@pytest.fixture(scope="module")
+def stack(migrated_dsn: str, redis_url: str, redis_prefix: str) -> Iterator[Stack]:
+    with running_stack(
+        database_url=migrated_dsn,
+        redis_url=redis_url,
+        redis_prefix=redis_prefix,
+        gateway_env={
+            "CORS_ALLOWED_ORIGINS": ORIGIN,
+            "LOGIN_RATE_LIMIT_IP": "1000000/minute",
+            "LOGIN_RATE_LIMIT_ACCOUNT": "1000000/minute",
+            "REFRESH_RATE_LIMIT": "1000000/minute",
+            "LOG_LEVEL": "WARNING",
+        },
+        backend_env={
+            "ARGON2_TIME_COST": "1",
+            "ARGON2_MEMORY_KIB": "1024",
+            "LOG_LEVEL": "WARNING",
+        },
+    ) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def schema(stack: Stack) -> Any:
+    """The document as the running gateway serves it, loaded once, only when a test needs it."""
+    return schemathesis.openapi.from_url(stack.gateway_url + openapi.PATH)
+
+
+class Account:
+    """The fuzzing user (an admin, so every route has a 2xx) and fresh sessions on demand."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.email = f"fuzz-{uuid.uuid4().hex[:8]}@example.test"
+        stack.create_user(self.email, PASSWORD, admin=True)
+        self.http = httpx.Client(base_url=stack.gateway_url, timeout=30)
+
+    def session(self) -> tuple[str, str, str]:
+        """(access token, refresh token, session id) of a new login."""
+        r = self.http.post("/api/v1/auth/login", json={"email": self.email, "password": PASSWORD})
+        assert r.status_code == 200, r.text
+        access = r.json()["access_token"]
+        payload = access.split(".")[1]
+        sid = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["sid"]
+        refresh = r.cookies.get("tg_refresh")
+        assert refresh, "the stack runs on plain-HTTP localhost: the cookie is tg_refresh"
+        return access, refresh, sid
+
+    def note_id(self, access: str) -> str:
+        r = self.http.post(
+            "/api/v1/notes",
+            json={"title": "anchor", "body": "b"},
+            headers={"Authorization": f"Bearer {access}"},
+        )
+        assert r.status_code == 201, r.text
+        return str(r.json()["id"])
+
+
+@pytest.fixture(scope="module")
+def account(stack: Stack) -> Iterator[Account]:
+    user = Account(stack)
+    yield user
+    user.http.close()
+
+
+def _anchor(case: Any, account: Account, access: str, sid: str) -> None:
+    """Replace what no generator can guess by real values."""
+    if case.path == "/api/v1/auth/login":
+        case.body = {"email": account.email, "password": PASSWORD}
+        case.media_type = "application/json"
+    elif case.path in ("/api/v1/auth/refresh", "/api/v1/auth/logout"):
+        case.body = NOT_SET  # cookie mode: the cookie and Origin are set on every case
+        case.media_type = None
+    if "note_id" in case.path_parameters:
+        case.path_parameters["note_id"] = account.note_id(access)
+    if "session_id" in case.path_parameters:
+        case.path_parameters["session_id"] = sid
+
+
+def _strategy(schema: Any, method: str, path: str) -> Any:
+    operation = schema[path][method]
+    strategies = [operation.as_strategy(generation_mode=GenerationMode.POSITIVE)]
+    try:
+        strategies.append(operation.as_strategy(generation_mode=GenerationMode.NEGATIVE))
+    except Exception:  # an operation with nothing to negate (no parameters, no body)
+        pass
+    return st.one_of(strategies)
+
+
+@pytest.mark.parametrize(("method", "path"), OPERATIONS)
+def test_operation_conforms_and_never_fails(
+    stack: Stack, schema: Any, account: Account, method: str, path: str
+) -> None:
+    statuses: list[int] = []
+    shared = account.session()
+
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=_strategy(schema, method, path), anchored=st.booleans())
+    def run(case: Any, anchored: bool) -> None:
+        access, refresh, sid = account.session() if path in SESSION_ENDING else shared
+        if anchored:
+            _anchor(case, account, access, sid)
+        response = case.call(
+            base_url=stack.gateway_url,
+            headers={"Authorization": f"Bearer {access}", "Origin": ORIGIN},
+            cookies={"tg_refresh": refresh},
+            timeout=30,
+        )
+        statuses.append(response.status_code)
+        case.validate_response(response, checks=CHECKS)
+
+    run()
+    assert any(200 <= s < 300 for s in statuses), (
+        f"{method} {path}: no 2xx in {len(statuses)} cases ({sorted(set(statuses))})"
+    )
