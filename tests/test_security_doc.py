@@ -58,10 +58,14 @@ def _resolve(reference: str) -> Path:
 
 def _references(cell: str) -> list[tuple[Path, str | None]]:
     """``(file, test name or None)`` for every backticked reference in a cell; ``::name`` alone
-    continues the file named before it, ``alias::name`` names a test in an aliased file."""
+    continues the file named before it, ``alias::name`` names a test in an aliased file, and a
+    ``[case]`` suffix (or a cell of its own) names a parametrised case of that test."""
     out: list[tuple[Path, str | None]] = []
     current: Path | None = None
     for ref in re.findall(r"`([^`]+)`", cell):
+        ref = re.sub(r"\[[^\]]*\]$", "", ref)  # a parametrised case: the test is what counts
+        if not ref:
+            continue  # `[another-case]` of the test named before it
         if ref.startswith("::"):
             assert current is not None, f"{ref} continues no file"
             out.append((current, ref[2:]))
