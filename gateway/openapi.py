@@ -32,7 +32,7 @@ Json = dict[str, Any]
 _ERROR_TEXT = {
     400: "malformed request: body that is not strict JSON, a bad path or a bad DPoP proof",
     401: "missing, invalid, expired or revoked credentials",
-    403: "not allowed: foreign Origin, or a role the route needs",
+    403: "not allowed: foreign Origin, a role the route needs, or a wrong current password",
     404: "no such resource (another user's resource is reported as missing)",
     413: "request body over the limit",
     414: f"request path over {MAX_PATH_BYTES} bytes",
@@ -109,6 +109,15 @@ _SCHEMAS: Json = {
         "properties": {
             "email": {"type": "string", "minLength": 3, "maxLength": 320},
             "password": {"type": "string", "minLength": 1, "maxLength": 1024},
+        },
+    },
+    "PasswordChange": {
+        "type": "object",
+        "required": ["current_password", "new_password"],
+        "additionalProperties": False,
+        "properties": {
+            "current_password": {"type": "string", "minLength": 1, "maxLength": 1024},
+            "new_password": {"type": "string", "minLength": 8, "maxLength": 1024},
         },
     },
     "RefreshBody": {
@@ -313,6 +322,26 @@ _PATHS: Json = {
             "responses": {
                 "204": {"description": "every session ended"},
                 **_errors(400, 401, 413, 415, 503),
+            },
+        }
+    },
+    "/api/v1/auth/password": {
+        "post": {
+            "operationId": "changePassword",
+            "summary": "Change the caller's password; every other session ends",
+            "description": (
+                "The caller's session carries on under a new id: the answer holds a new access "
+                "token and sets a new refresh cookie (or, for a DPoP body-mode client, returns "
+                "the new bound refresh token), and every other session of the user ends at "
+                "once. A wrong `current_password` is a bare 403 (not 401: nothing to refresh) "
+                "and counts against the per-account login limit. An `Origin` header, when "
+                "present, must be allowed."
+            ),
+            "security": _USER_AUTH,
+            "requestBody": _body(_ref("PasswordChange")),
+            "responses": {
+                "200": _ok("changed; the caller's new tokens", _ref("TokenResponse")),
+                **_errors(400, 401, 403, 413, 415, 422, 429, 502, 503),
             },
         }
     },
