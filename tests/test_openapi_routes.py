@@ -23,7 +23,7 @@ import backend.notes
 import backend.validation
 from backend.app import create_app as create_backend
 from backend.settings import Settings as BackendSettings
-from gateway import openapi
+from gateway import auth_routes, openapi
 from gateway.app import create_app as create_gateway
 from gateway.paths import BACKEND_PREFIX, PUBLIC_PREFIX, backend_path
 from gateway.settings import Settings as GatewaySettings
@@ -125,6 +125,8 @@ def test_the_documents_limits_are_the_backends() -> None:
     limit = doc["paths"]["/api/v1/notes"]["get"]["parameters"][0]["schema"]
     assert limit["maximum"] == openapi.MAX_LIMIT
     assert isinstance(backend.validation.MAX_JSON_BYTES, int)
+    change = doc["components"]["schemas"]["PasswordChange"]["properties"]["new_password"]
+    assert change["minLength"] == auth_routes.MIN_NEW_PASSWORD
 
 
 @pytest.mark.parametrize("ref_holder", ["paths", "components"])
