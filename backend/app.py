@@ -24,7 +24,7 @@ from internal_auth import (
     get_principal,
 )
 from servicekit import db
-from servicekit.bodies import BodyError
+from servicekit.bodies import BodyError, refuse_foreign_body
 from servicekit.http_errors import body_error, error_response, http_exception
 from servicekit.logs import configure_logging, log_event
 from servicekit.metrics import RequestCounter, RouteTemplates, mark_worker_stopped, postgres_error
@@ -185,6 +185,7 @@ async def update_note(request: Request) -> Response:
 
 
 async def delete_note(request: Request) -> Response:
+    refuse_foreign_body(request.headers.raw)
     _, owner = _principal_user_id(request)
     if not await request.app.state.notes.delete(owner, uuid_path(request, "note_id")):
         raise NotFound()

@@ -314,22 +314,6 @@ _PATHS: Json = {
             },
         }
     },
-    "/api/v1/auth/password": {
-        "post": {
-            "operationId": "changePassword",
-            "summary": "Change one's password: every other session ends, this one carries on",
-            "description": (
-                "A wrong current password is a 403 and counts against the per-account login "
-                "limit. The answer is a new token pair, as from login (a new session id)."
-            ),
-            "security": _USER_AUTH,
-            "requestBody": _body(_ref("PasswordChange")),
-            "responses": {
-                "200": _ok("changed; the caller's new session", _ref("TokenResponse")),
-                **_errors(400, 401, 403, 413, 415, 422, 429, 502, 503),
-            },
-        }
-    },
     "/api/v1/auth/logout-all": {
         "post": {
             "operationId": "logoutAll",

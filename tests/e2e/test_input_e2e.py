@@ -210,6 +210,7 @@ def test_longest_allowed_path_still_authenticates_at_the_backend(
         ("POST", "/api/v1/auth/logout-all"),
         ("POST", "/api/v1/notes"),
         ("PATCH", "/api/v1/notes/{note}"),
+        ("DELETE", "/api/v1/notes/{note}"),
     ],
 )
 @pytest.mark.parametrize(
