@@ -17,6 +17,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import redis.asyncio as aioredis
@@ -24,8 +25,6 @@ from internal_auth import KeyLoadError, Minter, load_private_key
 from servicekit import db
 from servicekit.bodies import BodyError
 from servicekit.config import ConfigError
-from servicekit.forwarded import is_trusted
-from servicekit.http_errors import body_error, error_response, http_exception
 from servicekit.logs import log_event
 from servicekit.metrics import (
     RequestCounter,
@@ -33,29 +32,24 @@ from servicekit.metrics import (
     mark_worker_stopped,
     postgres_error,
 )
-from servicekit.request_id import RequestIdMiddleware
-from servicekit.tracing import TraceContextMiddleware
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp
 
 from gateway import auth_routes, metrics, openapi
-from gateway.access_log import AccessLogMiddleware
 from gateway.backend_client import BackendClient
-from gateway.cookies import clear_refresh_cookie, cookie_secure
 from gateway.dpop import DPoP
+from gateway.edge import Edge, error_response, proxy_only_paths
 from gateway.epochs import UserEpochs
-from gateway.errors import GatewayError, ServiceUnavailable
+from gateway.errors import GatewayError
 from gateway.ledger_pruner import LedgerPruner
-from gateway.proxy import BackendProxy, proxy_route
+from gateway.proxy import PROXY_PATH, BackendProxy, proxy_request, proxy_route
 from gateway.ratelimit import RateLimits
 from gateway.revocation import RevokedSessions
-from gateway.security_headers import SecurityHeadersMiddleware
 from gateway.sessions import Ledger
 from gateway.settings import Settings
 from gateway.tokens import TokenService
@@ -65,20 +59,48 @@ logger = logging.getLogger("gateway.app")
 DEMO_DIR = Path(__file__).parent / "static" / "demo"
 
 
-async def gateway_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, GatewayError)
-    response = error_response(exc.status, exc.code, exc.message, exc.headers)
-    if exc.clear_cookie:
-        secure = cookie_secure(request, request.app.state.settings.cookie_secure)
-        clear_refresh_cookie(response, secure=secure)
-    return response
+class GatewayApp(Starlette):
+    """Starlette with :class:`gateway.edge.Edge` outside its whole stack (error middleware too),
+    so every answer, even Starlette's own 500, passes the edge (see ``gateway/edge.py``)."""
+
+    edge_options: dict[str, Any]
+
+    def build_middleware_stack(self) -> ASGIApp:
+        catch_all = next(r for r in self.routes if isinstance(r, Route) and r.path == PROXY_PATH)
+        return Edge(
+            super().build_middleware_stack(),
+            proxy=proxy_request,
+            proxy_only=proxy_only_paths(self.routes, catch_all),
+            **self.edge_options,
+        )
 
 
-async def unexpected_error(request: Request, exc: Exception) -> Response:
-    # Still a 500, but the usual JSON body; the type only, since a traceback can carry request
-    # data. Every one of these is a bug: the suite's fuzzers fail on any 5xx.
-    log_event(logger, "unhandled_error", logging.ERROR, exc_type=type(exc).__name__)
-    return error_response(500, "internal_error", "internal error")
+def cors_options(settings: Settings) -> dict[str, Any]:
+    """Starlette ``CORSMiddleware`` options for the gateway (the edge layer applies them)."""
+    return {
+        "allow_origins": list(settings.cors_allowed_origins),
+        "allow_credentials": True,
+        "allow_methods": ["GET", "POST", "PUT", "PATCH", "DELETE"],
+        # DPoP: the proof header in, the nonce and the challenge out (RFC 9449 §7.1, §8)
+        "allow_headers": [
+            "Authorization",
+            "Content-Type",
+            "DPoP",
+            "X-Request-ID",
+            "traceparent",
+            "tracestate",
+        ],
+        "expose_headers": [
+            "DPoP-Nonce",
+            "WWW-Authenticate",
+            "Retry-After",
+            "X-RateLimit-Limit",
+            "X-RateLimit-Remaining",
+            "X-RateLimit-Reset",
+            "X-Request-ID",
+        ],
+        "max_age": 600,
+    }
 
 
 async def healthz(request: Request) -> Response:
@@ -230,59 +252,21 @@ def create_app(
         openapi.route(),
         Mount("/demo", app=StaticFiles(directory=DEMO_DIR, html=True), name="demo"),
     ]
-    app = Starlette(
+    app = GatewayApp(
         routes=[*routes, proxy_route()],
-        middleware=[
-            Middleware(RequestIdMiddleware),
-            Middleware(
-                TraceContextMiddleware,
-                trusted=lambda peer: (
-                    peer is not None and is_trusted(peer, settings.trusted_proxies)
-                ),
-            ),
-            Middleware(RequestCounter, routes=route_templates(routes), counter=metrics.REQUESTS),
-            Middleware(AccessLogMiddleware),
-            Middleware(SecurityHeadersMiddleware, trusted_proxies=settings.trusted_proxies),
-            Middleware(
-                CORSMiddleware,
-                allow_origins=list(settings.cors_allowed_origins),
-                allow_credentials=True,
-                allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-                # DPoP: the proof header in, the nonce and the challenge out (RFC 9449 §7.1, §8)
-                allow_headers=[
-                    "Authorization",
-                    "Content-Type",
-                    "DPoP",
-                    "X-Request-ID",
-                    "traceparent",
-                    "tracestate",
-                ],
-                expose_headers=[
-                    "DPoP-Nonce",
-                    "WWW-Authenticate",
-                    "Retry-After",
-                    "X-RateLimit-Limit",
-                    "X-RateLimit-Remaining",
-                    "X-RateLimit-Reset",
-                    "X-Request-ID",
-                ],
-                max_age=600,
-            ),
-        ],
-        exception_handlers={
-            GatewayError: gateway_error,
-            BodyError: body_error,
-            HTTPException: http_exception,
-            Exception: unexpected_error,
-            # PostgreSQL gone or too slow, on any route: 503, never a 500
-            **db.exception_handlers(
-                retry_after=ServiceUnavailable.retry_after,
-                message=ServiceUnavailable.message,
-                otherwise=unexpected_error,
-            ),
-        },
+        # One mapping (gateway.edge.error_response) for every exception: JSON whatever happens.
+        exception_handlers=dict.fromkeys(
+            (GatewayError, BodyError, HTTPException, Exception, *db.UNAVAILABLE), error_response
+        ),
         lifespan=lifespan,
     )
+    app.edge_options = {
+        "trusted_proxies": settings.trusted_proxies,
+        "cors": cors_options(settings),
+        "on_response": RequestCounter(
+            None, routes=route_templates(routes), counter=metrics.REQUESTS
+        ).count,
+    }
     app.state.settings = settings
     app.state.db_outages = db.Outages(logger, on_record=postgres_error("gateway"))
     app.state.tokens = tokens

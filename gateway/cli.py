@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import sys
 import time
@@ -22,6 +23,9 @@ from servicekit.config import ConfigError
 from gateway.revocation import RevokedSessions
 from gateway.sessions import PRUNE_BATCH, Ledger
 from gateway.settings import OperatorSettings, PruneSettings, Settings
+
+# Objects allocated (net) between two collections of the youngest generation; Python's is 700.
+GC_THRESHOLD_0 = 50_000
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -73,7 +77,15 @@ def app_from_env() -> Any:
 
     settings = Settings.from_env(os.environ)
     configure_logging(settings.log_level, settings.log_format)
-    return create_app(settings)
+    app = create_app(settings)
+    # Everything loaded so far lives as long as the process: keep it out of the collector's
+    # full passes, which otherwise walk the whole heap. Per-request objects are freed by
+    # reference counting; a larger first threshold runs the cycle collector less often on the
+    # hot path (about every hundred requests rather than every few), at the cost of holding
+    # cyclic garbage a little longer.
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD_0, *gc.get_threshold()[1:])
+    return app
 
 
 def _run_gateway(args: argparse.Namespace) -> int:

@@ -50,9 +50,16 @@ _REQUEST_DROP = HOP_BY_HOP | {
     b"tracestate",
 }
 
-# Dropped from responses on top of HOP_BY_HOP. Our own server writes Date and Server, and
-# Set-Cookie from the backend could plant cookies on the gateway's origin.
-_RESPONSE_DROP = HOP_BY_HOP | {b"x-internal-auth", b"date", b"server", b"set-cookie"}
+# Dropped from responses on top of HOP_BY_HOP. Our own server writes Date and Server,
+# Set-Cookie from the backend could plant cookies on the gateway's origin, and the gateway's edge
+# sets X-Request-Id itself (the backend echoes the one it was given).
+_RESPONSE_DROP = HOP_BY_HOP | {
+    b"x-internal-auth",
+    b"date",
+    b"server",
+    b"set-cookie",
+    b"x-request-id",
+}
 
 
 def _connection_tokens(headers: Iterable[Header]) -> frozenset[bytes]:
@@ -93,11 +100,20 @@ def request_headers(
 
 
 def response_headers(headers: Iterable[Header]) -> list[Header]:
-    """Headers for the client from the backend's raw response headers (any case)."""
-    pairs = [(name.lower(), value) for name, value in headers]
-    named = _connection_tokens(pairs)
-    return [
-        (name, value)
-        for name, value in pairs
-        if name not in _RESPONSE_DROP and name not in named and not name.startswith(b"x-user-")
-    ]
+    """Headers for the client from the backend's raw response headers (any case).
+
+    One pass (it runs on every proxied response); the headers a ``Connection`` header names are
+    removed afterwards, since it may come after them.
+    """
+    out: list[Header] = []
+    named: set[bytes] | None = None
+    for raw_name, value in headers:
+        name = raw_name.lower()
+        if name == b"connection":
+            named = named or set()
+            named.update(t.strip().lower() for t in value.split(b",") if t.strip())
+        elif name not in _RESPONSE_DROP and not name.startswith(b"x-user-"):
+            out.append((name, value))
+    if named:
+        out = [(name, value) for name, value in out if name not in named]
+    return out

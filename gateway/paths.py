@@ -28,6 +28,7 @@ so the binding checked by the backend matches what it serves.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from urllib.parse import unquote
@@ -54,11 +55,15 @@ class BackendPath:
     path: str  # what the backend's ASGI scope["path"] will be; the internal token's htu
 
 
+@functools.lru_cache(maxsize=4096)
 def backend_path(raw_path: bytes | None, path: str) -> BackendPath:
     """Return the backend path for a public request path, or raise 400/404/414.
 
     ``raw_path`` is ASGI ``scope["raw_path"]`` (``None`` when the server does not provide it, in
     which case the decoded ``path`` is all there is and must itself be plain).
+
+    Pure, so its results are memoised (a client asks for the same few paths again and again);
+    refused paths raise and are never memoised.
     """
     if len(raw_path if raw_path is not None else path.encode("utf-8")) > MAX_PATH_BYTES:
         raise URITooLong()

@@ -28,7 +28,7 @@ import aiohttp
 from internal_auth import HEADER as INTERNAL_AUTH_HEADER
 from internal_auth import TokenScope
 from servicekit.bodies import PayloadTooLarge, framing
-from servicekit.forwarded import client_ip, forwarded_for, request_scheme
+from servicekit.forwarded import client_and_scheme
 from servicekit.logs import log_event, new_request_id
 from servicekit.tracing import outbound_headers
 from starlette.exceptions import HTTPException
@@ -57,6 +57,8 @@ logger = logging.getLogger("gateway.proxy")
 # Bodies up to this size are read whole and sent in one write; larger ones (or ones of unknown
 # size) stream through in the chunks they arrive in, so memory stays flat for big transfers.
 _BUFFER_LIMIT = 64 * 1024
+# The catch-all route of every path the gateway does not answer itself.
+PROXY_PATH = "/api/v1/{path:path}"
 # The gateway's own routes: never proxied, whatever the method.
 GATEWAY_PREFIX = "/api/v1/auth/"
 # aiohttp's timeouts subclass TimeoutError; refused and reset connections are ClientError/OSError.
@@ -185,16 +187,13 @@ async def proxy_request(scope: Scope, receive: Receive, send: Send) -> None:
         data = body_stream.chunks()
 
     client = scope.get("client")
-    peer = client[0] if client else None
+    ip, proto = client_and_scheme(
+        client[0] if client else None, scope.get("scheme", "http"), headers, proxy.trusted_proxies
+    )
     outbound = request_headers(
         headers,
-        client_ip=client_ip(peer, forwarded_for(headers), proxy.trusted_proxies),
-        proto=request_scheme(
-            scope.get("scheme", "http"),
-            peer,
-            _header(headers, b"x-forwarded-proto"),
-            proxy.trusted_proxies,
-        ),
+        client_ip=ip,
+        proto=proto,
         host=(_header(headers, b"host") or b"").decode("latin-1"),
         request_id=request_state.get("request_id") or new_request_id(),
         internal_token=internal_token,
@@ -279,7 +278,7 @@ class ProxyEndpoint:
 
 def proxy_route() -> Route:
     """The catch-all route; it goes after the gateway's own routes (they match first)."""
-    return Route("/api/v1/{path:path}", ProxyEndpoint())
+    return Route(PROXY_PATH, ProxyEndpoint())
 
 
 # -- helpers, in the order the request uses them --------------------------------------------------
@@ -289,7 +288,7 @@ def _refuse_gateway_path(scope: Scope) -> None:
     """An auth path reached the catch-all: 405 if an auth route has it with another method."""
     allowed: set[str] = set()
     for route in scope["app"].router.routes:
-        if isinstance(route, Route) and route.methods and route.path != "/api/v1/{path:path}":
+        if isinstance(route, Route) and route.methods and route.path != PROXY_PATH:
             match, _ = route.matches(scope)
             if match is Match.PARTIAL:
                 allowed |= route.methods

@@ -1,4 +1,4 @@
-"""Security headers on every gateway response.
+"""Security headers on every gateway response (applied by :class:`gateway.edge.Edge`).
 
 - ``X-Content-Type-Options: nosniff``: a JSON error must never be sniffed into HTML and run.
 - ``Referrer-Policy: no-referrer``: URLs of this API never leak to third parties.
@@ -17,10 +17,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from servicekit.forwarded import Network, request_scheme
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from collections.abc import Iterable
 
 AUTH_PREFIX = "/api/v1/auth/"
 HSTS = (b"strict-transport-security", b"max-age=63072000; includeSubDomains")
@@ -47,7 +44,7 @@ _NO_STORE = (b"cache-control", b"no-store")
 
 
 def security_headers(
-    headers: list[tuple[bytes, bytes]], *, path: str, https: bool
+    headers: Iterable[tuple[bytes, bytes]], *, path: str, https: bool
 ) -> list[tuple[bytes, bytes]]:
     """``headers`` with the security headers applied (the gateway's values win)."""
     auth = path.startswith(AUTH_PREFIX)
@@ -73,40 +70,3 @@ def security_headers(
     if https:
         out.append(HSTS)
     return out
-
-
-class SecurityHeadersMiddleware:
-    def __init__(self, app: ASGIApp, trusted_proxies: Sequence[Network] = ()) -> None:
-        self.app = app
-        self.trusted_proxies = tuple(trusted_proxies)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        path: str = scope["path"]
-        client = scope.get("client")
-        proto = None
-        if self.trusted_proxies:
-            for name, value in scope["headers"]:
-                if name == b"x-forwarded-proto":
-                    proto = value
-                    break
-        https = (
-            request_scheme(
-                scope.get("scheme", "http"),
-                client[0] if client else None,
-                proto,
-                self.trusted_proxies,
-            )
-            == "https"
-        )
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = security_headers(
-                    list(message.get("headers", ())), path=path, https=https
-                )
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)

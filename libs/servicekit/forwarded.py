@@ -17,8 +17,9 @@ The rules, each of which stops an attack:
 - That hop must parse as an IP address. Anything else (a name, ``ip:port``, garbage, an empty
   list) falls back to the peer: a non-address would otherwise become a rate-limit key the client
   can change at will.
-- Addresses come back in one canonical spelling (``ipaddress``), so ``2001:DB8::1`` and
-  ``2001:db8:0::1`` are one client, not two rate-limit buckets.
+- Addresses from the header come back in one canonical spelling (``ipaddress``), so
+  ``2001:DB8::1`` and ``2001:db8:0::1`` are one client, not two rate-limit buckets (the peer
+  address comes from the socket, already canonical).
 """
 
 from __future__ import annotations
@@ -26,7 +27,15 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Sequence
 
-__all__ = ["UNKNOWN", "Network", "client_ip", "forwarded_for", "is_trusted", "request_scheme"]
+__all__ = [
+    "UNKNOWN",
+    "Network",
+    "client_and_scheme",
+    "client_ip",
+    "forwarded_for",
+    "is_trusted",
+    "request_scheme",
+]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Header = tuple[bytes, bytes]
@@ -35,6 +44,7 @@ Header = tuple[bytes, bytes]
 UNKNOWN = "unknown"
 
 _XFF = b"x-forwarded-for"
+_XFP = b"x-forwarded-proto"
 
 
 def forwarded_for(headers: Iterable[Header]) -> bytes | None:
@@ -51,10 +61,11 @@ def client_ip(peer: str | None, forwarded: bytes | None, trusted: Sequence[Netwo
 
     ``forwarded`` is :func:`forwarded_for` of the request headers.
     """
-    address = _canonical(peer) if peer else None
-    fallback = address or peer or UNKNOWN
-    if address is None or not trusted or not forwarded or not is_trusted(address, trusted):
-        return fallback
+    # The peer comes from the socket, already in canonical form; it is parsed only when it may
+    # be a trusted proxy (this runs on every proxied request).
+    if not trusted or not forwarded or not peer or not is_trusted(peer, trusted):
+        return peer or UNKNOWN
+    fallback = peer
     hops = [h.strip() for h in forwarded.decode("latin-1").split(",")]
     hops = [h for h in hops if h]
     if not hops:
@@ -64,6 +75,27 @@ def client_ip(peer: str | None, forwarded: bytes | None, trusted: Sequence[Netwo
             return _canonical(hop) or fallback
     # Every hop is one of our proxies: the left-most one is as far back as the chain goes.
     return _canonical(hops[0]) or fallback
+
+
+def client_and_scheme(
+    peer: str | None, scheme: str, headers: Iterable[Header], trusted: Sequence[Network]
+) -> tuple[str, str]:
+    """:func:`client_ip` and :func:`request_scheme` of one request's ASGI ``headers``.
+
+    With no trusted proxy configured (or a peer that is not one) no header is read at all: the
+    answer is the peer and the server's scheme, whatever the client sent.
+    """
+    if not trusted or not peer or not is_trusted(peer, trusted):
+        return peer or UNKNOWN, scheme
+    proto = None
+    for name, value in headers:
+        if name == _XFP:
+            proto = value
+            break
+    return (
+        client_ip(peer, forwarded_for(headers), trusted),
+        request_scheme(scheme, peer, proto, trusted),
+    )
 
 
 def request_scheme(

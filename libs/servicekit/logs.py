@@ -14,8 +14,10 @@ while serving a request carries it without threading it through every call.
 from __future__ import annotations
 
 import contextvars
+import itertools
 import json
 import logging
+import os
 import re
 import secrets
 import sys
@@ -68,9 +70,13 @@ def record_fields(record: logging.LogRecord) -> dict[str, Any]:
     return data
 
 
+# Built once: json.dumps with any non-default option builds a new encoder on every call.
+_ENCODE = json.JSONEncoder(default=str, separators=(",", ":")).encode
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(record_fields(record), default=str, separators=(",", ":"))
+        return _ENCODE(record_fields(record))
 
 
 # Values a person reads as they are; anything else is quoted so a space or a newline in a value
@@ -110,17 +116,39 @@ REQUEST_ID_HEADER = b"x-request-id"
 _WELL_FORMED_REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
 
 
+# A request id needs to be unique, not secret (clients may choose their own): a random per-process
+# prefix and a counter give that without a getrandom() system call on every request.
+_ID_PREFIX = secrets.token_hex(8)
+_id_counter = itertools.count(1)
+
+
+def _new_prefix() -> None:
+    # A forked child must not repeat its parent's ids.
+    global _ID_PREFIX, _id_counter
+    _ID_PREFIX = secrets.token_hex(8)
+    _id_counter = itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_new_prefix)
+
+
 def new_request_id() -> str:
-    return secrets.token_hex(16)
+    """A fresh id, unique across processes and restarts: 16 random hex digits and a counter."""
+    return f"{_ID_PREFIX}{next(_id_counter):016x}"
 
 
 def request_id_from(headers: Iterable[tuple[bytes, bytes]]) -> str:
     """The caller's ``X-Request-Id`` when well-formed, else a new one."""
     for name, value in headers:
         if name == REQUEST_ID_HEADER:
-            if _WELL_FORMED_REQUEST_ID.fullmatch(value):
-                return value.decode("ascii")
-            break
+            return request_id_or_new(value)
+    return new_request_id()
+
+
+def request_id_or_new(value: bytes | None) -> str:
+    """``value`` (an ``X-Request-Id`` header) when well-formed, else a new id."""
+    if value is not None and _WELL_FORMED_REQUEST_ID.fullmatch(value):
+        return value.decode("ascii")
     return new_request_id()
 
 

@@ -24,8 +24,9 @@ class RequestIdMiddleware:
     The id is in :data:`servicekit.logs.request_id_var` for log lines and in
     ``scope["state"]["request_id"]`` (``request.state.request_id``) for code that forwards it;
     the response carries it in ``X-Request-Id`` (replacing any the app set), so a client can
-    quote it in a bug report. Both services use this one class: the gateway picks the id, the
-    backend receives the gateway's and logs under the same one.
+    quote it in a bug report. The backend uses this class and so logs under the gateway's id;
+    the gateway's edge layer (``gateway/edge.py``) does the same with the same helpers, folded
+    into its one layer for the hot path.
     """
 
     def __init__(self, app: ASGIApp) -> None:

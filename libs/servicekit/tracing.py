@@ -38,6 +38,7 @@ __all__ = [
     "MAX_TRACESTATE",
     "TraceContext",
     "TraceContextMiddleware",
+    "begin",
     "current_trace",
     "incoming",
     "outbound_headers",
@@ -145,22 +146,33 @@ class TraceContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers: list[tuple[bytes, bytes]] = scope["headers"]
         client = scope.get("client")
-        trusted = self.trusted(client[0] if client else None)
-        context = incoming(headers, trusted=trusted)
-        # Whatever was not believed (an untrusted peer's values, a malformed or doubled value,
-        # an oversized tracestate) leaves the scope, so nothing further in can adopt it.
-        drop = {TRACESTATE} if context.tracestate is None else set()
-        if context.parent_id is None:
-            drop.add(TRACEPARENT)
-        if any(name in drop for name, _ in headers):
-            scope["headers"] = [(n, v) for n, v in headers if n not in drop]
-        scope.setdefault("state", {})["trace"] = context
-        trace_token = current_trace.set(context)
-        id_token = trace_id_var.set(context.trace_id)
+        end = begin(scope, trusted=self.trusted(client[0] if client else None))
         try:
             await self.app(scope, receive, send)
         finally:
-            trace_id_var.reset(id_token)
-            current_trace.reset(trace_token)
+            end()
+
+
+def begin(scope: Scope, *, trusted: bool) -> Callable[[], None]:
+    """Decide the trace of the HTTP request in ``scope`` and make it current; call what this
+    returns when the request is done. :class:`TraceContextMiddleware` is this as a layer; the
+    gateway's edge layer calls it directly (one layer on its hot path)."""
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    context = incoming(headers, trusted=trusted)
+    # Whatever was not believed (an untrusted peer's values, a malformed or doubled value,
+    # an oversized tracestate) leaves the scope, so nothing further in can adopt it.
+    drop = {TRACESTATE} if context.tracestate is None else set()
+    if context.parent_id is None:
+        drop.add(TRACEPARENT)
+    if any(name in drop for name, _ in headers):
+        scope["headers"] = [(n, v) for n, v in headers if n not in drop]
+    scope.setdefault("state", {})["trace"] = context
+    trace_token = current_trace.set(context)
+    id_token = trace_id_var.set(context.trace_id)
+
+    def end() -> None:
+        trace_id_var.reset(id_token)
+        current_trace.reset(trace_token)
+
+    return end

@@ -8,6 +8,7 @@ import pytest
 from servicekit.forwarded import (
     UNKNOWN,
     Network,
+    client_and_scheme,
     client_ip,
     forwarded_for,
     is_trusted,
@@ -88,7 +89,6 @@ def test_client_ip_attacks(
 def test_one_client_has_one_spelling(spelling: str) -> None:
     # Otherwise an IPv6 client would get a fresh rate-limit bucket per spelling of its address.
     assert client_ip("10.0.0.2", _xff(spelling), TRUSTED) == "2001:db8::1"
-    assert client_ip(spelling, None, ()) == "2001:db8::1"
 
 
 def test_forwarded_for_joins_every_field_in_order() -> None:
@@ -125,3 +125,42 @@ def test_request_scheme(
     peer: str | None, proto: bytes | None, trusted: tuple[Network, ...], expected: str
 ) -> None:
     assert request_scheme("http", peer, proto, trusted) == expected
+
+
+BOTH = [(b"x-forwarded-for", b"1.2.3.4"), (b"x-forwarded-proto", b"https")]
+
+
+@pytest.mark.parametrize(
+    ("peer", "headers", "trusted", "expected"),
+    [
+        # Nothing trusted: no header is read, whatever it says.
+        (
+            "203.0.113.7",
+            BOTH,
+            (),
+            ("203.0.113.7", "http"),
+        ),
+        # A peer that is not a trusted proxy is not believed either.
+        (
+            "203.0.113.7",
+            BOTH,
+            TRUSTED,
+            ("203.0.113.7", "http"),
+        ),
+        (
+            "10.0.0.2",
+            BOTH,
+            TRUSTED,
+            ("1.2.3.4", "https"),
+        ),
+        ("10.0.0.2", [(b"x-forwarded-for", b"nope")], TRUSTED, ("10.0.0.2", "http")),
+        (None, [(b"x-forwarded-for", b"1.2.3.4")], TRUSTED, (UNKNOWN, "http")),
+    ],
+)
+def test_client_and_scheme(
+    peer: str | None,
+    headers: list[tuple[bytes, bytes]],
+    trusted: tuple[Network, ...],
+    expected: tuple[str, str],
+) -> None:
+    assert client_and_scheme(peer, "http", headers, trusted) == expected
