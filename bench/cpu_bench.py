@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import secrets
 import statistics
 import subprocess
 import sys
@@ -36,10 +35,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from internal_auth import generate_private_key
 
 from bench import wrk_tools
-from bench.proxy_client_bench import free_port, serve, wait_port
+from bench.proxy_client_bench import free_port, gateway_environment, serve, wait_port
 from gateway.settings import Settings
 from gateway.tokens import TokenService
 
@@ -53,22 +51,6 @@ def cpu_seconds(pid: int) -> float:
     # The command name (field 2) may hold spaces; everything after its closing parenthesis splits.
     fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / _TICKS
-
-
-def environment(upstream: str, log_level: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "DATABASE_URL": os.environ.get(
-            "BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-        "REDIS_URL": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"),
-        "REDIS_KEY_PREFIX": f"tokengate-bench-{secrets.token_hex(4)}:",
-        "BACKEND_URL": upstream,
-        "JWT_ACCESS_SECRET": secrets.token_urlsafe(32),
-        "JWT_REFRESH_SECRET": secrets.token_urlsafe(32),
-        "INTERNAL_JWT_PRIVATE_KEY": generate_private_key().private_pem(),
-        "LOG_LEVEL": log_level,
-    }
 
 
 @contextlib.contextmanager
@@ -111,7 +93,7 @@ def main() -> int:
 
     up_port = free_port()
     with serve("upstream", up_port), contextlib.ExitStack() as stack:
-        env = environment(f"http://127.0.0.1:{up_port}", args.log_level)
+        env = gateway_environment(f"http://127.0.0.1:{up_port}", args.log_level)
         token, _ = TokenService(Settings.from_env(env)).issue_access(
             sub="00000000-0000-0000-0000-000000000001", sid="bench", roles=["user"]
         )

@@ -171,17 +171,13 @@ def wrk(url: str, connections: int, duration: int) -> dict[str, float]:
     return {"rps": r.rps, "p50": r.p50_ms, "p99": r.p99_ms}
 
 
-@contextlib.contextmanager
-def tokengate_gateway(upstream: str, port: int) -> Iterator[str]:
-    """The real gateway process over ``upstream``; yields a valid access token."""
+def gateway_environment(upstream: str, log_level: str) -> dict[str, str]:
+    """A gateway environment over ``upstream`` with fresh secrets (shared with cpu_bench.py)."""
     import secrets
 
     from internal_auth import generate_private_key
 
-    from gateway.settings import Settings
-    from gateway.tokens import TokenService
-
-    env = {
+    return {
         **os.environ,
         "DATABASE_URL": os.environ.get(
             "BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -192,8 +188,18 @@ def tokengate_gateway(upstream: str, port: int) -> Iterator[str]:
         "JWT_ACCESS_SECRET": secrets.token_urlsafe(32),
         "JWT_REFRESH_SECRET": secrets.token_urlsafe(32),
         "INTERNAL_JWT_PRIVATE_KEY": generate_private_key().private_pem(),
-        "LOG_LEVEL": "WARNING",
+        "LOG_LEVEL": log_level,
     }
+
+
+@contextlib.contextmanager
+def tokengate_gateway(upstream: str, port: int) -> Iterator[str]:
+    """The real gateway process over ``upstream``; yields a valid access token."""
+
+    from gateway.settings import Settings
+    from gateway.tokens import TokenService
+
+    env = gateway_environment(upstream, "WARNING")
     token, _ = TokenService(Settings.from_env(env)).issue_access(
         sub="00000000-0000-0000-0000-000000000001", sid="bench", roles=["user"]
     )
