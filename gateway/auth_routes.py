@@ -301,7 +301,7 @@ async def refresh(request: Request) -> Response:
             metrics.revoked("account-disabled")
         log_event(logger, "refresh_refused", sid=presented.sid, reason="account-inactive")
         raise InvalidToken(clear_cookie=clear)
-    await _before_minting(request, user)
+    _epochs(request).apply(user.epochs)
     result = await _ledger(request).rotate(
         presented, now=_now(), jkt=jkt, sessions_valid_from=user.session_epoch
     )
@@ -320,6 +320,8 @@ async def refresh(request: Request) -> Response:
         metrics.revoked("reuse" if result.outcome is Outcome.REUSED_REVOKED else "sessions-ended")
     if result.outcome not in (Outcome.ROTATED, Outcome.RETRY) or result.successor is None:
         raise InvalidToken(clear_cookie=clear)
+    # only the access token needs iat >= token epoch (the family's age was checked above)
+    await wait_until_past(user.token_epoch)
     return _token_response(
         request,
         issued=result.successor,

@@ -317,6 +317,57 @@ def test_revoking_another_session_logs_that_browser_out(stack: Stack, browser: B
         phone.close()
 
 
+def test_password_form_keeps_this_session_and_ends_the_others(
+    stack: Stack, browser: Browser
+) -> None:
+    email = f"browser-{uuid.uuid4().hex[:10]}@example.test"
+    new_password = "a new browser password"
+    stack.create_user(email, PASSWORD)
+    laptop, phone = browser.new_context(), browser.new_context()
+    try:
+        pages = []
+        for context in (laptop, phone):
+            page = context.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(stack.gateway_url + "/demo/")
+            expect(page.locator("#login-form")).to_be_visible()
+            _login(page, email)
+            pages.append(page)
+        on_laptop, on_phone = pages
+
+        # a wrong current password: refused, nothing ends
+        on_laptop.fill("#current-password", "not my password")
+        on_laptop.fill("#new-password", new_password)
+        on_laptop.click("#password-button")
+        expect(on_laptop.locator("#status")).to_have_text("forbidden")
+        expect(on_laptop.locator("#profile-email")).to_have_text(email)
+
+        on_laptop.fill("#current-password", PASSWORD)
+        on_laptop.fill("#new-password", new_password)
+        on_laptop.click("#password-button")
+        expect(on_laptop.locator("#status")).to_have_text(
+            "Password changed. Your other sessions have ended."
+        )
+        expect(on_laptop.locator("#sessions .session")).to_have_count(1)
+
+        # the phone is logged out; the laptop carries on, across a reload (its new cookie)
+        on_phone.evaluate("loadProfile().catch(() => {})")
+        expect(on_phone.locator("#login-form")).to_be_visible()
+        on_laptop.reload()
+        expect(on_laptop.locator("#profile-email")).to_have_text(email)
+        # the new password logs in (the per-account login limit, 5 a minute here, counts the
+        # two logins and both password attempts: the old password is tested over HTTP elsewhere)
+        on_phone.reload()
+        expect(on_phone.locator("#status")).to_have_text("Please log in.")
+        on_phone.fill("#email", email)
+        on_phone.fill("#password", new_password)
+        on_phone.click("#login-button")
+        expect(on_phone.locator("#profile-email")).to_have_text(email)
+    finally:
+        laptop.close()
+        phone.close()
+
+
 # The page's key, read back from IndexedDB the way the page stores it.
 READ_KEY = """() => new Promise((resolve, reject) => {
   const open = indexedDB.open("tokengate-demo", 1);

@@ -397,6 +397,32 @@ async function addNote(event) {
   }
 }
 
+// This session carries on under a new id (the answer holds its new tokens and sets its new
+// refresh cookie); every other session of the account ends. A wrong current password is a 403.
+async function changePassword(event) {
+  event.preventDefault();
+  let data;
+  try {
+    data = await api("POST", "/auth/password", {
+      current_password: $("current-password").value,
+      new_password: $("new-password").value,
+    });
+  } catch (err) {
+    if (accessToken !== null) setStatus(err.message, true);
+    return;
+  } finally {
+    $("password-form").reset();
+  }
+  try {
+    acceptToken(data);
+  } catch (err) {
+    setStatus(err.message, true);
+    return;
+  }
+  await loadSessions();
+  setStatus("Password changed. Your other sessions have ended.");
+}
+
 async function revokeSession(id, current) {
   try {
     await api("DELETE", `/auth/sessions/${encodeURIComponent(id)}`);
@@ -434,6 +460,7 @@ async function logoutAll() {
 async function start() {
   $("login-form").addEventListener("submit", login);
   $("note-form").addEventListener("submit", addNote);
+  $("password-form").addEventListener("submit", changePassword);
   $("logout-button").addEventListener("click", logout);
   $("logout-all-button").addEventListener("click", logoutAll);
   $("sessions-reload").addEventListener("click", () => loadSessions().catch(() => {}));
