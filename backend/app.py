@@ -308,5 +308,8 @@ def create_app(settings: Settings, *, passwords: Passwords | None = None) -> Sta
         exception_handlers=handlers,
         lifespan=lifespan,
     )
+    # No 307 to the same path with or without a slash: its Location is built from the Host
+    # header, and an unknown path is a plain JSON 404 (found by the contract fuzzer).
+    app.router.redirect_slashes = False
     app.state.db_outages = db.Outages(logger, on_record=postgres_error("backend"))
     return app

@@ -267,6 +267,9 @@ def create_app(
             None, routes=route_templates(routes), counter=metrics.REQUESTS
         ).count,
     }
+    # No 307 to the same path with or without a slash (GET /api/v1 answered one): its Location
+    # is built from the client's Host header, and an unknown path is a plain JSON 404.
+    app.router.redirect_slashes = False
     app.state.settings = settings
     app.state.db_outages = db.Outages(logger, on_record=postgres_error("gateway"))
     app.state.tokens = tokens

@@ -264,3 +264,11 @@ def test_a_captured_internal_token_is_accepted_once_by_the_backend_process(
     assert statuses == {401}
     # and the proxy, minting per request, is unaffected
     assert all(client.get("/api/v1/me").status_code == 200 for _ in range(5))
+
+
+@pytest.mark.parametrize("path", ["/api/v1", "/api/v1/auth/login/", "/healthz/", "/api/v1/auth"])
+def test_no_slash_redirect_echoes_the_host_header(client: httpx.Client, path: str) -> None:
+    """Found by the contract fuzzer: GET /api/v1 was a 307 whose Location came from Host."""
+    r = client.get(path, headers={"Host": "evil.example"})
+    assert r.status_code in (404, 405) and _is_json_4xx(r), (r.status_code, r.text)
+    assert "location" not in r.headers
