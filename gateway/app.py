@@ -35,7 +35,7 @@ from servicekit.metrics import (
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
@@ -101,6 +101,11 @@ def cors_options(settings: Settings) -> dict[str, Any]:
         ],
         "max_age": 600,
     }
+
+
+async def demo_with_slash(request: Request) -> Response:
+    # Relative, so the Location never echoes the client's Host header (slash redirects are off).
+    return RedirectResponse("/demo/", status_code=308)
 
 
 async def healthz(request: Request) -> Response:
@@ -250,6 +255,7 @@ def create_app(
         Route("/readyz", readyz, methods=["GET"]),
         *auth_routes.routes,
         openapi.route(),
+        Route("/demo", demo_with_slash, methods=["GET"]),
         Mount("/demo", app=StaticFiles(directory=DEMO_DIR, html=True), name="demo"),
     ]
     app = GatewayApp(
