@@ -114,11 +114,20 @@ def _epochs(request: Request) -> UserEpochs:
     return epochs
 
 
-async def _before_minting(request: Request, user: BackendUser) -> None:
-    """Learn the user's epochs and let their second pass, so what is minted next has
-    ``iat >= epoch``: a change that just happened never kills the token issued after it."""
+async def _issue_time(request: Request, user: BackendUser, checked_at: int) -> int:
+    """The ``iat`` (and family ``created_at``) of what is minted on the strength of an account
+    check that was sent at ``checked_at``.
+
+    Dating tokens from the check, not from the mint, closes the race with an account change:
+    a check answered before the change was sent before it, so its tokens predate the new epoch
+    (``ceil`` of the change) and die with the rest, even if they are minted after it. A check
+    that already saw the new epoch waits out that epoch's second and mints at it, so the token
+    issued just after a change survives it.
+    """
     _epochs(request).apply(user.epochs)
-    await wait_until_past(user.token_epoch)
+    if user.token_epoch > checked_at:
+        await wait_until_past(user.token_epoch)
+    return max(checked_at, user.token_epoch)
 
 
 def _token_response(
@@ -130,15 +139,19 @@ def _token_response(
     body_mode: bool = False,
     extra: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
+    access_iat: int | None = None,
 ) -> Response:
     """The new token pair: the access token (bound to ``jkt`` when given) in the body, the
-    refresh token in the cookie, or in the body in body mode (bound clients only)."""
+    refresh token in the cookie, or in the body in body mode (bound clients only).
+    ``access_iat``: see :func:`_issue_time`."""
     # The one rule this function must never break: a refresh token in a body is key-bound.
     if body_mode and jkt is None:
         raise RuntimeError("an unbound refresh token must never be returned in a body")
     settings = _settings(request)
     tokens = _tokens(request)
-    access, claims = tokens.issue_access(sub=issued.sub, sid=issued.sid, roles=roles, jkt=jkt)
+    access, claims = tokens.issue_access(
+        sub=issued.sub, sid=issued.sid, roles=roles, jkt=jkt, now=access_iat
+    )
     refresh = tokens.encode_refresh(
         sub=issued.sub,
         sid=issued.sid,
@@ -236,14 +249,15 @@ async def login(request: Request) -> Response:
     headers = await limits.check(limits.login_account, "login-account", account_key(email))
     # The proof before the password check: a bad proof costs no argon2 and reveals nothing.
     jkt = await _proof_jkt(request)
+    checked_at = _now()
     user = await _backend(request).validate(email, password)
-    await _before_minting(request, user)
+    issued_at = await _issue_time(request, user, checked_at)
     issued = await _ledger(request).create_family(
         user_id=user.id,
         roles=user.roles,
         user_agent=request.headers.get("user-agent"),
         ip=ip,
-        now=_now(),
+        now=issued_at,
         jkt=jkt,
     )
     # A browser always sends Origin on a POST: it keeps the cookie. A client without Origin and
@@ -260,6 +274,7 @@ async def login(request: Request) -> Response:
         body_mode=body_mode,
         extra={"user": {"id": user.id, "email": user.email, "roles": list(user.roles)}},
         headers=headers,
+        access_iat=issued_at,
     )
 
 
@@ -291,6 +306,7 @@ async def refresh(request: Request) -> Response:
     # Status, roles and epochs are re-read before anything commits. If the backend cannot
     # answer, this raises 503 + Retry-After and the presented token stays valid: a hiccup must
     # not burn the rotation and turn the client's retry into "reuse".
+    checked_at = _now()
     user = await _backend(request).lifecycle(presented.sub)
     if user is None or not user.active:
         # disabled or deleted: this family ends here, whatever its epoch says
@@ -320,8 +336,8 @@ async def refresh(request: Request) -> Response:
         metrics.revoked("reuse" if result.outcome is Outcome.REUSED_REVOKED else "sessions-ended")
     if result.outcome not in (Outcome.ROTATED, Outcome.RETRY) or result.successor is None:
         raise InvalidToken(clear_cookie=clear)
-    # only the access token needs iat >= token epoch (the family's age was checked above)
-    await wait_until_past(user.token_epoch)
+    # the family's age was checked in the rotation; the access token is dated from the check
+    issued_at = await _issue_time(request, user, checked_at)
     return _token_response(
         request,
         issued=result.successor,
@@ -330,6 +346,7 @@ async def refresh(request: Request) -> Response:
         jkt=result.jkt,
         body_mode=body_mode,
         headers=headers,
+        access_iat=issued_at,
     )
 
 
@@ -462,6 +479,7 @@ async def change_password(request: Request) -> Response:
     ip = limits.client_ip(request)
     await limits.check(limits.login_ip, "login-ip", ip)
     headers = await limits.check(limits.login_account, "login-account", account_key(user.email))
+    checked_at = _now()
     try:
         changed = await _backend(request).change_password(claims.sub, current, new)
     except Forbidden:
@@ -475,13 +493,13 @@ async def change_password(request: Request) -> Response:
     # kills their access tokens through the revoked-session set as well
     await _revoked(request).revoke({*ended, claims.sid})
     metrics.revoked("password-changed", len(ended))
-    await _before_minting(request, changed)
+    issued_at = await _issue_time(request, changed, checked_at)
     issued = await _ledger(request).create_family(
         user_id=claims.sub,
         roles=changed.roles,
         user_agent=request.headers.get("user-agent"),
         ip=ip,
-        now=_now(),
+        now=issued_at,
         # a DPoP-bound session stays bound to the same key
         jkt=claims.jkt,
     )
@@ -494,6 +512,7 @@ async def change_password(request: Request) -> Response:
         jkt=claims.jkt,
         body_mode=body_mode,
         headers=headers,
+        access_iat=issued_at,
     )
 
 

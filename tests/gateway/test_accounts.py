@@ -58,11 +58,17 @@ class Switch(httpx.AsyncBaseTransport):
     def __init__(self) -> None:
         self._inner = httpx.AsyncHTTPTransport()
         self.down = False
+        #: runs after the backend answered and before the gateway reads the answer (a slow
+        #: network: the answer describes the account as it was when the backend read it)
+        self.delay_answer: Callable[[httpx.Request], Awaitable[None]] | None = None
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self.down:
             raise httpx.ConnectError("backend unreachable", request=request)
-        return await self._inner.handle_async_request(request)
+        response = await self._inner.handle_async_request(request)
+        if self.delay_answer is not None:
+            await self.delay_answer(request)
+        return response
 
 
 class Accounts:
@@ -276,6 +282,77 @@ async def test_ledger_and_epochs_compare_at_the_boundary(gateway_dsn: str) -> No
         assert kept.outcome is Outcome.ROTATED
     finally:
         await pool.close()
+
+
+async def _refresh_alone(app: Starlette, token: str) -> httpx.Response:
+    """One refresh on its own client: no cookie jar shared with the requests racing it."""
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 40000))
+    async with httpx.AsyncClient(
+        transport=transport, base_url=BASE_URL, headers={"Origin": ORIGIN}
+    ) as client:
+        return await refresh_with(client, token)
+
+
+async def test_refreshes_racing_a_disable_leave_nothing_alive(
+    accounts: Accounts, gateways: Start
+) -> None:
+    """Forty refreshes of five sessions run while the account is disabled: whichever of them
+    got in before the change, nothing any of them handed out works once it has returned."""
+    one, two = await gateways(), await gateways()
+    email = await accounts.create()
+    tokens = [(await login(one, email))[1] for _ in range(5)]
+
+    async def disable_soon() -> User:
+        await asyncio.sleep(0.05)
+        return await accounts.operator(lambda: accounts.store.disable(email))
+
+    # Start just before a second boundary, so refreshes that checked the account before the
+    # change and mint after it straddle the epoch (the race the check time closes).
+    await asyncio.sleep((0.9 - time.time() % 1) % 1)
+
+    *answers, _ = await asyncio.gather(
+        *(_refresh_alone((one, two)[i % 2].app, t) for i, t in enumerate(tokens * 8)),
+        disable_soon(),
+    )
+    assert {a.status_code for a in answers} <= {200, 401}
+    handed_out = [a for a in answers if a.status_code == 200]
+    for answer in handed_out:
+        assert await seconds_until(two, answer.json()["access_token"], 401) < 1.0
+        successor = refresh_cookie(answer)
+        assert successor is not None
+        assert (await refresh_with(one, successor)).status_code == 401
+    for token in tokens:
+        assert (await refresh_with(two, token)).status_code == 401
+
+
+async def test_a_refresh_checked_before_a_change_but_minted_after_it_dies_with_it(
+    accounts: Accounts, gateways: Start
+) -> None:
+    """Deterministic form of the race above: the backend reads the account, then the account
+    is disabled and the epoch's second passes, and only then does the gateway get the (stale)
+    answer and mint. The token is dated from the check, so it is older than the epoch."""
+    gw = await gateways()
+    email = await accounts.create()
+    _, token = await login(gw, email)
+    changed: list[User] = []
+
+    async def change_meanwhile(request: httpx.Request) -> None:
+        if request.url.path.startswith("/internal/lifecycle/users/") and not changed:
+            changed.append(await accounts.operator(lambda: accounts.store.disable(email)))
+            await asyncio.sleep(max(0.0, changed[0].token_epoch - time.time()) + 0.05)
+
+    accounts.transport.delay_answer = change_meanwhile
+    try:
+        answer = await refresh_with(gw, token)
+    finally:
+        accounts.transport.delay_answer = None
+    # the answer said "active": the rotation went through, minted after the epoch had passed
+    assert answer.status_code == 200
+    access = answer.json()["access_token"]
+    assert time.time() >= changed[0].token_epoch
+    assert claims(access)["iat"] < changed[0].token_epoch
+    assert await seconds_until(gw, access, 401) < 1.0
+    assert (await refresh_with(gw, refresh_cookie(answer) or "")).status_code == 401
 
 
 # -- roles --------------------------------------------------------------------------------------
