@@ -23,7 +23,7 @@ from internal_auth import (
     Verifier,
     get_principal,
 )
-from servicekit import db
+from servicekit import db, otel
 from servicekit.bodies import BodyError, refuse_foreign_body
 from servicekit.http_errors import body_error, error_response, http_exception
 from servicekit.logs import configure_logging, log_event
@@ -252,6 +252,7 @@ def create_app(settings: Settings, *, passwords: Passwords | None = None) -> Sta
             yield
         finally:
             mark_worker_stopped()
+            otel.shutdown()
             await pool.close()
 
     routes = [
@@ -273,6 +274,7 @@ def create_app(settings: Settings, *, passwords: Passwords | None = None) -> Sta
         Middleware(RequestIdMiddleware),
         # private service: its only caller is the gateway, which already decided the trace
         Middleware(TraceContextMiddleware, trusted=lambda peer: True),
+        *otel.setup("tokengate-backend", settings.otel_endpoint),
         Middleware(
             RequestCounter,
             routes=RouteTemplates(r.path for r in routes),

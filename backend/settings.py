@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from internal_auth import KeyLoadError, KeySet, load_public_keys
 from internal_auth.replay import DEFAULT_MAX_ENTRIES
-from servicekit import config
+from servicekit import config, otel
 from servicekit.config import ConfigError
 from servicekit.db import PoolSettings
 from servicekit.logs import log_format_from_env
@@ -27,6 +27,7 @@ class Settings:
     pool: PoolSettings = field(default_factory=PoolSettings)
     log_level: str = "INFO"
     log_format: str = "json"
+    otel_endpoint: str | None = None
     argon2: Argon2Params = field(default_factory=Argon2Params)
     argon2_max_concurrent: int = field(default_factory=default_max_concurrent)
 
@@ -52,6 +53,7 @@ class Settings:
             pool=PoolSettings.from_env(env),
             log_level=config.get_str(env, "LOG_LEVEL", "INFO"),
             log_format=log_format_from_env(env),
+            otel_endpoint=otel.endpoint_from_env(env),
             argon2=params_from_env(env),
             argon2_max_concurrent=config.get_int(
                 env, "ARGON2_MAX_CONCURRENT", default_max_concurrent(), minimum=1

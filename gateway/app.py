@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import redis.asyncio as aioredis
 from internal_auth import KeyLoadError, Minter, load_private_key
-from servicekit import db
+from servicekit import db, otel
 from servicekit.bodies import BodyError
 from servicekit.config import ConfigError
 from servicekit.logs import log_event
@@ -34,6 +34,7 @@ from servicekit.metrics import (
 )
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -64,12 +65,16 @@ class GatewayApp(Starlette):
     so every answer, even Starlette's own 500, passes the edge (see ``gateway/edge.py``)."""
 
     edge_options: dict[str, Any]
+    otel_layers: list[Middleware]
 
     def build_middleware_stack(self) -> ASGIApp:
         catch_all = next(r for r in self.routes if isinstance(r, Route) and r.path == PROXY_PATH)
+        # OpenTelemetry (when on) inside the edge, which has already decided the trace; on both
+        # paths, since proxied requests skip Starlette's stack.
+        spans = self.otel_layers
         return Edge(
-            super().build_middleware_stack(),
-            proxy=proxy_request,
+            otel.wrap(super().build_middleware_stack(), spans),
+            proxy=otel.wrap(proxy_request, spans),
             proxy_only=proxy_only_paths(self.routes, catch_all),
             **self.edge_options,
         )
@@ -242,6 +247,7 @@ def create_app(
         finally:
             sampler.cancel()
             mark_worker_stopped()
+            otel.shutdown()
             await pruner.stop()
             await revoked.stop()
             await epochs.stop()
@@ -266,6 +272,7 @@ def create_app(
         ),
         lifespan=lifespan,
     )
+    app.otel_layers = otel.setup("tokengate-gateway", settings.otel_endpoint)
     app.edge_options = {
         "trusted_proxies": settings.trusted_proxies,
         "cors": cors_options(settings),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import os
 import sys
@@ -101,7 +102,8 @@ def _run_gateway(args: argparse.Namespace) -> int:
     settings = Settings.from_env(os.environ)
     metrics = MetricsSettings.from_env(os.environ)
     configure_logging(settings.log_level, settings.log_format)
-    create_app(settings)
+    # (spans are set up by the app that serves, not by this check)
+    create_app(dataclasses.replace(settings, otel_endpoint=None))
     # proxy_headers off: the client IP is decided by TRUSTED_PROXIES in gateway.ratelimit,
     # never by a header uvicorn would trust on its own.
     return serve(

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from limits import parse as parse_limit
+from servicekit import otel
 from servicekit.config import (
     ConfigError,
     env_or_file,
@@ -156,6 +157,7 @@ class Settings:
     epoch_reload_interval: float = 30.0
     log_level: str = "INFO"
     log_format: str = "json"
+    otel_endpoint: str | None = None
     pool: PoolSettings = field(default_factory=PoolSettings)
     # DPoP (RFC 9449): empty public_origins disables it (proofs are refused, fail closed).
     public_origins: tuple[str, ...] = ()
@@ -231,6 +233,7 @@ class Settings:
             epoch_reload_interval=get_float(environ, "EPOCH_RELOAD_INTERVAL", 30.0),
             log_level=level,
             log_format=log_format_from_env(environ),
+            otel_endpoint=otel.endpoint_from_env(environ),
             pool=PoolSettings.from_env(environ),
             public_origins=_public_origins(environ, "PUBLIC_ORIGIN"),
             dpop_iat_window=iat_window,

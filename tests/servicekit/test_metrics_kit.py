@@ -56,3 +56,13 @@ def test_prepare_empties_the_operators_folder(
     assert (folder, made) == (str(tmp_path), False)
     assert list(tmp_path.iterdir()) == []
     assert os.environ[metrics.MULTIPROC_ENV] == str(tmp_path)
+
+
+def test_otel_endpoint_setting() -> None:
+    from servicekit import otel
+
+    assert otel.endpoint_from_env({}) is None
+    assert otel.setup("x", None) == []
+    assert otel.endpoint_from_env({otel.ENDPOINT: "http://c:4318/"}) == "http://c:4318"
+    with pytest.raises(ConfigError, match=otel.ENDPOINT):
+        otel.endpoint_from_env({otel.ENDPOINT: "c:4317"})

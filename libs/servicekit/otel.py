@@ -1,0 +1,122 @@
+"""OpenTelemetry spans, on when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set.
+
+Spans come from the maintained instrumentation packages, not from code here: the ASGI server span
+of every request (``opentelemetry-instrumentation-asgi``), the gateway's hop to the backend
+(``-aiohttp-client`` for proxied requests, ``-httpx`` for login's credential check), and every
+PostgreSQL statement (``-asyncpg``). They are exported over OTLP/HTTP to the endpoint; every other
+``OTEL_*`` variable (sampler, headers, batch delays, resource attributes) works as the SDK
+documents it.
+
+Whether an incoming ``traceparent`` is believed is still decided by
+:class:`servicekit.tracing.TraceContextMiddleware`, which sits outside the instrumentation and
+removes the headers it does not trust; a trace it starts keeps the id that module chose (the span
+of a new trace is given that id), so log lines and spans name the same trace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from servicekit.config import ConfigError
+from servicekit.tracing import current_trace
+
+ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
+
+_configured: str | None = None
+
+
+def endpoint_from_env(environ: Mapping[str, str]) -> str | None:
+    value = (environ.get(ENDPOINT) or "").strip()
+    if not value:
+        return None
+    if not value.startswith(("http://", "https://")):
+        raise ConfigError(f"{ENDPOINT} must be an http(s) URL (OTLP over HTTP), got {value!r}")
+    return value.rstrip("/")
+
+
+def setup(service_name: str, endpoint: str | None) -> list[Middleware]:
+    """Turn spans on for this process (once) and return the ASGI layers to add; ``[]`` when off.
+
+    Raises :class:`ConfigError` when the endpoint is set but the extra is not installed: an
+    operator who asked for traces must not silently get none.
+    """
+    global _configured
+    if endpoint is None:
+        return []
+    try:
+        from opentelemetry import trace
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
+        from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+        from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+        from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+    except ImportError:
+        raise ConfigError(
+            f"{ENDPOINT} is set but OpenTelemetry is not installed (pip install 'tokengate[otel]')"
+        ) from None
+
+    class RequestTraceIds(RandomIdGenerator):
+        """A trace started while serving a request gets the id servicekit.tracing chose for it,
+        so log lines and spans name the same trace whichever layer writes them."""
+
+        def generate_trace_id(self) -> int:
+            context = current_trace.get()
+            return int(context.trace_id, 16) if context else super().generate_trace_id()
+
+    if _configured is None:
+        # OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES still override the name (SDK rules)
+        provider = TracerProvider(
+            resource=Resource.create({"service.name": service_name}),
+            id_generator=RequestTraceIds(),
+        )
+        exporter = OTLPSpanExporter(endpoint=f"{endpoint}/v1/traces")
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+        trace.set_tracer_provider(provider)
+        AioHttpClientInstrumentor().instrument()
+        HTTPXClientInstrumentor().instrument()
+        AsyncPGInstrumentor().instrument()  # type: ignore[no-untyped-call]
+        _configured = service_name
+    return [Middleware(OpenTelemetryMiddleware), Middleware(_ClientTraceAttribute)]
+
+
+def wrap(app: ASGIApp, layers: list[Middleware]) -> ASGIApp:
+    """``app`` inside ``layers`` (the first outermost), for code that builds its own stack."""
+    for layer in reversed(layers):
+        factory: Any = layer.cls
+        app = factory(app, *layer.args, **layer.kwargs)
+    return app
+
+
+def shutdown() -> None:
+    """Flush the spans still buffered (a worker stopping)."""
+    if _configured is None:
+        return
+    from opentelemetry import trace
+
+    provider: Any = trace.get_tracer_provider()
+    if hasattr(provider, "shutdown"):
+        provider.shutdown()
+
+
+class _ClientTraceAttribute:
+    """Inside the server span: an untrusted client's own ``traceparent`` becomes an attribute,
+    recorded for whoever debugs that client, never followed (servicekit.tracing)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        untrusted = getattr((scope.get("state") or {}).get("trace"), "client_traceparent", None)
+        if untrusted and scope["type"] == "http":
+            from opentelemetry import trace
+
+            trace.get_current_span().set_attribute("tokengate.client_traceparent", untrusted)
+        await self.app(scope, receive, send)
