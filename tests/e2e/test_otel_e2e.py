@@ -144,18 +144,29 @@ def test_one_proxied_request_is_one_trace_across_both_processes(
     )
     assert me.status_code == 200
 
-    line = next(
-        json.loads(text)
-        for text in stack.log_text("gateway").splitlines()
-        if rid in text and '"event":"request"' in text
-    )
+    # the access line is written just after the answer went out
+    deadline = time.monotonic() + 5
+    lines: list[dict[str, object]] = []
+    while not lines and time.monotonic() < deadline:
+        lines = [
+            json.loads(text)
+            for text in stack.log_text("gateway").splitlines()
+            if rid in text and '"event":"request"' in text
+        ]
+        time.sleep(0.05)
+    line = lines[0]
     trace_id = str(line["trace_id"])
     assert trace_id != CLIENT_TRACE
 
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         spans = receiver.trace(trace_id)
-        if any(s.service == "tokengate-backend" and s.attributes.get("db.system") for s in spans):
+        # both processes export on their own schedule: wait for the last span of each
+        database = any(
+            s.service == "tokengate-backend" and s.attributes.get("db.system") for s in spans
+        )
+        served = any(s.service == "tokengate-gateway" and s.kind == SERVER for s in spans)
+        if database and served:
             break
         time.sleep(0.1)
     by_id = {s.span_id: s for s in spans}
