@@ -50,7 +50,7 @@ from backend.notes import MAX_BODY, MAX_TITLE, NoteStore
 from backend.passwords import Passwords
 from backend.settings import Settings
 from backend.users import UserStore, WrongPassword, change_password, check_credentials
-from backend.validation import int_param, json_object, string_field, uuid_path
+from backend.validation import int_param, json_object, required_string, string_field, uuid_path
 
 logger = logging.getLogger("backend.app")
 
@@ -69,9 +69,8 @@ def _principal_user_id(request: Request) -> tuple[Principal, uuid.UUID]:
 
 async def validate_credentials(request: Request) -> Response:
     data = await json_object(request, allowed={"email", "password"}, required={"email", "password"})
-    email = string_field(data, "email", min_len=0, max_len=1024)
-    password = string_field(data, "password", min_len=0, max_len=4096)
-    assert email is not None and password is not None
+    email = required_string(data, "email", min_len=0, max_len=1024)
+    password = required_string(data, "password", min_len=0, max_len=4096)
     user = await check_credentials(
         request.app.state.users, request.app.state.passwords, email, password
     )
@@ -86,10 +85,9 @@ async def password_change(request: Request) -> Response:
         allowed={"user_id", "current_password", "new_password"},
         required={"user_id", "current_password", "new_password"},
     )
-    user_id = string_field(data, "user_id", min_len=1, max_len=64)
-    current = string_field(data, "current_password", min_len=0, max_len=4096)
-    new = string_field(data, "new_password", min_len=0, max_len=4096)
-    assert user_id is not None and current is not None and new is not None
+    user_id = required_string(data, "user_id", min_len=1, max_len=64)
+    current = required_string(data, "current_password", min_len=0, max_len=4096)
+    new = required_string(data, "new_password", min_len=0, max_len=4096)
     try:
         uid = uuid.UUID(user_id)
     except ValueError:
@@ -157,9 +155,8 @@ async def list_notes(request: Request) -> Response:
 async def create_note(request: Request) -> Response:
     _, owner = _principal_user_id(request)
     data = await json_object(request, allowed={"title", "body"}, required={"title"})
-    title = string_field(data, "title", min_len=1, max_len=MAX_TITLE)
+    title = required_string(data, "title", min_len=1, max_len=MAX_TITLE)
     body = string_field(data, "body", min_len=0, max_len=MAX_BODY) or ""
-    assert title is not None
     note = await request.app.state.notes.create(owner, title, body)
     return JSONResponse(note.public(), status_code=201)
 
@@ -213,7 +210,8 @@ async def readyz(request: Request) -> Response:
 
 
 async def backend_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, BackendError)
+    if not isinstance(exc, BackendError):  # registered for BackendError only
+        raise exc
     return error_response(exc.status, exc.code, exc.message, exc.headers)
 
 

@@ -35,7 +35,6 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = config.environ() if environ is None else environ
         raw_keys = config.env_or_file(env, "INTERNAL_JWT_PUBLIC_KEY")
-        assert raw_keys is not None
         try:
             keys = load_public_keys(raw_keys)
         except KeyLoadError as exc:

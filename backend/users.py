@@ -245,7 +245,8 @@ async def check_credentials(
     if user.disabled_at is not None:
         audit.credential_check("disabled", user_id=str(user.id))
         raise InvalidCredentials()
-    assert stored_hash is not None
+    if stored_hash is None:  # only a disabled or unknown user has none; both refused above
+        raise InvalidCredentials()
     if passwords.needs_rehash(stored_hash):
         await users.set_password_hash(user.id, await passwords.hash(password))
     audit.credential_check("success", user_id=str(user.id))

@@ -33,6 +33,14 @@ async def json_object(request: Request, *, allowed: set[str], required: set[str]
     return data
 
 
+def required_string(data: Mapping[str, Any], name: str, *, min_len: int, max_len: int) -> str:
+    """:func:`string_field` for a field that must be present: 422 naming it otherwise."""
+    value = string_field(data, name, min_len=min_len, max_len=max_len)
+    if value is None:
+        raise ValidationFailed(f"{name}: required")
+    return value
+
+
 def string_field(data: Mapping[str, Any], name: str, *, min_len: int, max_len: int) -> str | None:
     if name not in data:
         return None

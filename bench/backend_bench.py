@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
@@ -85,7 +85,7 @@ def serve(mode: str, port: int) -> None:
     if mode == "off":
         app.user_middleware = [
             Middleware(FixedPrincipal, sub=os.environ["BENCH_USER_ID"])
-            if m.cls is InternalAuthMiddleware
+            if cast(object, m.cls) is InternalAuthMiddleware
             else m
             for m in app.user_middleware
         ]

@@ -44,24 +44,24 @@ def main(argv: list[str] | None = None) -> int:
         audience="tokengate-backend",
         replay_cache=None,
     )
-    request = {
-        "sub": "7c6f7e39-2b0b-4a43-9a39-9d7b5f1f7e11",
-        "scope": TokenScope.USER_REQUEST,
-        "htm": "GET",
-        "htu": "/v1/notes/2f1d8c1e-8a51-4a0e-9d0a-6f3b2c1d0e9f",
-    }
-    token = minter.mint(**request, roles=["user"], sid="0b8e0f3c-51d4-4b0c-a3a3-5f0e8d2f1c7a")
+    sub = "7c6f7e39-2b0b-4a43-9a39-9d7b5f1f7e11"
+    htu = "/v1/notes/2f1d8c1e-8a51-4a0e-9d0a-6f3b2c1d0e9f"
+    sid = "0b8e0f3c-51d4-4b0c-a3a3-5f0e8d2f1c7a"
+
+    def mint() -> str:
+        return minter.mint(
+            sub=sub, scope=TokenScope.USER_REQUEST, htm="GET", htu=htu, roles=["user"], sid=sid
+        )
+
+    token = mint()
     signing_input = token.rpartition(".")[0].encode("ascii")
 
     raw_private = key._key  # the same cryptography Ed25519 key internal_auth signs with
     raw_public = key.public_key._key
     signature = raw_private.sign(signing_input)
 
-    def mint() -> str:
-        return minter.mint(**request, roles=["user"], sid="0b8e0f3c-51d4-4b0c-a3a3-5f0e8d2f1c7a")
-
     def verify() -> object:
-        return verifier.verify(token, scope=TokenScope.USER_REQUEST, htm="GET", htu=request["htu"])
+        return verifier.verify(token, scope=TokenScope.USER_REQUEST, htm="GET", htu=htu)
 
     operations: dict[str, Callable[[], object]] = {
         "raw Ed25519 sign": lambda: raw_private.sign(signing_input),

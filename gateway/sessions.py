@@ -344,7 +344,8 @@ class Ledger:
             gen=1,
             sec=new_secret(),
         )
-        assert token.sec is not None
+        if token.sec is None:  # _successor always sets it; checked for the types
+            raise RuntimeError("new refresh token without its secret part")
         await self._pool.execute(
             _INSERT_FAMILY,
             sid,
@@ -432,7 +433,8 @@ class Ledger:
     async def _rotate_current(
         self, presented: RefreshClaims, now: int, jkt: str | None, sessions_valid_from: int
     ) -> RotateResult | None:
-        assert presented.gen is not None and presented.sec is not None
+        if presented.gen is None or presented.sec is None:  # callers route old formats away
+            raise RuntimeError("current-format rotation of a token without gen/sec")
         try:
             uuid.UUID(presented.sid)
             uuid.UUID(presented.sub)
@@ -577,7 +579,8 @@ class Ledger:
     ) -> RotateResult:
         """Rotate a current token on the locked path (the fast path lost a race it can win)."""
         nonce, successor = self._successor(base, secret, gen + 1, now, absolute)
-        assert successor.sec is not None
+        if successor.sec is None:  # _successor always sets it; checked for the types
+            raise RuntimeError("successor without its secret part")
         await conn.execute(
             "UPDATE refresh_session SET generation = $2, previous_digest = current_digest,"
             " current_digest = $3, rotation_nonce = $4, rotated_at = $5, last_used_at = $5,"
@@ -629,7 +632,8 @@ class Ledger:
             return RotateResult(Outcome.EXPIRED, **base)
         # an old-format token's jti is its secret part
         nonce, successor = self._successor(base, presented.jti, 1, now, absolute)
-        assert successor.sec is not None
+        if successor.sec is None:  # _successor always sets it; checked for the types
+            raise RuntimeError("successor without its secret part")
         migrated = await conn.fetchrow(
             _MIGRATE_LEGACY,
             base["sid"],

@@ -172,7 +172,8 @@ class Settings:
         refresh = _secret(environ, "JWT_REFRESH_SECRET", required=True)
         access_prev = _secret(environ, "JWT_ACCESS_SECRET_PREVIOUS", required=False)
         refresh_prev = _secret(environ, "JWT_REFRESH_SECRET_PREVIOUS", required=False)
-        assert access is not None and refresh is not None
+        if access is None or refresh is None:  # required=True raised already; for the types
+            raise ConfigError("JWT_ACCESS_SECRET and JWT_REFRESH_SECRET must be set")
         # One secret for both types would let a refresh token be replayed as an access token
         # if any verifier ever forgot the typ check (RFC 8725 §2.8, §3.11).
         access_all = {access, access_prev} - {None}
@@ -183,7 +184,6 @@ class Settings:
                 "must all be different"
             )
         private_key = env_or_file(environ, "INTERNAL_JWT_PRIVATE_KEY", required=True)
-        assert private_key is not None
         prefix = environ.get("REDIS_KEY_PREFIX", "tokengate:")
         if not prefix:
             raise ConfigError("REDIS_KEY_PREFIX must not be empty")

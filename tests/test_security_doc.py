@@ -35,7 +35,7 @@ def _table_rows(section: str) -> list[list[str]]:
 
 
 THREATS = _section("Threat table")
-ALIASES = dict(re.findall(r"`(\w+)/` = `([^`]+)`", THREATS))
+ALIASES: dict[str, str] = dict(re.findall(r"`(\w+)/` = `([^`]+)`", THREATS))
 ROWS = _table_rows(THREATS)
 
 

@@ -145,7 +145,6 @@ def _migrate(args: argparse.Namespace) -> int:
     if args.set_role_passwords:
         for role, variable in ROLE_PASSWORD_VARIABLES.items():
             value = config.env_or_file(config.environ(), variable)
-            assert value is not None
             passwords[role] = value
     try:
         applied = asyncio.run(migrate(dsn))

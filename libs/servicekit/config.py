@@ -10,12 +10,19 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal, overload
 
 
 class ConfigError(Exception):
     """A setting is missing or malformed. The message names the variable and what to do."""
 
 
+@overload
+def env_or_file(
+    environ: Mapping[str, str], name: str, *, required: Literal[True] = True
+) -> str: ...
+@overload
+def env_or_file(environ: Mapping[str, str], name: str, *, required: bool) -> str | None: ...
 def env_or_file(environ: Mapping[str, str], name: str, *, required: bool = True) -> str | None:
     """Return ``name`` from ``environ``, or the contents of the file named by ``name_FILE``."""
     direct = environ.get(name)

@@ -30,12 +30,14 @@ def error_response(
 
 async def http_exception(request: Request, exc: Exception) -> Response:
     """Starlette's own 404/405 (unknown route, wrong method) in the same JSON shape."""
-    assert isinstance(exc, HTTPException)
+    if not isinstance(exc, HTTPException):  # registered for HTTPException only
+        raise exc
     code = _HTTP_CODES.get(exc.status_code, "error")
     return error_response(exc.status_code, code, code.replace("_", " "), exc.headers)
 
 
 async def body_error(request: Request, exc: Exception) -> Response:
     """A refused request body (:mod:`servicekit.bodies`): its own status, code and message."""
-    assert isinstance(exc, BodyError)
+    if not isinstance(exc, BodyError):  # registered for BodyError only
+        raise exc
     return error_response(exc.status, exc.code, exc.message)

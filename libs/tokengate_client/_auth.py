@@ -135,7 +135,8 @@ class DPoPAuth(httpx.Auth):
     # -- internals ---------------------------------------------------------------------------
 
     def _signed(self, request: httpx.Request) -> httpx.Request:
-        assert self._access is not None
+        if self._access is None:  # every caller logs in first
+            raise RuntimeError("no access token to sign with")
         request.headers["Authorization"] = f"DPoP {self._access}"
         request.headers["DPoP"] = self.key.proof(
             request.method, str(request.url), access_token=self._access, nonce=self._nonce
@@ -161,7 +162,8 @@ class DPoPAuth(httpx.Auth):
             fresh_nonce = self._remember_nonce(response)
             if not (fresh_nonce and _error_code(response) == "use_dpop_nonce"):
                 break
-        assert response is not None
+        if response is None:  # the loop above runs at least once
+            raise RuntimeError("no response")
         return response
 
     def _login(self, base: httpx.URL) -> _Flow:

@@ -80,8 +80,8 @@ def test_audit_lines_for_each_outcome(backend: Backend, caplog: pytest.LogCaptur
         backend.validate(carol, PASSWORD)
         backend.validate(carol, "wrong password!")
     outcomes = [
-        r.fields["outcome"]
-        for r in caplog.records  # type: ignore[attr-defined]
+        r.fields["outcome"]  # type: ignore[attr-defined]
+        for r in caplog.records
         if r.getMessage() == "credential_check"
     ]
     assert outcomes == ["success", "failure"]

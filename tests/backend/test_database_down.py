@@ -58,7 +58,7 @@ def test_a_locked_table_is_a_503_within_the_command_timeout(
             response = slow_backend.call("POST", "/v1/notes", user=user, json={"title": "t"})
             elapsed = time.monotonic() - started
     finally:
-        portal.call(tx.rollback)  # type: ignore[attr-defined]
+        portal.call(tx.rollback)
         portal.call(conn.close)
     assert response.status_code == 503, (response.text, _lines(caplog))
     assert response.headers["retry-after"] == "2"

@@ -7,11 +7,14 @@ import math
 import secrets
 import time
 import uuid
+from typing import cast
 
 import httpx
 import pytest
 from internal_auth import TokenScope as Scope
+from starlette.applications import Starlette
 
+from backend.users import UserStore
 from tests.backend.conftest import GATEWAY_ID, Backend
 
 PASSWORD = "correct horse battery"
@@ -36,8 +39,10 @@ def _state(backend: Backend, user_id: str) -> dict[str, object]:
     return body
 
 
-def _store(backend: Backend):  # type: ignore[no-untyped-def]
-    return backend.client.app.state.users
+def _store(backend: Backend) -> UserStore:
+    app = cast(Starlette, backend.client.app)
+    store: UserStore = app.state.users
+    return store
 
 
 def _run(backend: Backend, fn, *args):  # type: ignore[no-untyped-def]

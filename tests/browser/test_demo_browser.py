@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -428,7 +428,9 @@ def test_session_is_bound_to_a_non_extractable_key_and_a_copied_cookie_is_useles
         # that context has a key of its own, not this one
         jar = context.cookies(stack.gateway_url + "/api/v1/auth/")
         [cookie] = [c for c in jar if c["name"] == REFRESH_COOKIE]
-        thief.add_cookies([cookie])
+        # playwright's Cookie has every field its SetCookieParam needs; the types differ only
+        # in which keys are optional
+        thief.add_cookies([cast(Any, cookie)])
         other = thief.new_page()
         other.set_default_timeout(TIMEOUT_MS)
         other.goto(stack.gateway_url + "/demo/")

@@ -170,14 +170,16 @@ async def test_a_token_minted_with_the_signing_secret_is_refused_over_http(
         assert claims.gen == 1
 
         def mint(gen: int) -> str:
-            return tokens.encode_refresh(
-                sub=claims.sub,
-                sid=claims.sid,
-                jti="minted",
-                iat=claims.iat,
-                exp=claims.exp,
-                gen=gen,
-                sec=new_secret(),
+            return str(
+                tokens.encode_refresh(
+                    sub=claims.sub,
+                    sid=claims.sid,
+                    jti="minted",
+                    iat=claims.iat,
+                    exp=claims.exp,
+                    gen=gen,
+                    sec=new_secret(),
+                )
             )
 
         ahead = await refresh_with(client, mint(2))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from typing import Any
 
 import asyncpg
 
@@ -16,7 +17,7 @@ def ledger(pool: asyncpg.Pool, grace: int = 10) -> Ledger:
     return Ledger(pool, refresh_ttl=3600, family_lifetime=86400, grace_seconds=grace)
 
 
-async def new_family(led: Ledger, now: int, **kwargs: int) -> tuple[str, str, RefreshClaims]:
+async def new_family(led: Ledger, now: int, **kwargs: Any) -> tuple[str, str, RefreshClaims]:
     user = str(uuid.uuid4())
     issued = await led.create_family(
         user_id=user, roles=["user"], user_agent="pytest", ip="203.0.113.7", now=now, **kwargs

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from internal_auth import (
     KeyLoadError,
     KeySet,
@@ -30,17 +32,15 @@ def private_pem(key: object) -> str:
     ).decode()
 
 
-def public_pem(key: object) -> str:
+def public_pem(key: PrivateKeyTypes) -> str:
     return (
         key.public_key()
-        .public_bytes(  # type: ignore[attr-defined, no-any-return]
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         .decode()
     )
 
 
-OTHER_KEY_TYPES = {
+OTHER_KEY_TYPES: dict[str, Callable[[], PrivateKeyTypes]] = {
     "rsa": lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048),
     "ec": lambda: ec.generate_private_key(ec.SECP256R1()),
     "ed448": ed448.Ed448PrivateKey.generate,
