@@ -73,7 +73,18 @@ class BackendProxy:
     """The keep-alive connection pool to the backend plus the proxy's settings; one per app.
 
     Opened in the gateway's lifespan (:meth:`start`/:meth:`close`) and kept at
-    ``app.state.proxy``.
+    ``app.state.proxy``. Invariants every request through it keeps (:func:`proxy_request`):
+
+    - nothing reaches the backend before the access token verified and its session was found
+      not revoked, and nothing but ``/v1/...`` paths :func:`gateway.paths.backend_path` accepted;
+    - one fresh internal token per request (per attempt, if aiohttp resends), bound to that
+      method and that exact backend path; the client's ``Authorization`` and ``Cookie`` never
+      cross, and neither do ``X-Internal-Auth``/``X-User-*``/``X-Forwarded-*`` it sent;
+    - the pool is shared but nothing per-user is: no cookie jar, no auth state, and response
+      bytes pass through untouched (no decompression, so lengths stay true);
+    - every wait is bounded (connect, pool acquire, each read), and a backend failure is a JSON
+      502/504 unless the status line is already out, in which case the connection is cut so the
+      client never takes a truncated body for a whole one.
     """
 
     def __init__(self, settings: Settings, tokens: TokenService) -> None:

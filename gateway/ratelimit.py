@@ -53,6 +53,21 @@ def account_key(email: str) -> str:
 
 
 class RateLimits:
+    """The login and refresh limits: fixed windows counted in Redis, shared by every instance.
+
+    Invariants it keeps:
+
+    - one count per attempt, made before the work it protects (the credential check, the
+      rotation), so a burst cannot slip past the limit while earlier attempts are in flight;
+    - counters live only in Redis under ``REDIS_KEY_PREFIX``: every gateway instance and worker
+      sees the same count, and no limit resets when one of them restarts;
+    - fail closed: if Redis cannot be reached the check raises :class:`ServiceUnavailable`
+      (503 + ``Retry-After``) instead of letting the attempt through uncounted;
+    - a client cannot pick its own bucket: the address comes from
+      :func:`servicekit.forwarded.client_ip` (the one set of rules for it), and account keys are
+      hashes (:func:`account_key`), so the keyspace is not a list of email addresses.
+    """
+
     def __init__(self, settings: Settings) -> None:
         # Short socket timeouts: with Redis gone, login must answer 503 quickly, not hang.
         options: dict[str, Any] = {
