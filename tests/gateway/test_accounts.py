@@ -310,10 +310,10 @@ async def test_refreshes_racing_a_disable_leave_nothing_alive(
     # change and mint after it straddle the epoch (the race the check time closes).
     await asyncio.sleep((0.9 - time.time() % 1) % 1)
 
-    *answers, _ = await asyncio.gather(
-        *(_refresh_alone((one, two)[i % 2].app, t) for i, t in enumerate(tokens * 8)),
-        disable_soon(),
+    refreshes = asyncio.gather(
+        *(_refresh_alone((one, two)[i % 2].app, t) for i, t in enumerate(tokens * 8))
     )
+    answers, _ = await asyncio.gather(refreshes, disable_soon())
     assert {a.status_code for a in answers} <= {200, 401}
     handed_out = [a for a in answers if a.status_code == 200]
     for answer in handed_out:
