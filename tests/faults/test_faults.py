@@ -55,15 +55,21 @@ RECOVERY_LIMIT = 5.0  # seconds after its return by which everything must answer
 PASSWORD = "fault injection password"
 ORIGIN = "http://localhost:5173"
 NORMAL = {
-    "proxied": 200,
-    "note": 201,
-    "login": 200,
-    "refresh": 200,
-    "revoke": 204,
-    "readyz": 200,
-    "backend-readyz": 200,
+    "proxied": {200},
+    "note": {201},
+    "login": {200},
+    "refresh": {200},
+    "revoke": {204},
+    "password": {200},
+    # after a failed password change: which password is in force? one of them says 401
+    "password-login": {200, 401},
+    "readyz": {200},
+    "backend-readyz": {200},
 }
 
+
+#: kinds of request that are one request each, at a steady pace: they time the recovery
+PROBES = {"proxied", "note", "login", "refresh", "readyz", "backend-readyz"}
 
 #: phase -> (kind of request, status) that must be seen while its dependency is down
 SIGNATURE = {
@@ -87,7 +93,7 @@ class Sample:
 
     @property
     def normal(self) -> bool:
-        return self.status == NORMAL[self.kind]
+        return self.status in NORMAL[self.kind]
 
 
 @dataclasses.dataclass
@@ -158,7 +164,10 @@ def world() -> Iterator[World]:
                 "REFRESH_RATE_LIMIT": "100000/minute",
             },
         ) as stack:
-            users = {name: f"{name}@faults.example.test" for name in ("notes", "login", "chain")}
+            users = {
+                name: f"{name}@faults.example.test"
+                for name in ("notes", "login", "chain", "password")
+            }
             # one CLI process each, side by side: start-up time adds up on a busy machine
             with concurrent.futures.ThreadPoolExecutor(len(users)) as pool:
                 list(pool.map(lambda email: stack.create_user(email, PASSWORD), users.values()))
@@ -193,6 +202,10 @@ class Traffic:
         self.revoke_failed: list[Session] = []  # DELETE answered otherwise
         self.lost_rotations_reused = 0  # a retried rotation answered 401 (treated as reuse)
         self.lost_rotations_retried = 0  # a retried rotation answered 200
+        self.password = PASSWORD  # of the "password" user, as far as acknowledged changes go
+        self.passwords_applied: list[tuple[str, Session]] = []  # (old password, a bystander)
+        self.passwords_failed: list[bool] = []  # a failed change: was it applied after all?
+        self.password_problems: list[str] = []
         self._stop = asyncio.Event()
 
     async def call(
@@ -220,13 +233,20 @@ class Traffic:
         self.samples.append(sample)
         return sample
 
-    async def login(self, client: httpx.AsyncClient, gateway: str, email: str) -> Session | None:
+    async def login(
+        self,
+        client: httpx.AsyncClient,
+        gateway: str,
+        email: str,
+        password: str = PASSWORD,
+        kind: str = "login",
+    ) -> Session | None:
         sample = await self.call(
             client,
-            "login",
+            kind,
             "POST",
             gateway + "/api/v1/auth/login",
-            json={"email": email, "password": PASSWORD},
+            json={"email": email, "password": password},
         )
         if sample.status != 200 or sample.response is None:
             return None
@@ -309,6 +329,70 @@ class Traffic:
                 else:
                     failed_once["failed"] = True
 
+            # the new password of a change that failed, and its bystander, until resolved
+            pending: list[tuple[str, Session]] = []
+            pair: dict[str, Session | None] = {}
+            numbers = itertools.count()
+
+            async def change_password(c: httpx.AsyncClient) -> None:
+                email = users["password"]
+                if pending:
+                    # A change failed: exactly one of the two passwords must be in force.
+                    old, (new, witness) = self.password, pending[0]
+                    url = gateways[1] + "/api/v1/auth/login"
+                    works = {}
+                    for password in (old, new):
+                        sample = await self.call(
+                            c,
+                            "password-login",
+                            "POST",
+                            url,
+                            json={"email": email, "password": password},
+                        )
+                        if sample.status not in (200, 401):
+                            return  # still down: find out later
+                        works[password] = sample.status == 200
+                    if works[old] == works[new]:
+                        self.password_problems.append(
+                            f"after a failed change old works: {works[old]}, new: {works[new]}"
+                        )
+                    else:
+                        self.passwords_failed.append(works[new])
+                        if works[new]:
+                            # applied: then wholly, other sessions ended too (checked at the end)
+                            self.password = new
+                            self.passwords_applied.append((old, witness))
+                    pending.clear()
+                    pair.clear()
+                    return
+                # The changer's session and a bystander are logged in ahead, while logins work,
+                # so the change itself is tried whatever is down at the time.
+                for role, gateway in (("session", gateways[0]), ("bystander", gateways[1])):
+                    if pair.get(role) is None:
+                        pair[role] = await self.login(c, gateway, email, self.password)
+                session, bystander = pair.get("session"), pair.get("bystander")
+                if session is None or bystander is None:
+                    return
+                new = f"fault injection password {next(numbers)}"
+                sample = await self.call(
+                    c,
+                    "password",
+                    "POST",
+                    gateways[0] + "/api/v1/auth/password",
+                    headers={"Authorization": f"Bearer {session.access}"},
+                    json={"current_password": self.password, "new_password": new},
+                )
+                if sample.status == 200 and sample.response is not None:
+                    self.passwords_applied.append((self.password, bystander))
+                    self.password = new
+                    # the caller carries on with the session the answer gave it
+                    access = sample.response.json()["access_token"]
+                    token = _refresh_cookie(sample.response)
+                    assert token is not None
+                    pair["session"], pair["bystander"] = Session(access, token, _sid(access)), None
+                else:
+                    pending.append((new, bystander))
+
             stock: list[Session] = []
 
             async def revoke(c: httpx.AsyncClient) -> None:
@@ -334,7 +418,7 @@ class Traffic:
             async def ready(c: httpx.AsyncClient, url: str, kind: str) -> None:
                 await self.call(c, kind, "GET", url + "/readyz")
 
-            c = [await client() for _ in range(9)]
+            c = [await client() for _ in range(10)]
             backend_url = self.world.stack.backend_url
             workers = [
                 self._loop(0.02, functools.partial(proxied, c[0], gateways[0])),
@@ -343,6 +427,7 @@ class Traffic:
                 self._loop(0.1, functools.partial(login, c[3])),
                 self._loop(0.1, functools.partial(refresh, c[4])),
                 self._loop(0.3, functools.partial(revoke, c[5])),
+                self._loop(0.3, functools.partial(change_password, c[9])),
                 self._loop(0.1, functools.partial(ready, c[6], gateways[0], "readyz")),
                 self._loop(0.1, functools.partial(ready, c[7], gateways[1], "readyz")),
                 self._loop(0.1, functools.partial(ready, c[8], backend_url, "backend-readyz")),
@@ -365,22 +450,32 @@ class Phase:
     returned_at: float
     lost_rotations_reused: int = 0
 
-    def recovery(self) -> float:
-        """Seconds from the dependency's return until every kind of request answers normally
-        for good: per kind, the end of the first normal answer after its last abnormal one."""
-        worst = 0.0
+    def recoveries(self) -> dict[str, float]:
+        """Per kind of request, seconds from the dependency's return until it answers normally
+        for good: the end of the first normal answer after its last abnormal one."""
         by_kind: dict[str, list[Sample]] = collections.defaultdict(list)
         for sample in self.samples:
             by_kind[sample.kind].append(sample)
-        for samples in by_kind.values():
+        out = {}
+        for kind, samples in by_kind.items():
             samples.sort(key=lambda s: s.start)
             last_bad = max((i for i, s in enumerate(samples) if not s.normal), default=None)
             if last_bad is None:
-                continue
-            if last_bad == len(samples) - 1:
-                return float("inf")
-            worst = max(worst, samples[last_bad + 1].end - self.returned_at)
-        return max(worst, 0.0)
+                out[kind] = 0.0
+            elif last_bad == len(samples) - 1:
+                out[kind] = float("inf")
+            else:
+                out[kind] = max(samples[last_bad + 1].end - self.returned_at, 0.0)
+        return out
+
+    def recovery(self) -> float:
+        """The slowest probe's recovery: when every service answers normally again.
+
+        Only the one-request probes count (:data:`PROBES`). A revocation or a password change
+        comes after its worker has logged in afresh (and, for a password, sorted out the change
+        that failed), so their figures measure the workers' own pace; they are printed, and they
+        must still recover (:meth:`problems`)."""
+        return max((v for k, v in self.recoveries().items() if k in PROBES), default=0.0)
 
     def statuses(self) -> str:
         counts = collections.Counter(
@@ -402,8 +497,11 @@ class Phase:
                     found.append(f"{self.name}: {s.kind} {s.status} is not JSON: {s.body!r}")
                 elif s.status == 503 and not s.retry_after:
                     found.append(f"{self.name}: {s.kind} 503 without Retry-After")
-            elif s.status not in (NORMAL[s.kind], 401) or (s.status == 401 and s.kind != "refresh"):
+            elif s.status not in NORMAL[s.kind] and (s.status, s.kind) != (401, "refresh"):
                 found.append(f"{self.name}: {s.kind} answered {s.status}: {s.body!r}")
+        never = [k for k, v in self.recoveries().items() if v == float("inf")]
+        if recovery and never:
+            found.append(f"{self.name}: never answered normally again: {never}")
         if recovery and self.recovery() > RECOVERY_LIMIT:
             found.append(f"{self.name}: recovery took {self.recovery():.1f} s")
         return found
@@ -430,7 +528,8 @@ async def _phase(
     while time.monotonic() < deadline:
         await asyncio.sleep(0.25)
         probe = Phase(name, traffic.samples[first:], returned_at)
-        if probe.recovery() != float("inf") and time.monotonic() - returned_at > 1.0:
+        recovered = float("inf") not in probe.recoveries().values()
+        if recovered and time.monotonic() - returned_at > 1.0:
             break
     await asyncio.sleep(settle)
     return Phase(
@@ -609,6 +708,18 @@ async def _scenario(world: World, capsys: pytest.CaptureFixture[str]) -> None:
         for title, text in traffic.notes_acked.items():
             if notes.get(title) != [text]:
                 problems.append(f"acknowledged {title!r} is {notes.get(title)!r} after the faults")
+        # the password in force is the last acknowledged one (or a failed change found applied);
+        # every earlier one is refused, and every session that was not the changer's is dead
+        problems.extend(traffic.password_problems)
+        email = world.users["password"]
+        for gateway in gateways:
+            if await checker.login(client, gateway, email, traffic.password) is None:
+                problems.append(f"the password in force does not log in on {gateway}")
+        for old, bystander in traffic.passwords_applied:
+            if await checker.login(client, gateways[0], email, old) is not None:
+                problems.append("a password changed with an acknowledgement still logs in")
+            if not await _denied_everywhere(client, gateways, bystander, within=0):
+                problems.append("a session other than the changer's survived a password change")
         failed_but_stored = 0
         for title, text in traffic.notes_failed.items():
             if title in notes:
@@ -665,11 +776,20 @@ async def _scenario(world: World, capsys: pytest.CaptureFixture[str]) -> None:
             f"{phase.recovery():.1f} | {phase.lost_rotations_reused} |"
         )
     lines.append("")
+    lines.append("recovery per kind of request (s):")
+    for phase in phases:
+        per_kind = sorted(phase.recoveries().items(), key=lambda item: -item[1])
+        lines.append(f"  {phase.name}: " + ", ".join(f"{k} {v:.1f}" for k, v in per_kind))
     lines.append(
         f"notes: {len(traffic.notes_acked)} acknowledged (all present), "
         f"{len(traffic.notes_failed)} failed ({failed_but_stored} of them stored whole); "
         f"revocations: {len(traffic.revoked)} acknowledged, {len(traffic.revoke_failed)} failed; "
         f"retried rotations answered 200: {traffic.lost_rotations_retried}"
+    )
+    lines.append(
+        f"password changes: {len(traffic.passwords_applied) - sum(traffic.passwords_failed)} "
+        f"acknowledged, {len(traffic.passwords_failed)} failed ({sum(traffic.passwords_failed)} "
+        "of them applied whole); every applied one: old password refused, other sessions ended"
     )
     lines.append("logged failures (event: class x count):")
     for event, classes in sorted(events.items()):
