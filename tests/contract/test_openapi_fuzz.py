@@ -219,10 +219,10 @@ def _hostile(case: Any, draw: Any) -> tuple[str, bytes | None]:
     if where == "deep":
         raw = DEEP_JSON
     elif where == "body" or body is not None:
-        members = dict(body or {})
+        fields = dict(body or {})
         if where == "body":
-            members[name] = value
-        raw = json.dumps(members, ensure_ascii=True).encode("ascii")
+            fields[name] = value
+        raw = json.dumps(fields, ensure_ascii=True).encode("ascii")
 
     def fill(match: re.Match[str]) -> str:
         text = str(path_parameters[match.group(1)])

@@ -189,7 +189,7 @@ def test_one_proxied_request_is_one_trace_across_both_processes(
     while parent is not None and parent.span_id != gateway_server.span_id:
         parent = by_id.get(parent.parent_id)
     assert parent is gateway_server
-    database = [
+    queries = [
         s for s in spans if s.service == "tokengate-backend" and s.attributes.get("db.system")
     ]
-    assert database and all(s.attributes["db.system"] == "postgresql" for s in database)
+    assert queries and all(s.attributes["db.system"] == "postgresql" for s in queries)
