@@ -40,20 +40,26 @@ UPSTREAM_BODY = b'{"id":"00000000-0000-0000-0000-000000000000","email":"bench@ex
 # -- the trivial upstream -------------------------------------------------------------------------
 
 
+# The gateway polls the backend for account epochs (gateway/epochs.py): nothing ever changes here.
+EPOCHS_PATH = "/internal/lifecycle/epochs"
+EPOCHS_BODY = b'{"epochs":[]}'
+
+
 async def upstream_app(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] != "http":
         return
+    body = EPOCHS_BODY if scope["path"] == EPOCHS_PATH else UPSTREAM_BODY
     await send(
         {
             "type": "http.response.start",
             "status": 200,
             "headers": [
                 (b"content-type", b"application/json"),
-                (b"content-length", str(len(UPSTREAM_BODY)).encode()),
+                (b"content-length", str(len(body)).encode()),
             ],
         }
     )
-    await send({"type": "http.response.body", "body": UPSTREAM_BODY})
+    await send({"type": "http.response.body", "body": body})
 
 
 # -- the two proxies ------------------------------------------------------------------------------
@@ -145,7 +151,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_port(port: int, timeout: float = 15.0) -> None:
+def wait_port(port: int, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
