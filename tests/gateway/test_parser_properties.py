@@ -85,14 +85,14 @@ def _bend(token: str, data: st.DataObject) -> str:
 
 
 @pytest.mark.parametrize("verify", [TOKENS.verify_access, TOKENS.verify_refresh])
-@settings(max_examples=100)
+@settings(max_examples=60)
 @given(raw=st.text(max_size=400))
 def test_arbitrary_text_is_only_ever_invalid_token(verify: Any, raw: str) -> None:
     with pytest.raises(InvalidToken):
         verify(raw)
 
 
-@settings(max_examples=100)
+@settings(max_examples=60)
 @given(data=st.data())
 def test_bent_access_and_refresh_tokens_are_only_ever_invalid_token(data: st.DataObject) -> None:
     for token, verify in ((ACCESS, TOKENS.verify_access), (REFRESH, TOKENS.verify_refresh)):
@@ -110,7 +110,7 @@ def test_bent_access_and_refresh_tokens_are_only_ever_invalid_token(data: st.Dat
 # -- headers --------------------------------------------------------------------------------------
 
 
-@settings(max_examples=100)
+@settings(max_examples=60)
 @given(_headers)
 def test_authorization_parsing_is_a_token_or_a_401(headers: list[tuple[bytes, bytes]]) -> None:
     try:
@@ -121,7 +121,7 @@ def test_authorization_parsing_is_a_token_or_a_401(headers: list[tuple[bytes, by
     assert token and token == token.strip()
 
 
-@settings(max_examples=100)
+@settings(max_examples=60)
 @given(_headers, st.booleans())
 def test_refresh_cookie_parsing_is_a_value_none_or_a_401(
     headers: list[tuple[bytes, bytes]], secure: bool
@@ -134,7 +134,7 @@ def test_refresh_cookie_parsing_is_a_value_none_or_a_401(
     assert value is None or (isinstance(value, str) and value)
 
 
-@settings(max_examples=100)
+@settings(max_examples=60)
 @given(_headers, st.text(max_size=20), st.text(max_size=20))
 def test_the_backend_never_receives_what_a_client_must_not_set(
     headers: list[tuple[bytes, bytes]], ip: str, host: str
@@ -156,7 +156,7 @@ def test_the_backend_never_receives_what_a_client_must_not_set(
 _NETWORKS = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
 
-@settings(max_examples=100)
+@settings(max_examples=60)
 @given(
     st.one_of(st.none(), st.sampled_from(["10.1.2.3", "203.0.113.9", "::1", "bogus"])),
     st.one_of(st.none(), _latin1),
@@ -172,7 +172,7 @@ def test_client_address_and_scheme_are_only_what_a_trusted_proxy_said(
     assert request_scheme("http", peer, proto, _NETWORKS) in ("http", "https")
 
 
-@settings(max_examples=100)
+@settings(max_examples=60)
 @given(_headers)
 def test_a_request_id_is_always_short_and_harmless(headers: list[tuple[bytes, bytes]]) -> None:
     assert re.fullmatch(r"[A-Za-z0-9._-]{1,64}", request_id_from(headers))
@@ -181,7 +181,7 @@ def test_a_request_id_is_always_short_and_harmless(headers: list[tuple[bytes, by
 # -- the backend's field validators ---------------------------------------------------------------
 
 
-@settings(max_examples=100)
+@settings(max_examples=60)
 @given(st.text(max_size=30))
 def test_integer_query_parameters_are_in_range_or_a_422(raw: str) -> None:
     query = ("limit=" + quote(raw, safe="")).encode()
@@ -194,7 +194,7 @@ def test_integer_query_parameters_are_in_range_or_a_422(raw: str) -> None:
     assert 1 <= value <= 200 and int(raw) == value and raw.isascii()
 
 
-@settings(max_examples=100)
+@settings(max_examples=60)
 @given(
     st.dictionaries(
         st.sampled_from(["title", "body", "x"]),

@@ -38,13 +38,13 @@ def _only_refused(verifier: Verifier, token: str | bytes) -> None:
     raise AssertionError("a token that is not the minted one verified")
 
 
-@settings(max_examples=150)
+@settings(max_examples=80)
 @given(st.one_of(st.binary(max_size=300), st.text(max_size=300)))
 def test_arbitrary_input_is_only_ever_an_internal_auth_error(key: PrivateKey, raw: Any) -> None:
     _only_refused(_verifier(key), raw)
 
 
-@settings(max_examples=150)
+@settings(max_examples=80)
 @given(data=st.data())
 def test_a_bent_valid_token_is_only_ever_an_internal_auth_error(
     key: PrivateKey, data: st.DataObject
@@ -82,7 +82,7 @@ _json = st.recursive(
 )
 
 
-@settings(max_examples=150)
+@settings(max_examples=80)
 @given(
     changes=st.dictionaries(
         st.sampled_from(sorted(good_claims())), st.one_of(st.none(), _json), min_size=1, max_size=4
@@ -109,7 +109,7 @@ def test_validly_signed_tokens_with_arbitrary_claims_never_crash(
     assert principal.sub == claims["sub"] and isinstance(principal.sub, str)
 
 
-@settings(max_examples=100)
+@settings(max_examples=80)
 @given(st.binary(max_size=200))
 def test_a_payload_of_arbitrary_bytes_is_only_ever_an_internal_auth_error(
     key: PrivateKey, payload: bytes
