@@ -42,7 +42,8 @@ async def run_level(ledger: Ledger, workers: int, seconds: float) -> tuple[float
             start = time.perf_counter()
             result = await ledger.rotate(claims, now=int(time.time()))
             latencies.append(time.perf_counter() - start)
-            assert result.outcome is Outcome.ROTATED and result.successor is not None
+            if result.outcome is not Outcome.ROTATED or result.successor is None:
+                raise RuntimeError(f"rotation failed: {result.outcome}")
             claims = result.successor.as_claims()
             done += 1
         return done
@@ -65,7 +66,6 @@ async def main(seconds: float, levels: list[int]) -> int:
     try:
         await migrate(dsn)
         pool = await asyncpg.create_pool(dsn, min_size=max(levels), max_size=max(levels))
-        assert pool is not None
         ledger = Ledger(pool, refresh_ttl=1209600, family_lifetime=2592000, grace_seconds=10)
         print(f"| concurrency | rotations/s | p50 ms | p99 ms |  ({seconds:g} s per level)")
         print("|---:|---:|---:|---:|")
