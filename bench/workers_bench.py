@@ -18,6 +18,7 @@ Usage: ``python bench/workers_bench.py [--rounds 3] [--duration 5] [--connection
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
 import statistics
@@ -33,8 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import wrk_tools
 from bench.cpu_bench import cpu_seconds
 from bench.proxy_client_bench import free_port, gateway_environment, serve, wait_port
+from bench.stack_bench import scratch_database
 from gateway.settings import Settings
 from gateway.tokens import TokenService
+from tokengate.migrate import migrate
 
 HERE = Path(__file__).resolve().parent
 
@@ -120,8 +123,16 @@ def main() -> int:
     wrk_tools.require_wrk()
 
     up_port = free_port()
-    with serve("upstream", up_port):
-        env = gateway_environment(f"http://127.0.0.1:{up_port}", "WARNING")
+    admin_dsn = os.environ.get(
+        "BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+    )
+    with serve("upstream", up_port), scratch_database(admin_dsn) as dsn:
+        # the gateway rebuilds its revocation set from a migrated ledger at start-up
+        asyncio.run(migrate(dsn))
+        env = {
+            **gateway_environment(f"http://127.0.0.1:{up_port}", "WARNING"),
+            "DATABASE_URL": dsn,
+        }
         token, _ = TokenService(Settings.from_env(env)).issue_access(
             sub="00000000-0000-0000-0000-000000000001", sid="bench", roles=["user"]
         )
