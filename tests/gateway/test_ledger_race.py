@@ -115,9 +115,12 @@ async def test_refresh_racing_logout_over_http(
     gateway: Harness, env: dict[str, str], backend: FakeBackend
 ) -> None:
     """The same race through the routes: never a 5xx, and every logout takes effect."""
-    # hundreds of requests at once queue for the pool: let them wait rather than get the 503
-    # a bounded acquire gives, which is capacity, not the deadlock this test is about
-    async with gateway(env, DB_ACQUIRE_TIMEOUT="60", DB_POOL_MAX="20") as client:
+    # hundreds of requests at once queue for the pool and, on a loaded machine, for the CPU:
+    # let them wait rather than get the 503 a bounded acquire or statement gives, which is
+    # capacity, not the deadlock this test is about (a deadlock is found in 1 s regardless)
+    async with gateway(
+        env, DB_ACQUIRE_TIMEOUT="60", DB_COMMAND_TIMEOUT="60", DB_POOL_MAX="20"
+    ) as client:
         logins = await asyncio.gather(*(login(client, backend.add_user()) for _ in range(FAMILIES)))
         tokens = [refresh_cookie(r) for r in logins]
         client.cookies.clear()
