@@ -18,6 +18,7 @@ from typing import Any
 
 import asyncpg
 from servicekit import config
+from servicekit.logs import configure_logging
 
 from backend import audit, broadcast
 from backend.errors import BackendError
@@ -151,6 +152,8 @@ def _run_change(
     if user is None:
         print(f"{command}: no such user (or nothing to change)", file=sys.stderr)
         return 1
+    # the audit line goes to stderr as a structured JSON line, like the services' own
+    configure_logging("INFO", config.environ().get("LOG_FORMAT", "json"))
     audit.account_changed(action, user_id=str(user.id), actor="operator")
     if publish:
         problem = asyncio.run(broadcast.publish(config.environ(), user))
@@ -211,7 +214,6 @@ def app_from_env() -> Any:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from servicekit.logs import configure_logging
     from servicekit.metrics import MetricsSettings
     from servicekit.serve import check_workers, serve
 

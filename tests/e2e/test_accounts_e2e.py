@@ -9,6 +9,7 @@ as ``tokengate_backend`` (no superuser, no access to the refresh ledger), the ga
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
@@ -131,7 +132,11 @@ def test_disable_and_enable_across_gateway_processes_and_a_redis_flush(stack: St
         assert call(two, access) == 200
         assert call(two, access, "POST") == 201
 
-        users(stack, "disable", "--email", email.upper())
+        audit = users(stack, "disable", "--email", email.upper())
+        # the operator's change is audited as a structured line, never with the password
+        line = next(json.loads(x) for x in audit.splitlines() if "account_changed" in x)
+        assert line["event"] == "account_changed" and line["action"] == "disabled"
+        assert line["actor"] == "operator" and line["user_id"]
         # every instance refuses the access token within a second: reads and writes
         assert seconds_until(two, access, 401, "/api/v1/notes", 1.0) < 1.0
         assert call(two, access, "POST") == 401

@@ -70,6 +70,13 @@ class Switch(httpx.AsyncBaseTransport):
             await self.delay_answer(request)
         return response
 
+    async def aclose(self) -> None:
+        """Every gateway instance closes its client, and with it this shared transport: the
+        connections are closed once, by the fixture, after the last gateway has stopped."""
+
+    async def close_connections(self) -> None:
+        await self._inner.aclose()
+
 
 class Accounts:
     """The backend side: its app, its store, and the operator's changes."""
@@ -105,7 +112,11 @@ async def accounts(
     app = create_backend(settings, passwords=Passwords(FAST_ARGON2))
     port = free_port()
     async with serve(app, port):
-        yield Accounts(app, env, f"http://127.0.0.1:{port}")
+        accounts = Accounts(app, env, f"http://127.0.0.1:{port}")
+        try:
+            yield accounts
+        finally:
+            await accounts.transport.close_connections()
 
 
 Start = Callable[..., Any]
