@@ -320,11 +320,13 @@ async def test_revocation_set_reload_and_expiry(gateway: Harness, env: dict[str,
 async def test_expired_access_token_and_absolute_family_expiry_over_http(
     gateway: Harness, env: dict[str, str], backend: FakeBackend
 ) -> None:
-    async with gateway(env, ACCESS_TOKEN_TTL="1", REFRESH_FAMILY_LIFETIME="1") as client:
+    # Three seconds, not one: tokens are dated in whole seconds from the account check, so a
+    # one-second token could already be dead when a slow (loaded, coverage-traced) login returns.
+    async with gateway(env, ACCESS_TOKEN_TTL="3", REFRESH_FAMILY_LIFETIME="3") as client:
         access, token = await _login(client, backend)
         auth = {"Authorization": f"Bearer {access}"}
         assert (await client.get("/api/v1/auth/sessions", headers=auth)).status_code == 200
-        await asyncio.sleep(2.1)
+        await asyncio.sleep(4.1)
         expired = await client.get("/api/v1/auth/sessions", headers=auth)
         assert expired.status_code == 401
         assert expired.json()["error"]["code"] == "invalid_token"
