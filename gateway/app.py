@@ -220,7 +220,7 @@ def create_app(
         backend = BackendClient(http, minter, gateway_id=settings.gateway_id)
         app.state.backend = backend
         app.state.ratelimits = RateLimits(settings)
-        app.state.dpop = DPoP.from_settings(settings, redis_client)
+        dpop = app.state.dpop = DPoP.from_settings(settings, redis_client)
         proxy = BackendProxy(settings, tokens)
         await proxy.start()
         app.state.proxy = proxy
@@ -252,6 +252,7 @@ def create_app(
             await revoked.stop()
             await epochs.stop()
             await proxy.close()
+            await dpop.close()
             await http.aclose()
             await redis_client.aclose()
             await pool.close()

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -52,6 +53,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from redis.asyncio.connection import AbstractConnection
 from servicekit.logs import log_event
 
 from gateway import metrics
@@ -78,6 +80,10 @@ _REQUIRED_MEMBERS = {"EC": ("crv", "kty", "x", "y"), "OKP": ("crv", "kty", "x")}
 #: leaked key, refused (RFC 9449 §4.3 check 6).
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 _KEY_CACHE_SIZE = 4096
+_HTU_CACHE_SIZE = 4096
+# base64url -> base64, and the standard alphabet's own '+' and '/' made invalid so strict mode
+# refuses them in a base64url value
+_FROM_URLSAFE = bytes.maketrans(b"-_+/", b"+/\x00\x00")
 _NONCE_LABEL = b"tokengate-dpop-nonce\x00"
 
 
@@ -271,8 +277,11 @@ class _PublicKey:
 
 def _b64decode(value: str, length: int | None = None) -> bytes:
     """Strict base64url without padding (RFC 7515 §2); ``length`` pins the decoded size."""
+    # binascii's strict mode refuses anything outside the alphabet (what b64decode's validate
+    # does) without base64's argument juggling; the translation maps base64url onto it first.
     try:
-        raw = base64.b64decode(value + "=" * (-len(value) % 4), altchars=b"-_", validate=True)
+        padded = value.encode("ascii").translate(_FROM_URLSAFE) + b"=" * (-len(value) % 4)
+        raw = binascii.a2b_base64(padded, strict_mode=True)
     except (ValueError, TypeError):
         raise ProofError("malformed") from None
     if length is not None and len(raw) != length:
@@ -302,6 +311,7 @@ class ProofVerifier:
         self.nonces = nonces
         self._clock = clock
         self._keys: dict[tuple[object, ...], _PublicKey] = {}
+        self._htu_verdicts: dict[tuple[str, str], bool] = {}
 
     @property
     def enabled(self) -> bool:
@@ -367,8 +377,16 @@ class ProofVerifier:
         return [origin + _normalise_path(path or "/") for origin in self.public_origins]
 
     def _htu_matches(self, htu: str, path: str) -> bool:
-        got = normalise_htu(htu)
-        return got is not None and got in self.expected_htu(path)
+        # A client sends the same few URLs over and over, and RFC 3986 parsing costs a tenth of
+        # the whole proof check: the verdict is memoised (pure in htu and path; bounded).
+        verdict = self._htu_verdicts.get((htu, path))
+        if verdict is None:
+            got = normalise_htu(htu)
+            verdict = got is not None and got in self.expected_htu(path)
+            if len(self._htu_verdicts) >= _HTU_CACHE_SIZE:
+                self._htu_verdicts.clear()
+            self._htu_verdicts[htu, path] = verdict
+        return verdict
 
     def _key(self, jwk: dict[str, Any], alg: str) -> _PublicKey:
         # RFC 9449 §4.3 check 6: a jwk holding private material is a leaked key
@@ -404,16 +422,25 @@ class ReplayCache:
     """``jti`` values already used, shared by every gateway instance through Redis.
 
     One ``SET key 1 NX EX ttl`` per proof: it succeeds only for the first instance to see the
-    proof. Claims made while a round trip is in flight are queued and sent together as one
-    pipeline when it returns, so under concurrency many proofs share a round trip (a lone
-    request still goes out at once: there is no timer and no added wait). A round trip costs the
-    gateway about as much CPU as the signature check, most of it in the kernel.
+    proof. The cache keeps one Redis connection of its own (made by the shared client's pool, so
+    with the same URL, credentials, TLS and timeouts) and talks to it directly: redis-py's pool
+    and command layer cost about twice the round trip itself on this path (``bench/README.md``).
+
+    Invariants:
+
+    - at most one round trip is in flight on the connection; claims made meanwhile are queued and
+      go out together as one pipeline when it returns, so under concurrency many proofs share a
+      round trip, and a lone request goes out at once (no timer, no added wait);
+    - a claim is True only on Redis's own ``OK``; every failure (refused, reset, timed out, an
+      error reply) fails every claim of that round trip closed (503) and drops the connection,
+      so the next claim starts on a fresh one and nothing half-read is ever trusted.
     """
 
     def __init__(self, redis: aioredis.Redis, *, prefix: str, iat_window: int) -> None:
         self._redis = redis
         self._prefix = prefix + "dpop:jti:"
         self._window = iat_window
+        self._connection: AbstractConnection | None = None
         self._pending: list[tuple[str, int, asyncio.Future[bool]]] = []
         self._draining = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -431,15 +458,27 @@ class ReplayCache:
         ttl = max(int(proof.iat + self._window - now) + 1, 1)
         # keyed by key and jti together, so one client cannot burn another's jti values
         digest = hashlib.sha256(f"{proof.jkt}\x00{proof.jti}".encode()).digest()
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[bool] = loop.create_future()
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._pending.append((self._prefix + b64url(digest[:18]), ttl, future))
         if not self._draining:
+            # Nothing in flight: this request sends its own claim (no task for the common, lone
+            # case); whatever queues up meanwhile is drained by a task, so no request waits for
+            # round trips that are not its own.
             self._draining = True
-            task = loop.create_task(self._drain())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            batch, self._pending = self._pending, []
+            try:
+                await self._send(batch)
+            finally:
+                self._drain_rest()
         return await future
+
+    def _drain_rest(self) -> None:
+        if not self._pending:
+            self._draining = False
+            return
+        task = asyncio.get_running_loop().create_task(self._drain())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _drain(self) -> None:
         try:
@@ -451,29 +490,43 @@ class ReplayCache:
 
     async def _send(self, batch: list[tuple[str, int, asyncio.Future[bool]]]) -> None:
         try:
-            if len(batch) == 1:
-                key, ttl, _ = batch[0]
-                results = [await self._redis.set(key, b"1", nx=True, ex=ttl)]
-            else:
-                pipe = self._redis.pipeline(transaction=False)
-                for key, ttl, _ in batch:
-                    pipe.set(key, b"1", nx=True, ex=ttl)
-                results = await pipe.execute()
-        except Exception as exc:  # fail closed whatever went wrong: no claim, no request
+            results = await self._round_trip([(key, ttl) for key, ttl, _ in batch])
+        except BaseException as exc:  # fail closed whatever went wrong: no claim, no request
+            # a cancelled or failed round trip leaves replies unread: never reuse the connection
+            await self.close()
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(ServiceUnavailable(retry_after=2))
+            if not isinstance(exc, Exception):
+                raise
             metrics.redis_error("dpop_replay")
             log_event(
                 logger, "dpop_replay_cache_unavailable", logging.WARNING, error=type(exc).__name__
             )
-            for _, _, future in batch:
-                if not future.done():
-                    future.set_exception(ServiceUnavailable(retry_after=2))
             return
         self.round_trips += 1
         self.claims += len(batch)
         metrics.dpop_replay_round_trip(len(batch))
         for (_, _, future), fresh in zip(batch, results, strict=True):
             if not future.done():
-                future.set_result(bool(fresh))
+                future.set_result(fresh)
+
+    async def _round_trip(self, claims: list[tuple[str, int]]) -> list[bool]:
+        connection = self._connection
+        if connection is None:
+            # redis-py leaves make_connection unannotated; it returns the pool's connection class
+            pool = self._redis.connection_pool
+            connection = self._connection = pool.make_connection()  # type: ignore[no-untyped-call]
+        commands = [("SET", key, b"1", "NX", "EX", ttl) for key, ttl in claims]
+        await connection.send_packed_command(connection.pack_commands(commands))
+        # b"OK" (or "OK" with decode_responses) for a first claim, None when the key existed
+        return [await connection.read_response() is not None for _ in commands]
+
+    async def close(self) -> None:
+        """Drop the cache's connection (the next claim opens a new one)."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await connection.disconnect(nowait=True)
 
 
 class DPoP:
@@ -501,6 +554,10 @@ class DPoP:
     @property
     def enabled(self) -> bool:
         return self.verifier.enabled
+
+    async def close(self) -> None:
+        """Close the replay cache's own Redis connection (gateway shutdown)."""
+        await self.replay.close()
 
     def nonce_headers(self) -> dict[str, str]:
         """``DPoP-Nonce`` for a response when nonces are on (§8.2: any response may carry it)."""

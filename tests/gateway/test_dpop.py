@@ -13,6 +13,7 @@ import hashlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,6 +31,7 @@ from tests.gateway.conftest import (
     refresh_cookie,
 )
 from tests.support.dpop_proofs import ProofKey, ath, b64url
+from tests.support.servers import PrivateRedis
 
 LOGIN = f"{BASE_URL}/api/v1/auth/login"
 REFRESH = f"{BASE_URL}/api/v1/auth/refresh"
@@ -373,24 +375,33 @@ async def test_unbound_token_with_the_dpop_scheme_is_refused(
 
 
 async def test_replay_cache_down_fails_closed_with_503(
-    gateway: Harness, dpop_env: dict[str, str], backend: FakeBackend
+    gateway: Harness, dpop_env: dict[str, str], backend: FakeBackend, tmp_path: Path
 ) -> None:
+    """The gateway's own Redis is killed mid-session: bound requests get 503 with Retry-After,
+    never a 200 whose proof was not claimed, and work again once Redis is back, by themselves."""
+    redis_server = PrivateRedis(tmp_path / "redis")
+    redis_server.start()
     key = ProofKey()
-    async with api_client(gateway, dpop_env) as client:
-        token = (await dpop_login(client, backend.add_user(), key)).json()["access_token"]
-        replay = client.app.state.dpop.replay
-        live = replay._redis
-        dead = aioredis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
-        replay._redis = dead
-        try:
-            r = await dpop_get(client, token, key)
-            assert r.status_code == 503
-            assert r.headers["retry-after"]
-        finally:
-            replay._redis = live
-            await dead.aclose()
-        # recovers by itself once Redis answers again
-        assert (await dpop_get(client, token, key)).status_code == 200
+    try:
+        async with api_client(gateway, {**dpop_env, "REDIS_URL": redis_server.url}) as client:
+            token = (await dpop_login(client, backend.add_user(), key)).json()["access_token"]
+            assert (await dpop_get(client, token, key)).status_code == 200
+            redis_server.kill()
+            for _ in range(2):  # the cache's connection is gone, then refused
+                r = await dpop_get(client, token, key)
+                assert r.status_code == 503
+                assert r.headers["retry-after"]
+                assert r.json()["error"]["code"] == "service_unavailable"
+            redis_server.start()
+            deadline = time.monotonic() + 5
+            status = 0
+            while status != 200 and time.monotonic() < deadline:
+                status = (await dpop_get(client, token, key)).status_code
+                if status != 200:
+                    await asyncio.sleep(0.1)
+            assert status == 200
+    finally:
+        redis_server.kill()
 
 
 # -- body-mode refresh and logout -----------------------------------------------------------------
@@ -542,5 +553,32 @@ async def test_concurrent_claims_share_round_trips_and_still_catch_replays(
         )
         assert all(isinstance(o, ServiceUnavailable) for o in outcomes)
         await dead.aclose()
+        await cache.close()
     finally:
+        await client.aclose()
+
+
+async def test_claims_after_a_failed_round_trip_start_on_a_fresh_connection(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """A round trip cut off before its reply was read (the claiming request cancelled) must not
+    leave that reply on the connection for the next claim to take as its own answer."""
+    from gateway.dpop import Proof, ReplayCache
+    from gateway.errors import ServiceUnavailable
+
+    client = aioredis.from_url(redis_url)
+    cache = ReplayCache(client, prefix=f"{redis_prefix}fresh:", iat_window=60)
+    now = int(time.time())
+    try:
+        assert await cache.claim(Proof("k", "a", now)) is True
+        task = asyncio.ensure_future(cache.claim(Proof("k", "b", now)))
+        await asyncio.sleep(0)  # the request is written, the reply not read yet
+        task.cancel()
+        with pytest.raises((asyncio.CancelledError, ServiceUnavailable)):
+            await task
+        # the reply to "b" must not be read as the answer to "a" again (a replay taken as fresh)
+        assert await cache.claim(Proof("k", "a", now)) is False
+        assert await cache.claim(Proof("k", "c", now)) is True
+    finally:
+        await cache.close()
         await client.aclose()
