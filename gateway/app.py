@@ -1,19 +1,13 @@
 """The gateway application: ``create_app(settings)`` builds it, the lifespan opens its resources.
 
-app.state after start-up (the proxy reads these):
-- ``settings``: :class:`gateway.settings.Settings`
-- ``tokens``: :class:`gateway.tokens.TokenService` (``verify_access``)
-- ``revoked``: :class:`gateway.revocation.RevokedSessions` (``sid in revoked``, no I/O)
-- ``epochs``: :class:`gateway.epochs.UserEpochs` (``token_denied(sub, iat)``, no I/O)
-- ``minter``: :class:`internal_auth.Minter` (issuer GATEWAY_ID, audience BACKEND_ID)
-- ``pool`` (asyncpg), ``redis`` (redis.asyncio), ``ledger``, ``backend``, ``ratelimits``
-- ``dpop``: :class:`gateway.dpop.DPoP` (proof checks and the shared ``jti`` replay cache)
+What they leave on ``app.state`` is declared, with its type, in :class:`gateway.state.GatewayState`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -53,6 +47,7 @@ from gateway.ratelimit import RateLimits
 from gateway.revocation import RevokedSessions
 from gateway.sessions import Ledger
 from gateway.settings import Settings
+from gateway.state import GatewayState, gateway_state
 from gateway.tokens import TokenService
 
 logger = logging.getLogger("gateway.app")
@@ -118,7 +113,7 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    state = request.app.state
+    state = gateway_state(request)
 
     async def postgres() -> bool:
         try:
@@ -128,7 +123,9 @@ async def readyz(request: Request) -> Response:
 
     async def redis_ok() -> bool:
         try:
-            return bool(await asyncio.wait_for(state.redis.ping(), 2.0))
+            pong = state.redis.ping()
+            # redis-py types each command for its sync client too (bool | Awaitable[bool])
+            return inspect.isawaitable(pong) and bool(await asyncio.wait_for(pong, 2.0))
         except Exception:
             return False
 
@@ -177,6 +174,8 @@ def create_app(
         raise ConfigError("CORS_ALLOWED_ORIGINS must not contain '*' (credentials are allowed)")
     tokens = TokenService(settings)
     minter = _load_minter(settings)
+    # app.state, typed; installed below before any request or lifespan can read it
+    state = GatewayState()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -212,18 +211,18 @@ def create_app(
             revoked_since=ledger.revoked_since,
             epochs=epochs,
         )
-        app.state.pool = pool
-        app.state.redis = redis_client
-        app.state.revoked = revoked
-        app.state.epochs = epochs
-        app.state.ledger = ledger
+        state.pool = pool
+        state.redis = redis_client
+        state.revoked = revoked
+        state.epochs = epochs
+        state.ledger = ledger
         backend = BackendClient(http, minter, gateway_id=settings.gateway_id)
-        app.state.backend = backend
-        app.state.ratelimits = RateLimits(settings)
-        dpop = app.state.dpop = DPoP.from_settings(settings, redis_client)
+        state.backend = backend
+        state.ratelimits = RateLimits(settings)
+        dpop = state.dpop = DPoP.from_settings(settings, redis_client)
         proxy = BackendProxy(settings, tokens)
         await proxy.start()
-        app.state.proxy = proxy
+        state.proxy = proxy
         # epochs first: the durable source, so even with Redis down (or flushed) this instance
         # refuses the access tokens of accounts changed within one access-token lifetime
         await epochs.start(backend.epochs_since)
@@ -234,14 +233,14 @@ def create_app(
             interval=settings.refresh_ledger_prune_interval,
         )
         pruner.start()
-        app.state.pruner = pruner
+        state.pruner = pruner
         log_event(
             logger,
             "gateway_started",
             revocation_connected=revoked.connected,
             epochs_loaded=epochs.loaded,
         )
-        sampler = asyncio.create_task(metrics.sample_gauges(app.state), name="metrics-sampler")
+        sampler = asyncio.create_task(metrics.sample_gauges(state), name="metrics-sampler")
         try:
             yield
         finally:
@@ -284,8 +283,9 @@ def create_app(
     # No 307 to the same path with or without a slash (GET /api/v1 answered one): its Location
     # is built from the client's Host header, and an unknown path is a plain JSON 404.
     app.router.redirect_slashes = False
-    app.state.settings = settings
-    app.state.db_outages = db.Outages(logger, on_record=postgres_error("gateway"))
-    app.state.tokens = tokens
-    app.state.minter = minter
+    app.state = state
+    state.settings = settings
+    state.db_outages = db.Outages(logger, on_record=postgres_error("gateway"))
+    state.tokens = tokens
+    state.minter = minter
     return app

@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway import bearer, metrics
-from gateway.backend_client import BackendClient, BackendUser
+from gateway.backend_client import BackendUser
 from gateway.cookies import (
     check_login_origin,
     check_origin,
@@ -37,8 +37,8 @@ from gateway.cookies import (
     request_origin,
     set_refresh_cookie,
 )
-from gateway.dpop import DPoP, InvalidDPoPProof
-from gateway.epochs import UserEpochs, wait_until_past
+from gateway.dpop import InvalidDPoPProof
+from gateway.epochs import wait_until_past
 from gateway.errors import (
     Forbidden,
     InvalidToken,
@@ -47,10 +47,9 @@ from gateway.errors import (
     ValidationFailed,
 )
 from gateway.ratelimit import account_key
-from gateway.revocation import RevokedSessions
-from gateway.sessions import IssuedRefresh, Ledger, Outcome
-from gateway.settings import Settings
-from gateway.tokens import AccessClaims, TokenService
+from gateway.sessions import IssuedRefresh, Outcome
+from gateway.state import gateway_state
+from gateway.tokens import AccessClaims
 
 logger = logging.getLogger("gateway.auth")
 
@@ -79,41 +78,6 @@ def _parse_credentials(data: Any) -> tuple[str, str]:
     return email, password
 
 
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-def _tokens(request: Request) -> TokenService:
-    tokens: TokenService = request.app.state.tokens
-    return tokens
-
-
-def _ledger(request: Request) -> Ledger:
-    ledger: Ledger = request.app.state.ledger
-    return ledger
-
-
-def _dpop(request: Request) -> DPoP:
-    dpop: DPoP = request.app.state.dpop
-    return dpop
-
-
-def _backend(request: Request) -> BackendClient:
-    backend: BackendClient = request.app.state.backend
-    return backend
-
-
-def _revoked(request: Request) -> RevokedSessions:
-    revoked: RevokedSessions = request.app.state.revoked
-    return revoked
-
-
-def _epochs(request: Request) -> UserEpochs:
-    epochs: UserEpochs = request.app.state.epochs
-    return epochs
-
-
 async def _issue_time(request: Request, user: BackendUser, checked_at: int) -> int:
     """The ``iat`` (and family ``created_at``) of what is minted on the strength of an account
     check that was sent at ``checked_at``.
@@ -124,7 +88,7 @@ async def _issue_time(request: Request, user: BackendUser, checked_at: int) -> i
     that already saw the new epoch waits out that epoch's second and mints at it, so the token
     issued just after a change survives it.
     """
-    _epochs(request).apply(user.epochs)
+    gateway_state(request).epochs.apply(user.epochs)
     if user.token_epoch > checked_at:
         await wait_until_past(user.token_epoch)
     return max(checked_at, user.token_epoch)
@@ -147,8 +111,8 @@ def _token_response(
     # The one rule this function must never break: a refresh token in a body is key-bound.
     if body_mode and jkt is None:
         raise RuntimeError("an unbound refresh token must never be returned in a body")
-    settings = _settings(request)
-    tokens = _tokens(request)
+    state = gateway_state(request)
+    tokens = state.tokens
     access, claims = tokens.issue_access(
         sub=issued.sub, sid=issued.sid, roles=roles, jkt=jkt, now=access_iat
     )
@@ -170,14 +134,14 @@ def _token_response(
         body["refresh_token"] = refresh
         body["refresh_expires_in"] = max(issued.exp - _now(), 1)
     body.update(extra or {})
-    nonce = _dpop(request).nonce_headers() if jkt is not None else {}
+    nonce = state.dpop.nonce_headers() if jkt is not None else {}
     response = JSONResponse(body, headers={**NO_STORE, **nonce, **(headers or {})})
     if not body_mode:
         set_refresh_cookie(
             response,
             refresh,
             max_age=max(issued.exp - _now(), 1),
-            secure=cookie_secure(request, settings.cookie_secure),
+            secure=cookie_secure(request, state.settings.cookie_secure),
         )
     return response
 
@@ -185,14 +149,15 @@ def _token_response(
 async def authenticate(request: Request) -> AccessClaims:
     """The caller's access token (Bearer, or DPoP with a proof); revoked sessions, and tokens
     issued before their account last changed, fail."""
+    state = gateway_state(request)
     return await bearer.authenticate_request(
         headers=request.scope["headers"],
         method=request.method,
         path=_request_path(request),
-        verify=_tokens(request).verify_access,
-        dpop=_dpop(request),
-        revoked=_revoked(request),
-        token_denied=_epochs(request).token_denied,
+        verify=state.tokens.verify_access,
+        dpop=state.dpop,
+        revoked=state.revoked,
+        token_denied=state.epochs.token_denied,
     )
 
 
@@ -207,7 +172,7 @@ async def _proof_jkt(request: Request) -> str | None:
     proofs = request.headers.getlist("dpop")
     if not proofs:
         return None
-    proof = await _dpop(request).for_token_endpoint(
+    proof = await gateway_state(request).dpop.for_token_endpoint(
         proofs, method=request.method, path=_request_path(request)
     )
     return proof.jkt
@@ -234,15 +199,16 @@ def _key_mismatch(request: Request, sid: str | None, mode: str) -> None:
         sid=sid,
         mode=mode,
         path=request.url.path,
-        ip=request.app.state.ratelimits.client_ip(request),
+        ip=gateway_state(request).ratelimits.client_ip(request),
     )
 
 
 @metrics.count_login
 async def login(request: Request) -> Response:
     # Login CSRF: a cross-site form must not log the victim's browser into another account.
-    check_login_origin(request, _settings(request).cors_allowed_origins)
-    limits = request.app.state.ratelimits
+    state = gateway_state(request)
+    check_login_origin(request, state.settings.cors_allowed_origins)
+    limits = state.ratelimits
     email, password = _parse_credentials(await read_json(request, limit=MAX_LOGIN_BODY))
     ip = limits.client_ip(request)
     await limits.check(limits.login_ip, "login-ip", ip)
@@ -250,9 +216,9 @@ async def login(request: Request) -> Response:
     # The proof before the password check: a bad proof costs no argon2 and reveals nothing.
     jkt = await _proof_jkt(request)
     checked_at = _now()
-    user = await _backend(request).validate(email, password)
+    user = await state.backend.validate(email, password)
     issued_at = await _issue_time(request, user, checked_at)
-    issued = await _ledger(request).create_family(
+    issued = await state.ledger.create_family(
         user_id=user.id,
         roles=user.roles,
         user_agent=request.headers.get("user-agent"),
@@ -279,13 +245,14 @@ async def login(request: Request) -> Response:
 
 
 async def refresh(request: Request) -> Response:
-    settings = _settings(request)
+    state = gateway_state(request)
+    settings = state.settings
     refuse_foreign_body(request.headers.raw)
     raw = await read_limited(request, MAX_LOGIN_BODY)
     body_mode = bool(raw.strip())
     if not body_mode:
         check_origin(request, settings.cors_allowed_origins)
-    limits = request.app.state.ratelimits
+    limits = state.ratelimits
     headers = await limits.check(limits.refresh_ip, "refresh-ip", limits.client_ip(request))
     token = (
         _parse_refresh_body(raw)
@@ -300,25 +267,23 @@ async def refresh(request: Request) -> Response:
     if token is None:
         raise InvalidToken(clear_cookie=clear)
     try:
-        presented = _tokens(request).verify_refresh(token)
+        presented = state.tokens.verify_refresh(token)
     except InvalidToken:
         raise InvalidToken(clear_cookie=clear) from None
     # Status, roles and epochs are re-read before anything commits. If the backend cannot
     # answer, this raises 503 + Retry-After and the presented token stays valid: a hiccup must
     # not burn the rotation and turn the client's retry into "reuse".
     checked_at = _now()
-    user = await _backend(request).lifecycle(presented.sub)
+    user = await state.backend.lifecycle(presented.sub)
     if user is None or not user.active:
         # disabled or deleted: this family ends here, whatever its epoch says
-        if await _ledger(request).revoke_family(
-            presented.sid, reason="account-disabled", now=_now()
-        ):
-            await _revoked(request).revoke([presented.sid])
+        if await state.ledger.revoke_family(presented.sid, reason="account-disabled", now=_now()):
+            await state.revoked.revoke([presented.sid])
             metrics.revoked("account-disabled")
         log_event(logger, "refresh_refused", sid=presented.sid, reason="account-inactive")
         raise InvalidToken(clear_cookie=clear)
-    _epochs(request).apply(user.epochs)
-    result = await _ledger(request).rotate(
+    state.epochs.apply(user.epochs)
+    result = await state.ledger.rotate(
         presented, now=_now(), jkt=jkt, sessions_valid_from=user.session_epoch
     )
     log_event(logger, "refresh_rotation", sid=result.sid, outcome=str(result.outcome))
@@ -332,7 +297,7 @@ async def refresh(request: Request) -> Response:
     ):
         # RFC 9700 §4.14.2: a replayed refresh token means the family may be stolen; kill
         # its live access tokens everywhere, not only the refresh chain.
-        await _revoked(request).revoke([result.sid])
+        await state.revoked.revoke([result.sid])
         metrics.revoked("reuse" if result.outcome is Outcome.REUSED_REVOKED else "sessions-ended")
     if result.outcome not in (Outcome.ROTATED, Outcome.RETRY) or result.successor is None:
         raise InvalidToken(clear_cookie=clear)
@@ -351,7 +316,8 @@ async def refresh(request: Request) -> Response:
 
 
 async def logout(request: Request) -> Response:
-    settings = _settings(request)
+    state = gateway_state(request)
+    settings = state.settings
     refuse_foreign_body(request.headers.raw)
     raw = await read_limited(request, MAX_LOGIN_BODY)
     body_mode = bool(raw.strip())
@@ -369,18 +335,18 @@ async def logout(request: Request) -> Response:
     if token is None:
         return response
     try:
-        presented = _tokens(request).verify_refresh(token)
+        presented = state.tokens.verify_refresh(token)
     except InvalidToken:
         return response
     # the token's signature vouches for its sid; the ledger checks the family is its sub's
-    family = await _ledger(request).family_of(presented)
+    family = await state.ledger.family_of(presented)
     if family is not None:
         if family.jkt != jkt:
             # the holder of a copied token (without the key) must not be able to end the session
             _key_mismatch(request, family.sid, "body" if body_mode else "cookie")
             raise InvalidToken(clear_cookie=not body_mode)
-        await _ledger(request).revoke_family(family.sid, reason="logout", now=_now())
-        await request.app.state.revoked.revoke([family.sid])
+        await state.ledger.revoke_family(family.sid, reason="logout", now=_now())
+        await state.revoked.revoke([family.sid])
         metrics.revoked("logout")
         log_event(logger, "logout", sid=family.sid)
     return response
@@ -389,18 +355,19 @@ async def logout(request: Request) -> Response:
 async def logout_all(request: Request) -> Response:
     refuse_foreign_body(request.headers.raw)
     claims = await authenticate(request)
-    sids = await _ledger(request).revoke_all_for_user(claims.sub, reason="logout-all", now=_now())
-    await request.app.state.revoked.revoke({*sids, claims.sid})
+    state = gateway_state(request)
+    sids = await state.ledger.revoke_all_for_user(claims.sub, reason="logout-all", now=_now())
+    await state.revoked.revoke({*sids, claims.sid})
     metrics.revoked("logout-all", len(sids))
     log_event(logger, "logout_all", sub=claims.sub, count=len(sids))
     response = Response(status_code=204, headers=NO_STORE)
-    clear_refresh_cookie(response, secure=cookie_secure(request, _settings(request).cookie_secure))
+    clear_refresh_cookie(response, secure=cookie_secure(request, state.settings.cookie_secure))
     return response
 
 
 async def list_sessions(request: Request) -> Response:
     claims = await authenticate(request)
-    sessions = await _ledger(request).list_sessions(claims.sub, now=_now())
+    sessions = await gateway_state(request).ledger.list_sessions(claims.sub, now=_now())
     return JSONResponse(
         {
             "sessions": [
@@ -431,12 +398,13 @@ async def delete_session(request: Request) -> Response:
         sid = str(uuid.UUID(raw_id))
     except ValueError:
         raise NotFound("no such session") from None
-    revoked = await _ledger(request).revoke_user_family(
+    state = gateway_state(request)
+    revoked = await state.ledger.revoke_user_family(
         claims.sub, sid, reason="user-revoked", now=_now()
     )
     if not revoked:
         raise NotFound("no such session")
-    await request.app.state.revoked.revoke([sid])
+    await state.revoked.revoke([sid])
     metrics.revoked("user-revoked")
     log_event(logger, "session_revoked", sub=claims.sub, sid=sid)
     return Response(status_code=204, headers=NO_STORE)
@@ -466,35 +434,35 @@ async def change_password(request: Request) -> Response:
     session carries on under a new id. A wrong current password is a bare 403 (a 401 would tell
     the client to refresh and retry) and counts against the per-account login limit.
     """
-    settings = _settings(request)
+    state = gateway_state(request)
     if request_origin(request) is not None:
         # browsers always send Origin on a POST; non-browser clients send none
-        check_origin(request, settings.cors_allowed_origins)
+        check_origin(request, state.settings.cors_allowed_origins)
     claims = await authenticate(request)
     current, new = _parse_password_change(await read_json(request, limit=MAX_LOGIN_BODY))
-    user = await _backend(request).lifecycle(claims.sub)
+    user = await state.backend.lifecycle(claims.sub)
     if user is None or not user.active:
         raise SessionRevoked(headers={"WWW-Authenticate": bearer.INVALID_TOKEN_CHALLENGE})
-    limits = request.app.state.ratelimits
+    limits = state.ratelimits
     ip = limits.client_ip(request)
     await limits.check(limits.login_ip, "login-ip", ip)
     headers = await limits.check(limits.login_account, "login-account", account_key(user.email))
     checked_at = _now()
     try:
-        changed = await _backend(request).change_password(claims.sub, current, new)
+        changed = await state.backend.change_password(claims.sub, current, new)
     except Forbidden:
         log_event(logger, "password_change_refused", logging.WARNING, sub=claims.sub)
         raise Forbidden(headers=headers) from None
-    await _revoked(request).publish_epochs(changed.epochs)
-    ended = await _ledger(request).revoke_all_for_user(
+    await state.revoked.publish_epochs(changed.epochs)
+    ended = await state.ledger.revoke_all_for_user(
         claims.sub, reason="password-changed", now=_now()
     )
     # the epoch already ends them; revoking in the ledger too keeps the sessions list true and
     # kills their access tokens through the revoked-session set as well
-    await _revoked(request).revoke({*ended, claims.sid})
+    await state.revoked.revoke({*ended, claims.sid})
     metrics.revoked("password-changed", len(ended))
     issued_at = await _issue_time(request, changed, checked_at)
-    issued = await _ledger(request).create_family(
+    issued = await state.ledger.create_family(
         user_id=claims.sub,
         roles=changed.roles,
         user_agent=request.headers.get("user-agent"),

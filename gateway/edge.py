@@ -52,6 +52,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.cookies import clear_refresh_cookie, cookie_secure
 from gateway.errors import GatewayError, ServiceUnavailable
 from gateway.security_headers import security_headers
+from gateway.state import gateway_state
 
 __all__ = ["Edge", "error_response", "proxy_only_paths"]
 
@@ -76,7 +77,7 @@ async def error_response(request: Request, exc: Exception) -> Response:
     if isinstance(exc, GatewayError):
         response = json_error(exc.status, exc.code, exc.message, exc.headers)
         if exc.clear_cookie:
-            secure = cookie_secure(request, request.app.state.settings.cookie_secure)
+            secure = cookie_secure(request, gateway_state(request).settings.cookie_secure)
             clear_refresh_cookie(response, secure=secure)
         return response
     if isinstance(exc, BodyError):

@@ -32,7 +32,7 @@ import contextlib
 import functools
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from prometheus_client import Counter, Gauge, Histogram
@@ -47,6 +47,10 @@ from gateway.errors import (
     RateLimited,
     ServiceUnavailable,
 )
+
+if TYPE_CHECKING:
+    # gateway.state imports the modules that count here: at run time that would be a cycle
+    from gateway.state import GatewayState
 
 #: The backend's routes as the public sees them (``/v1/x`` is proxied at ``/api/v1/x``).
 #: A test checks this against the backend's own route table, so it cannot drift.
@@ -249,14 +253,14 @@ def count_login(
 SAMPLE_INTERVAL = 1.0
 
 
-async def sample_gauges(state: Any, interval: float = SAMPLE_INTERVAL) -> None:
+async def sample_gauges(state: GatewayState, interval: float = SAMPLE_INTERVAL) -> None:
     """Every ``interval`` seconds: listener state, revoked-set size, pool in use and idle."""
     while True:
         sample_once(state)
         await asyncio.sleep(interval)
 
 
-def sample_once(state: Any) -> None:
+def sample_once(state: GatewayState) -> None:
     revoked_set = getattr(state, "revoked", None)
     if revoked_set is not None:
         LISTENER_CONNECTED.set(1 if revoked_set.connected else 0)

@@ -48,6 +48,7 @@ from gateway.errors import (
 from gateway.forwarding import request_headers, response_headers
 from gateway.paths import backend_path
 from gateway.settings import Settings
+from gateway.state import scope_state
 from gateway.tokens import TokenService
 from gateway.user_limit import UserLimit
 from gateway.verified_tokens import VerifiedTokens
@@ -137,8 +138,8 @@ class BackendProxy:
 
 async def proxy_request(scope: Scope, receive: Receive, send: Send) -> None:
     started = time.perf_counter()
-    app_state = scope["app"].state
-    proxy: BackendProxy = app_state.proxy
+    app_state = scope_state(scope)
+    proxy = app_state.proxy
     headers: list[tuple[bytes, bytes]] = scope["headers"]
     request_state = scope.setdefault("state", {})
     method: str = scope["method"]

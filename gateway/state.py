@@ -1,0 +1,80 @@
+"""The gateway's ``app.state``, typed: :class:`GatewayState` and the accessors that hand it out.
+
+Starlette's :class:`~starlette.datastructures.State` answers every attribute with ``Any``, so a
+misspelt or mistyped read went unseen by mypy. :class:`GatewayState` declares each attribute with
+its type (annotations only: the values stay in Starlette's dict, so setting and reading work as
+before), ``create_app`` installs it, and :func:`gateway_state` / :func:`scope_state` narrow
+``app.state`` to it once, where a request starts using it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import redis.asyncio as aioredis
+from internal_auth import Minter
+from servicekit import db
+from starlette.datastructures import State
+from starlette.requests import HTTPConnection
+from starlette.types import Scope
+
+from gateway.backend_client import BackendClient
+from gateway.dpop import DPoP
+from gateway.epochs import UserEpochs
+from gateway.ledger_pruner import LedgerPruner
+from gateway.ratelimit import RateLimits
+from gateway.revocation import RevokedSessions
+from gateway.sessions import Ledger
+from gateway.settings import Settings
+from gateway.tokens import TokenService
+
+if TYPE_CHECKING:
+    # proxy.py reads its state through this module: importing it here at run time is a cycle.
+    from gateway.proxy import BackendProxy
+
+
+class GatewayState(State):
+    """What the gateway keeps on ``app.state``.
+
+    ``create_app`` sets ``settings``, ``tokens``, ``minter`` and ``db_outages``; everything else
+    is opened in the lifespan and exists only after start-up (reading it before raises
+    ``AttributeError``, as Starlette's ``State`` does).
+    """
+
+    settings: Settings
+    #: ``verify_access``/``issue_access`` and the refresh-token codec
+    tokens: TokenService
+    #: internal tokens: issuer GATEWAY_ID, audience BACKEND_ID
+    minter: Minter
+    #: the database-outage 503 handler (:func:`servicekit.db.exception_handlers`) counts here
+    db_outages: db.Outages
+
+    # --- after start-up only ------------------------------------------------------------------
+    pool: db.Database
+    redis: aioredis.Redis
+    #: ``sid in revoked``, no I/O
+    revoked: RevokedSessions
+    #: ``token_denied(sub, iat)``, no I/O
+    epochs: UserEpochs
+    ledger: Ledger
+    backend: BackendClient
+    ratelimits: RateLimits
+    #: proof checks and the shared ``jti`` replay cache
+    dpop: DPoP
+    #: the keep-alive pool to the backend that :func:`gateway.proxy.proxy_request` forwards on
+    proxy: BackendProxy
+    pruner: LedgerPruner
+
+
+def scope_state(scope: Scope) -> GatewayState:
+    """The state of the gateway app serving this ASGI ``scope``."""
+    state = scope["app"].state
+    if not isinstance(state, GatewayState):
+        # only an app not built by gateway.app.create_app gets here: a wiring bug, not a request's
+        raise RuntimeError("app.state is not a GatewayState (app not built by create_app)")
+    return state
+
+
+def gateway_state(conn: HTTPConnection) -> GatewayState:
+    """The state of the gateway app serving this request."""
+    return scope_state(conn.scope)
