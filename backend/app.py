@@ -49,6 +49,7 @@ from backend.errors import (
 from backend.notes import MAX_BODY, MAX_TITLE, NoteStore
 from backend.passwords import Passwords
 from backend.settings import Settings
+from backend.state import BackendState, backend_state
 from backend.users import UserStore, WrongPassword, change_password, check_credentials
 from backend.validation import int_param, json_object, required_string, string_field, uuid_path
 
@@ -71,9 +72,8 @@ async def validate_credentials(request: Request) -> Response:
     data = await json_object(request, allowed={"email", "password"}, required={"email", "password"})
     email = required_string(data, "email", min_len=0, max_len=1024)
     password = required_string(data, "password", min_len=0, max_len=4096)
-    user = await check_credentials(
-        request.app.state.users, request.app.state.passwords, email, password
-    )
+    state = backend_state(request)
+    user = await check_credentials(state.users, state.passwords, email, password)
     return JSONResponse(user.lifecycle())
 
 
@@ -93,9 +93,8 @@ async def password_change(request: Request) -> Response:
     except ValueError:
         raise CurrentPasswordRejected() from None
     try:
-        user = await change_password(
-            request.app.state.users, request.app.state.passwords, uid, current, new
-        )
+        state = backend_state(request)
+        user = await change_password(state.users, state.passwords, uid, current, new)
     except WrongPassword:
         raise CurrentPasswordRejected() from None
     return JSONResponse(user.lifecycle())
@@ -103,7 +102,7 @@ async def password_change(request: Request) -> Response:
 
 async def lifecycle(request: Request) -> Response:
     """Status, roles and epochs of one account: the gateway asks before every rotation."""
-    user = await request.app.state.users.by_id(uuid_path(request, "user_id"))
+    user = await backend_state(request).users.by_id(uuid_path(request, "user_id"))
     if user is None:
         raise NotFound()
     return JSONResponse(user.lifecycle())
@@ -113,7 +112,7 @@ async def lifecycle_epochs(request: Request) -> Response:
     """Every account whose token epoch is at or after ``since``: a gateway that starts, or
     reconnects to Redis, rebuilds what the broadcasts it missed would have told it."""
     since = int_param(request, "since", default=0, low=0, high=2**62)
-    users = await request.app.state.users.epochs_since(since)
+    users = await backend_state(request).users.epochs_since(since)
     return JSONResponse(
         {
             "epochs": [
@@ -126,7 +125,7 @@ async def lifecycle_epochs(request: Request) -> Response:
 
 async def me(request: Request) -> Response:
     _, user_id = _principal_user_id(request)
-    user = await request.app.state.users.by_id(user_id)
+    user = await backend_state(request).users.by_id(user_id)
     if user is None or user.disabled_at is not None:
         raise Unauthorized()
     return JSONResponse(user.public())
@@ -138,7 +137,7 @@ async def list_users(request: Request) -> Response:
         raise Forbidden("this route needs the admin role")
     limit = int_param(request, "limit", default=50, low=1, high=200)
     offset = int_param(request, "offset", default=0, low=0, high=10_000_000)
-    users, total = await request.app.state.users.page(limit=limit, offset=offset)
+    users, total = await backend_state(request).users.page(limit=limit, offset=offset)
     return JSONResponse(
         {"items": [u.public() for u in users], "total": total, "limit": limit, "offset": offset}
     )
@@ -148,7 +147,7 @@ async def list_notes(request: Request) -> Response:
     _, owner = _principal_user_id(request)
     limit = int_param(request, "limit", default=50, low=1, high=200)
     offset = int_param(request, "offset", default=0, low=0, high=10_000_000)
-    notes = await request.app.state.notes.list(owner, limit=limit, offset=offset)
+    notes = await backend_state(request).notes.list(owner, limit=limit, offset=offset)
     return JSONResponse({"items": [n.public() for n in notes], "limit": limit, "offset": offset})
 
 
@@ -157,13 +156,13 @@ async def create_note(request: Request) -> Response:
     data = await json_object(request, allowed={"title", "body"}, required={"title"})
     title = required_string(data, "title", min_len=1, max_len=MAX_TITLE)
     body = string_field(data, "body", min_len=0, max_len=MAX_BODY) or ""
-    note = await request.app.state.notes.create(owner, title, body)
+    note = await backend_state(request).notes.create(owner, title, body)
     return JSONResponse(note.public(), status_code=201)
 
 
 async def get_note(request: Request) -> Response:
     _, owner = _principal_user_id(request)
-    note = await request.app.state.notes.get(owner, uuid_path(request, "note_id"))
+    note = await backend_state(request).notes.get(owner, uuid_path(request, "note_id"))
     if note is None:
         raise NotFound()
     return JSONResponse(note.public())
@@ -175,7 +174,7 @@ async def update_note(request: Request) -> Response:
     data = await json_object(request, allowed={"title", "body"}, required=set())
     title = string_field(data, "title", min_len=1, max_len=MAX_TITLE)
     body = string_field(data, "body", min_len=0, max_len=MAX_BODY)
-    note = await request.app.state.notes.update(owner, note_id, title=title, body=body)
+    note = await backend_state(request).notes.update(owner, note_id, title=title, body=body)
     if note is None:
         raise NotFound()
     return JSONResponse(note.public())
@@ -184,7 +183,7 @@ async def update_note(request: Request) -> Response:
 async def delete_note(request: Request) -> Response:
     refuse_foreign_body(request.headers.raw)
     _, owner = _principal_user_id(request)
-    if not await request.app.state.notes.delete(owner, uuid_path(request, "note_id")):
+    if not await backend_state(request).notes.delete(owner, uuid_path(request, "note_id")):
         raise NotFound()
     return Response(status_code=204)
 
@@ -195,7 +194,7 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     try:
-        await asyncio.wait_for(request.app.state.pool.fetchval("SELECT 1"), 2.0)
+        await asyncio.wait_for(backend_state(request).pool.fetchval("SELECT 1"), 2.0)
     except Exception:
         log_event(logger, "readiness_failed", logging.WARNING, dependency="postgres")
         return JSONResponse(
@@ -235,16 +234,18 @@ def create_app(settings: Settings, *, passwords: Passwords | None = None) -> Sta
         ),
     )
     hasher = passwords or Passwords(settings.argon2, settings.argon2_max_concurrent)
+    # app.state, typed; installed below before any request or lifespan can read it
+    state = BackendState()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # DB_POOL_MIN defaults to 0: the service starts (and answers /readyz with 503) while
         # PostgreSQL is down, and connects once it comes back.
         pool = await db.Database.connect(settings.database_url, settings.pool)
-        app.state.pool = pool
-        app.state.users = UserStore(pool)
-        app.state.notes = NoteStore(pool)
-        app.state.passwords = hasher
+        state.pool = pool
+        state.users = UserStore(pool)
+        state.notes = NoteStore(pool)
+        state.passwords = hasher
         log_event(logger, "backend_started")
         try:
             yield
@@ -311,5 +312,6 @@ def create_app(settings: Settings, *, passwords: Passwords | None = None) -> Sta
     # No 307 to the same path with or without a slash: its Location is built from the Host
     # header, and an unknown path is a plain JSON 404 (found by the contract fuzzer).
     app.router.redirect_slashes = False
-    app.state.db_outages = db.Outages(logger, on_record=postgres_error("backend"))
+    app.state = state
+    state.db_outages = db.Outages(logger, on_record=postgres_error("backend"))
     return app
