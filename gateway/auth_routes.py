@@ -116,15 +116,7 @@ def _token_response(
     access, claims = tokens.issue_access(
         sub=issued.sub, sid=issued.sid, roles=roles, jkt=jkt, now=access_iat
     )
-    refresh = tokens.encode_refresh(
-        sub=issued.sub,
-        sid=issued.sid,
-        jti=issued.jti,
-        iat=issued.iat,
-        exp=issued.exp,
-        gen=issued.gen,
-        sec=issued.sec,
-    )
+    refresh = tokens.encode_refresh(issued.as_claims())
     body: dict[str, Any] = {
         "access_token": access,
         "token_type": "DPoP" if jkt is not None else "Bearer",

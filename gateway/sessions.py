@@ -116,7 +116,8 @@ class IssuedRefresh:
     sec: str | None = field(default=None, repr=False)
 
     def as_claims(self) -> RefreshClaims:
-        """The claims a client presents back: what :meth:`Ledger.rotate` takes."""
+        """The refresh token's claims: what :meth:`gateway.tokens.TokenService.encode_refresh`
+        signs, and what :meth:`Ledger.rotate` takes when the client presents it back."""
         return RefreshClaims(
             sub=self.sub,
             sid=self.sid,

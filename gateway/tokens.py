@@ -192,36 +192,26 @@ class TokenService:
 
     # -- refresh ------------------------------------------------------------------------------
 
-    def encode_refresh(
-        self,
-        *,
-        sub: str,
-        sid: str,
-        jti: str,
-        iat: int,
-        exp: int,
-        gen: int | None = None,
-        sec: str | None = None,
-    ) -> str:
-        """Sign a refresh token; the same inputs give the same token (HMAC is deterministic).
+    def encode_refresh(self, claims: RefreshClaims) -> str:
+        """Sign a refresh token; the same claims give the same token (HMAC is deterministic).
 
         Without ``gen`` and ``sec`` the token has the old format (legacy families only).
         """
         payload: dict[str, Any] = {
             "iss": self._issuer,
             "aud": self._audience,
-            "sub": sub,
-            "sid": sid,
+            "sub": claims.sub,
+            "sid": claims.sid,
             "typ": "refresh",
-            "jti": jti,
-            "iat": iat,
-            "exp": exp,
+            "jti": claims.jti,
+            "iat": claims.iat,
+            "exp": claims.exp,
         }
-        if (gen is None) != (sec is None):
+        if (claims.gen is None) != (claims.sec is None):
             raise ValueError("gen and sec go together")
-        if gen is not None:
-            payload["gen"] = gen
-            payload["sec"] = sec
+        if claims.gen is not None:
+            payload["gen"] = claims.gen
+            payload["sec"] = claims.sec
         header = {"alg": "HS256", "typ": REFRESH_TYP_HEADER, "kid": self._refresh.signing_kid}
         return jwt.encode(header, payload, self._refresh.signing_key, registry=REGISTRY)
 

@@ -14,7 +14,7 @@ import pytest
 from internal_auth import Minter, TokenScope, generate_private_key
 
 from gateway.settings import Settings
-from gateway.tokens import TokenService
+from gateway.tokens import RefreshClaims, TokenService
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = (ROOT / "docs" / "SECURITY.md").read_text(encoding="utf-8")
@@ -128,7 +128,9 @@ def test_the_token_table_shows_the_jose_typ_the_code_writes() -> None:
     )
     tokens = TokenService(settings)
     access, claims = tokens.issue_access(sub="u", sid="s", roles=["user"])
-    refresh = tokens.encode_refresh(sub="u", sid="s", jti="j", iat=claims.iat, exp=claims.exp)
+    refresh = tokens.encode_refresh(
+        RefreshClaims(sub="u", sid="s", jti="j", iat=claims.iat, exp=claims.exp)
+    )
     internal = Minter(key, issuer="i", audience="a").mint(
         sub="u", scope=TokenScope.USER_REQUEST, htm="GET", htu="/v1/me"
     )

@@ -172,13 +172,7 @@ async def test_a_token_minted_with_the_signing_secret_is_refused_over_http(
         def mint(gen: int) -> str:
             return str(
                 tokens.encode_refresh(
-                    sub=claims.sub,
-                    sid=claims.sid,
-                    jti="minted",
-                    iat=claims.iat,
-                    exp=claims.exp,
-                    gen=gen,
-                    sec=new_secret(),
+                    dataclasses.replace(claims, jti="minted", gen=gen, sec=new_secret())
                 )
             )
 

@@ -134,11 +134,7 @@ async def test_mixed_population_over_http(
         for _ in range(10):
             # a user the backend knows: every refresh asks it for the account's status (issue 9)
             claims = await old_login(old, now, backend.user_id(backend.add_user()))
-            old_cookies.append(
-                tokens.encode_refresh(
-                    sub=claims.sub, sid=claims.sid, jti=claims.jti, iat=now, exp=claims.exp
-                )
-            )
+            old_cookies.append(tokens.encode_refresh(claims))
         new_cookies = [refresh_cookie(await login(client, backend.add_user())) for _ in range(10)]
         cookies = [*old_cookies, *(c for c in new_cookies if c is not None)]
         assert len(cookies) == 20

@@ -25,7 +25,7 @@ from gateway.cookies import read_refresh_cookie
 from gateway.errors import InvalidToken, Unauthorized
 from gateway.forwarding import request_headers, response_headers
 from gateway.settings import Settings
-from gateway.tokens import TokenService
+from gateway.tokens import RefreshClaims, TokenService
 
 SETTINGS = Settings.from_env(
     {
@@ -40,7 +40,9 @@ SETTINGS = Settings.from_env(
 TOKENS = TokenService(SETTINGS)
 ACCESS, _ = TOKENS.issue_access(sub="u1", sid="s1", roles=["user"])
 _CLAIMS = TOKENS.verify_access(ACCESS)
-REFRESH = TOKENS.encode_refresh(sub="u1", sid="s1", jti="j1", iat=_CLAIMS.iat, exp=_CLAIMS.exp)
+REFRESH = TOKENS.encode_refresh(
+    RefreshClaims(sub="u1", sid="s1", jti="j1", iat=_CLAIMS.iat, exp=_CLAIMS.exp)
+)
 
 _latin1 = st.binary(max_size=80)
 _header_names = st.sampled_from(

@@ -11,7 +11,7 @@ import pytest
 
 from gateway.errors import InvalidToken
 from gateway.settings import Settings
-from gateway.tokens import TokenService, kid_for
+from gateway.tokens import RefreshClaims, TokenService, kid_for
 from tests.gateway.conftest import ACCESS_SECRET, REFRESH_SECRET
 
 OTHER = "another-secret-that-is-long-enough-0123456789"
@@ -45,7 +45,7 @@ def header_of(token: str) -> dict[str, object]:
 def refresh_token(tokens: TokenService, *, iat: int | None = None, exp: int | None = None) -> str:
     now = int(time.time())
     return tokens.encode_refresh(
-        sub="user-1", sid="sid-1", jti="jti-1", iat=iat or now, exp=exp or now + 60
+        RefreshClaims(sub="user-1", sid="sid-1", jti="jti-1", iat=iat or now, exp=exp or now + 60)
     )
 
 
