@@ -89,6 +89,11 @@ def _id_parameter(name: str) -> Json:
 _USER_AUTH: list[Json] = [{"bearer": []}, {"dpop": []}]
 _REFRESH_AUTH: list[Json] = [{"refreshCookie": []}, {"dpop": []}]
 
+_NOTE_FIELDS: Json = {
+    "title": {"type": "string", "minLength": 1, "maxLength": MAX_TITLE},
+    "body": {"type": "string", "maxLength": MAX_NOTE_BODY},
+}
+
 _SCHEMAS: Json = {
     "Error": {
         "type": "object",
@@ -207,23 +212,14 @@ _SCHEMAS: Json = {
             "offset": {"type": "integer"},
         },
     },
+    # a new note needs a title; a change may leave out either field
     "NewNote": {
         "type": "object",
         "required": ["title"],
         "additionalProperties": False,
-        "properties": {
-            "title": {"type": "string", "minLength": 1, "maxLength": MAX_TITLE},
-            "body": {"type": "string", "maxLength": MAX_NOTE_BODY},
-        },
+        "properties": _NOTE_FIELDS,
     },
-    "NoteChanges": {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "title": {"type": "string", "minLength": 1, "maxLength": MAX_TITLE},
-            "body": {"type": "string", "maxLength": MAX_NOTE_BODY},
-        },
-    },
+    "NoteChanges": {"type": "object", "additionalProperties": False, "properties": _NOTE_FIELDS},
     "Health": {
         "type": "object",
         "required": ["status"],
@@ -239,97 +235,111 @@ _SCHEMAS: Json = {
     },
 }
 
+
+def _operation(
+    operation_id: str,
+    summary: str,
+    answers: dict[str, Json],
+    *,
+    errors: tuple[int, ...] = (),
+    security: list[Json] = _USER_AUTH,
+    description: str | None = None,
+    parameters: list[Json] | None = None,
+    body: Json | None = None,
+) -> Json:
+    """One operation; ``answers`` are its own responses, ``errors`` the shared error responses
+    (by reference). The keys keep one order, so the served document does not change shape."""
+    operation: Json = {"operationId": operation_id, "summary": summary}
+    if description is not None:
+        operation["description"] = description
+    operation["security"] = security
+    if parameters is not None:
+        operation["parameters"] = parameters
+    if body is not None:
+        operation["requestBody"] = body
+    operation["responses"] = {**answers, **_errors(*errors)}
+    return operation
+
+
 _PATHS: Json = {
     "/healthz": {
-        "get": {
-            "operationId": "healthz",
-            "summary": "Liveness",
-            "security": [],
-            "responses": {"200": _ok("alive", _ref("Health"))},
-        }
+        "get": _operation("healthz", "Liveness", {"200": _ok("alive", _ref("Health"))}, security=[])
     },
     "/readyz": {
-        "get": {
-            "operationId": "readyz",
-            "summary": "Readiness: backend, PostgreSQL and Redis",
-            "security": [],
-            "responses": {
+        "get": _operation(
+            "readyz",
+            "Readiness: backend, PostgreSQL and Redis",
+            {
                 "200": _ok("every dependency answers", _ref("Readiness")),
                 "503": _ok("a dependency is down; Retry-After", _ref("Readiness")),
             },
-        }
+            security=[],
+        )
     },
     PATH: {
-        "get": {
-            "operationId": "openapi",
-            "summary": "This document",
-            "security": [],
-            "responses": {"200": _ok("OpenAPI 3.1", {"type": "object"})},
-        }
+        "get": _operation(
+            "openapi",
+            "This document",
+            {"200": _ok("OpenAPI 3.1", {"type": "object"})},
+            security=[],
+        )
     },
     "/api/v1/auth/login": {
-        "post": {
-            "operationId": "login",
-            "summary": "Log in: the access token in the body, the refresh token in its cookie",
-            "description": (
+        "post": _operation(
+            "login",
+            "Log in: the access token in the body, the refresh token in its cookie",
+            {"200": _ok("logged in", _ref("TokenResponse"))},
+            errors=(400, 401, 403, 413, 415, 422, 429, 502, 503),
+            security=[],
+            description=(
                 "Browsers (an `Origin` header) get the refresh token as the `__Host-tg_refresh` "
                 "cookie (`tg_refresh` on plain-HTTP localhost). A request with a present, "
                 "foreign `Origin` (`null` included) is refused. With a `DPoP` proof the session "
                 "is bound to the client's key; without `Origin` the bound refresh token comes "
                 "in the body."
             ),
-            "security": [],
-            "requestBody": _body(_ref("Credentials")),
-            "responses": {
-                "200": _ok("logged in", _ref("TokenResponse")),
-                **_errors(400, 401, 403, 413, 415, 422, 429, 502, 503),
-            },
-        }
+            body=_body(_ref("Credentials")),
+        )
     },
     "/api/v1/auth/refresh": {
-        "post": {
-            "operationId": "refresh",
-            "summary": "Rotate the refresh token; a new access token",
-            "description": (
+        "post": _operation(
+            "refresh",
+            "Rotate the refresh token; a new access token",
+            {"200": _ok("rotated", _ref("TokenResponse"))},
+            errors=(400, 401, 403, 413, 415, 422, 429, 503),
+            security=_REFRESH_AUTH,
+            description=(
                 "Cookie mode: the refresh cookie and an allowed `Origin`. DPoP body mode: "
                 "`{refresh_token}` and a proof. A reused token revokes its whole family."
             ),
-            "security": _REFRESH_AUTH,
-            "requestBody": _body(_ref("RefreshBody"), required=False),
-            "responses": {
-                "200": _ok("rotated", _ref("TokenResponse")),
-                **_errors(400, 401, 403, 413, 415, 422, 429, 503),
-            },
-        }
+            body=_body(_ref("RefreshBody"), required=False),
+        )
     },
     "/api/v1/auth/logout": {
-        "post": {
-            "operationId": "logout",
-            "summary": "End this session (its family) and clear the cookie",
-            "security": _REFRESH_AUTH,
-            "requestBody": _body(_ref("RefreshBody"), required=False),
-            "responses": {
-                "204": {"description": "logged out (also when there was nothing to end)"},
-                **_errors(400, 401, 403, 413, 415, 422, 503),
-            },
-        }
+        "post": _operation(
+            "logout",
+            "End this session (its family) and clear the cookie",
+            {"204": {"description": "logged out (also when there was nothing to end)"}},
+            errors=(400, 401, 403, 413, 415, 422, 503),
+            security=_REFRESH_AUTH,
+            body=_body(_ref("RefreshBody"), required=False),
+        )
     },
     "/api/v1/auth/logout-all": {
-        "post": {
-            "operationId": "logoutAll",
-            "summary": "End every session of the caller",
-            "security": _USER_AUTH,
-            "responses": {
-                "204": {"description": "every session ended"},
-                **_errors(400, 401, 413, 415, 503),
-            },
-        }
+        "post": _operation(
+            "logoutAll",
+            "End every session of the caller",
+            {"204": {"description": "every session ended"}},
+            errors=(400, 401, 413, 415, 503),
+        )
     },
     "/api/v1/auth/password": {
-        "post": {
-            "operationId": "changePassword",
-            "summary": "Change the caller's password; every other session ends",
-            "description": (
+        "post": _operation(
+            "changePassword",
+            "Change the caller's password; every other session ends",
+            {"200": _ok("changed; the caller's new tokens", _ref("TokenResponse"))},
+            errors=(400, 401, 403, 413, 415, 422, 429, 502, 503),
+            description=(
                 "The caller's session carries on under a new id: the answer holds a new access "
                 "token and sets a new refresh cookie (or, for a DPoP body-mode client, returns "
                 "the new bound refresh token), and every other session of the user ends at "
@@ -337,103 +347,80 @@ _PATHS: Json = {
                 "and counts against the per-account login limit. An `Origin` header, when "
                 "present, must be allowed."
             ),
-            "security": _USER_AUTH,
-            "requestBody": _body(_ref("PasswordChange")),
-            "responses": {
-                "200": _ok("changed; the caller's new tokens", _ref("TokenResponse")),
-                **_errors(400, 401, 403, 413, 415, 422, 429, 502, 503),
-            },
-        }
+            body=_body(_ref("PasswordChange")),
+        )
     },
     "/api/v1/auth/sessions": {
-        "get": {
-            "operationId": "listSessions",
-            "summary": "The caller's live sessions",
-            "security": _USER_AUTH,
-            "responses": {
-                "200": _ok("sessions", _ref("SessionList")),
-                **_errors(400, 401, 503),
-            },
-        }
+        "get": _operation(
+            "listSessions",
+            "The caller's live sessions",
+            {"200": _ok("sessions", _ref("SessionList"))},
+            errors=(400, 401, 503),
+        )
     },
     "/api/v1/auth/sessions/{session_id}": {
-        "delete": {
-            "operationId": "deleteSession",
-            "summary": "End one of the caller's sessions",
-            "security": _USER_AUTH,
-            "parameters": [_id_parameter("session_id")],
-            "responses": {
-                "204": {"description": "ended"},
-                **_errors(400, 401, 404, 413, 415, 503),
-            },
-        }
+        "delete": _operation(
+            "deleteSession",
+            "End one of the caller's sessions",
+            {"204": {"description": "ended"}},
+            errors=(400, 401, 404, 413, 415, 503),
+            parameters=[_id_parameter("session_id")],
+        )
     },
     "/api/v1/me": {
-        "get": {
-            "operationId": "me",
-            "summary": "The caller (proxied to the backend's /v1/me)",
-            "security": _USER_AUTH,
-            "responses": {"200": _ok("the caller", _ref("User")), **_errors(*_PROXY_ERRORS)},
-        }
+        "get": _operation(
+            "me",
+            "The caller (proxied to the backend's /v1/me)",
+            {"200": _ok("the caller", _ref("User"))},
+            errors=_PROXY_ERRORS,
+        )
     },
     "/api/v1/users": {
-        "get": {
-            "operationId": "listUsers",
-            "summary": "Every user, a page at a time (admin role)",
-            "security": _USER_AUTH,
-            "parameters": _page_parameters(),
-            "responses": {
-                "200": _ok("a page of users", _ref("UserPage")),
-                **_errors(*_PROXY_ERRORS, 403, 422),
-            },
-        }
+        "get": _operation(
+            "listUsers",
+            "Every user, a page at a time (admin role)",
+            {"200": _ok("a page of users", _ref("UserPage"))},
+            errors=(*_PROXY_ERRORS, 403, 422),
+            parameters=_page_parameters(),
+        )
     },
     "/api/v1/notes": {
-        "get": {
-            "operationId": "listNotes",
-            "summary": "The caller's notes, newest first",
-            "security": _USER_AUTH,
-            "parameters": _page_parameters(),
-            "responses": {
-                "200": _ok("a page of notes", _ref("NotePage")),
-                **_errors(*_PROXY_ERRORS, 422),
-            },
-        },
-        "post": {
-            "operationId": "createNote",
-            "summary": "Create a note",
-            "security": _USER_AUTH,
-            "requestBody": _body(_ref("NewNote")),
-            "responses": {
-                "201": _ok("created", _ref("Note")),
-                **_errors(*_PROXY_ERRORS, 413, 415, 422),
-            },
-        },
+        "get": _operation(
+            "listNotes",
+            "The caller's notes, newest first",
+            {"200": _ok("a page of notes", _ref("NotePage"))},
+            errors=(*_PROXY_ERRORS, 422),
+            parameters=_page_parameters(),
+        ),
+        "post": _operation(
+            "createNote",
+            "Create a note",
+            {"201": _ok("created", _ref("Note"))},
+            errors=(*_PROXY_ERRORS, 413, 415, 422),
+            body=_body(_ref("NewNote")),
+        ),
     },
     "/api/v1/notes/{note_id}": {
         "parameters": [_id_parameter("note_id")],
-        "get": {
-            "operationId": "getNote",
-            "summary": "One of the caller's notes",
-            "security": _USER_AUTH,
-            "responses": {"200": _ok("the note", _ref("Note")), **_errors(*_PROXY_ERRORS)},
-        },
-        "patch": {
-            "operationId": "updateNote",
-            "summary": "Change a note's title or body",
-            "security": _USER_AUTH,
-            "requestBody": _body(_ref("NoteChanges")),
-            "responses": {
-                "200": _ok("the changed note", _ref("Note")),
-                **_errors(*_PROXY_ERRORS, 413, 415, 422),
-            },
-        },
-        "delete": {
-            "operationId": "deleteNote",
-            "summary": "Delete a note",
-            "security": _USER_AUTH,
-            "responses": {"204": {"description": "deleted"}, **_errors(*_PROXY_ERRORS, 413, 415)},
-        },
+        "get": _operation(
+            "getNote",
+            "One of the caller's notes",
+            {"200": _ok("the note", _ref("Note"))},
+            errors=_PROXY_ERRORS,
+        ),
+        "patch": _operation(
+            "updateNote",
+            "Change a note's title or body",
+            {"200": _ok("the changed note", _ref("Note"))},
+            errors=(*_PROXY_ERRORS, 413, 415, 422),
+            body=_body(_ref("NoteChanges")),
+        ),
+        "delete": _operation(
+            "deleteNote",
+            "Delete a note",
+            {"204": {"description": "deleted"}},
+            errors=(*_PROXY_ERRORS, 413, 415),
+        ),
     },
 }
 
