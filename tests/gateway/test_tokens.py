@@ -82,17 +82,33 @@ def test_cross_typed_tokens_are_rejected() -> None:
         tokens.verify_access(refresh_token(tokens))
 
 
-def test_claim_typ_is_checked_even_with_the_right_secret_and_header() -> None:
+def hand_signed(
+    claims: dict[str, object] | None = None,
+    header: dict[str, str] | None = None,
+    secret: str = ACCESS_SECRET,
+) -> str:
+    """A valid access token signed by hand, but for ``claims`` (``None`` drops one) and
+    ``header`` (``alg`` picks the algorithm) and the ``secret`` it is signed with."""
     now = int(time.time())
-    forged = pyjwt.encode(
-        {"iss": "tokengate-gateway", "aud": "tokengate-api", "sub": "u", "sid": "s",
-         "roles": [], "typ": "refresh", "jti": "j", "iat": now, "exp": now + 60},
-        ACCESS_SECRET,
-        algorithm="HS256",
-        headers={"typ": "at+jwt", "kid": kid_for(ACCESS_SECRET)},
-    )  # fmt: skip
+    payload: dict[str, object] = {
+        "iss": "tokengate-gateway", "aud": "tokengate-api", "sub": "u", "sid": "s",
+        "roles": [], "typ": "access", "jti": "j", "iat": now, "exp": now + 60,
+        **(claims or {}),
+    }  # fmt: skip
+    headers = {"typ": "at+jwt", "kid": kid_for(ACCESS_SECRET), **(header or {})}
+    algorithm = headers.pop("alg", "HS256")
+    present = {k: v for k, v in payload.items() if v is not None}
+    return pyjwt.encode(present, secret, algorithm=algorithm, headers=headers)
+
+
+def test_hand_signed_token_verifies_as_is() -> None:
+    """The control for the refusals below: each differs from a token that passes in one way."""
+    assert service().verify_access(hand_signed()).sub == "u"
+
+
+def test_claim_typ_is_checked_even_with_the_right_secret_and_header() -> None:
     with pytest.raises(InvalidToken):
-        service().verify_access(forged)
+        service().verify_access(hand_signed({"typ": "refresh"}))
 
 
 @pytest.mark.parametrize(
@@ -111,18 +127,8 @@ def test_claim_typ_is_checked_even_with_the_right_secret_and_header() -> None:
 )
 @pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
 def test_access_token_checks(claims: dict[str, object], header: dict[str, str]) -> None:
-    now = int(time.time())
-    payload: dict[str, object] = {
-        "iss": "tokengate-gateway", "aud": "tokengate-api", "sub": "u", "sid": "s",
-        "roles": [], "typ": "access", "jti": "j", "iat": now, "exp": now + 60,
-    }  # fmt: skip
-    payload.update(claims)
-    payload = {k: v for k, v in payload.items() if v is not None}
-    headers = {"typ": "at+jwt", "kid": kid_for(ACCESS_SECRET), **header}
-    algorithm = headers.pop("alg", "HS256")
-    token = pyjwt.encode(payload, ACCESS_SECRET, algorithm=algorithm, headers=headers)
     with pytest.raises(InvalidToken):
-        service().verify_access(token)
+        service().verify_access(hand_signed(claims, header))
 
 
 def test_alg_none_is_rejected() -> None:
@@ -147,16 +153,8 @@ def test_wrong_secret_tokens_fail() -> None:
 
 
 def test_wrong_secret_with_a_known_kid_fails() -> None:
-    now = int(time.time())
-    token = pyjwt.encode(
-        {"iss": "tokengate-gateway", "aud": "tokengate-api", "sub": "u", "sid": "s",
-         "roles": [], "typ": "access", "jti": "j", "iat": now, "exp": now + 60},
-        OTHER,
-        algorithm="HS256",
-        headers={"typ": "at+jwt", "kid": kid_for(ACCESS_SECRET)},
-    )  # fmt: skip
     with pytest.raises(InvalidToken):
-        service().verify_access(token)
+        service().verify_access(hand_signed(secret=OTHER))
 
 
 def test_previous_secrets_still_verify_but_never_sign() -> None:
