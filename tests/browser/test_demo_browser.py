@@ -35,7 +35,14 @@ if not CHROMIUM.exists():
 
 pytest.importorskip("playwright.sync_api", reason="the Playwright package is not installed")
 
-from playwright.sync_api import Browser, Page, Route, expect, sync_playwright  # noqa: E402
+from playwright.sync_api import (  # noqa: E402
+    Browser,
+    BrowserContext,
+    Page,
+    Route,
+    expect,
+    sync_playwright,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -139,6 +146,16 @@ def _login(page: Page, email: str) -> None:
     page.fill("#password", PASSWORD)
     page.click("#login-button")
     expect(page.locator("#profile-email")).to_have_text(email, timeout=TIMEOUT_MS)
+
+
+def _logged_in_page(context: BrowserContext, stack: Stack, email: str) -> Page:
+    """A demo page of its own in ``context`` (one device), logged in as ``email``."""
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(stack.gateway_url + "/demo/")
+    expect(page.locator("#login-form")).to_be_visible()
+    _login(page, email)
+    return page
 
 
 def test_login_reload_cookie_isolation_and_logout(
@@ -285,15 +302,7 @@ def test_revoking_another_session_logs_that_browser_out(stack: Stack, browser: B
     stack.create_user(email, PASSWORD)
     laptop, phone = browser.new_context(), browser.new_context()
     try:
-        pages = []
-        for context in (laptop, phone):
-            page = context.new_page()
-            page.set_default_timeout(TIMEOUT_MS)
-            page.goto(stack.gateway_url + "/demo/")
-            expect(page.locator("#login-form")).to_be_visible()
-            _login(page, email)
-            pages.append(page)
-        on_laptop, on_phone = pages
+        on_laptop, on_phone = [_logged_in_page(c, stack, email) for c in (laptop, phone)]
 
         on_laptop.click("#sessions-reload")
         sessions = on_laptop.locator("#sessions .session")
@@ -325,15 +334,7 @@ def test_password_form_keeps_this_session_and_ends_the_others(
     stack.create_user(email, PASSWORD)
     laptop, phone = browser.new_context(), browser.new_context()
     try:
-        pages = []
-        for context in (laptop, phone):
-            page = context.new_page()
-            page.set_default_timeout(TIMEOUT_MS)
-            page.goto(stack.gateway_url + "/demo/")
-            expect(page.locator("#login-form")).to_be_visible()
-            _login(page, email)
-            pages.append(page)
-        on_laptop, on_phone = pages
+        on_laptop, on_phone = [_logged_in_page(c, stack, email) for c in (laptop, phone)]
 
         # a wrong current password: refused, nothing ends
         on_laptop.fill("#current-password", "not my password")
