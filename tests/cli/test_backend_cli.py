@@ -13,14 +13,20 @@ import asyncpg
 
 
 def tokengate(
-    *args: str, stdin: str = "", env: dict[str, str] | None = None
+    *args: str,
+    stdin: str = "",
+    env: dict[str, str] | None = None,
+    unset: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess[str]:
+    """The command line with this environment plus ``env``, less the variables whose names
+    start with one of ``unset``."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(unset)}
     return subprocess.run(
         [sys.executable, "-m", "tokengate.cli", *args],
         input=stdin,
         capture_output=True,
         text=True,
-        env={**os.environ, **(env or {})},
+        env={**inherited, **(env or {})},
         timeout=60,
         check=False,
     )
@@ -103,15 +109,7 @@ def test_short_password_is_refused(migrated_dsn: str) -> None:
 
 
 def test_missing_database_url_names_the_variable() -> None:
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    done = subprocess.run(
-        [sys.executable, "-m", "tokengate.cli", "migrate"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=30,
-        check=False,
-    )
+    done = tokengate("migrate", unset=("DATABASE_URL",))
     assert done.returncode == 2
     assert "DATABASE_URL" in done.stderr
 
@@ -162,15 +160,8 @@ def test_migrate_sets_role_passwords_safely(migrated_dsn: str) -> None:
 
 
 def test_set_role_passwords_requires_both_variables(migrated_dsn: str) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENGATE_")}
-    env["DATABASE_URL"] = migrated_dsn
-    done = subprocess.run(
-        [sys.executable, "-m", "tokengate.cli", "migrate", "--set-role-passwords"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=30,
-        check=False,
+    done = tokengate(
+        "migrate", "--set-role-passwords", env={"DATABASE_URL": migrated_dsn}, unset=("TOKENGATE_",)
     )
     assert done.returncode == 2
     assert "TOKENGATE_BACKEND_DB_PASSWORD" in done.stderr
