@@ -25,8 +25,9 @@ the instrumentation reads them.
 from __future__ import annotations
 
 import contextvars
+import os
+import random
 import re
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -53,6 +54,22 @@ _TRACEPARENT = re.compile(rb"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _TRACESTATE = re.compile(rb"[\x20-\x7e]*")
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
+# Trace and span ids are labels, not secrets (the W3C specification asks for randomness, not for
+# unpredictability), so they come from the module's PRNG, seeded from the OS and re-seeded in
+# every forked worker, as OpenTelemetry's own RandomIdGenerator does: a getrandom() system call
+# per id cost more than the rest of the trace bookkeeping on the proxied path.
+_ids = random.Random()  # noqa: S311 (ids, not secrets: see above)
+# a forked worker must not replay its parent's sequence (spawned ones seed themselves)
+os.register_at_fork(after_in_child=_ids.seed)
+
+
+def _trace_id() -> str:
+    # all zeros is invalid (W3C Trace Context §3.2.2.3): the odds are 2**-128, the cost one test
+    return "%032x" % (_ids.getrandbits(128) or 1)
+
+
+def _span_id() -> str:
+    return "%016x" % (_ids.getrandbits(64) or 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +105,7 @@ def parse_traceparent(value: bytes) -> tuple[str, str, str] | None:
 
 def new_trace() -> TraceContext:
     # not sampled: a trace started here is recorded only when OpenTelemetry's sampler says so
-    return TraceContext(trace_id=secrets.token_hex(16), parent_id=None, flags="00")
+    return TraceContext(trace_id=_trace_id(), parent_id=None, flags="00")
 
 
 def incoming(headers: list[tuple[bytes, bytes]], *, trusted: bool) -> TraceContext:
@@ -124,7 +141,7 @@ def outbound_headers(context: TraceContext | None = None) -> list[tuple[str, str
     context = context or current_trace.get()
     if context is None:
         return []
-    headers = [("traceparent", f"00-{context.trace_id}-{secrets.token_hex(8)}-{context.flags}")]
+    headers = [("traceparent", f"00-{context.trace_id}-{_span_id()}-{context.flags}")]
     if context.tracestate:
         headers.append(("tracestate", context.tracestate))
     return headers

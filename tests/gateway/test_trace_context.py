@@ -3,8 +3,11 @@ trace or force sampling; a trusted proxy can; the backend always gets the gatewa
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from internal_auth import PrivateKey
+from servicekit import tracing
 
 from tests.gateway.conftest import ORIGIN
 from tests.gateway.test_proxy_live import stack
@@ -103,3 +106,22 @@ def test_two_traceparents_are_not_followed() -> None:
 
     headers = [(b"traceparent", TRACEPARENT.encode())] * 2
     assert incoming(headers, trusted=True).trace_id != CLIENT_TRACE
+
+
+def test_new_ids_are_well_formed_distinct_and_differ_in_a_forked_worker() -> None:
+    ids = {tracing.new_trace().trace_id for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(tracing._TRACEPARENT.fullmatch(f"00-{i}-{'1' * 16}-00".encode()) for i in ids)
+    span = tracing.outbound_headers(tracing.new_trace())[0][1].split("-")[2]
+    assert len(span) == 16 and span != "0" * 16
+    # a worker forked from a parent that already made ids must not repeat the parent's next ones
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child's coverage is not collected)
+        os.write(write, tracing.new_trace().trace_id.encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.close(write)
+    assert child != tracing.new_trace().trace_id
