@@ -284,6 +284,9 @@ def _b64decode(value: str, length: int | None = None) -> bytes:
         raw = binascii.a2b_base64(padded, strict_mode=True)
     except (ValueError, TypeError):
         raise ProofError("malformed") from None
+    # only the canonical spelling (unused trailing bits zero, RFC 4648 §3.5), as internal_auth
+    if b64url(raw) != value:
+        raise ProofError("malformed")
     if length is not None and len(raw) != length:
         raise ProofError("jwk")
     return raw

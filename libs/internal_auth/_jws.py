@@ -78,9 +78,15 @@ def b64url_decode(data: str | bytes) -> bytes:
     if b"=" in raw or len(raw) % 4 == 1:
         raise ValueError("not unpadded base64url")
     try:
-        return base64.b64decode(raw + b"=" * (-len(raw) % 4), altchars=b"-_", validate=True)
+        decoded = base64.b64decode(raw + b"=" * (-len(raw) % 4), altchars=b"-_", validate=True)
     except binascii.Error as exc:
         raise ValueError("not base64url") from exc
+    # The last character of an unpadded value carries 2 or 4 unused bits; decoders ignore them,
+    # so up to 16 spellings decode to the same signature. Only the canonical one (unused bits
+    # zero, RFC 4648 §3.5) is accepted: a token that is not the one minted never verifies.
+    if b64url_encode(decoded) != raw:
+        raise ValueError("not canonical base64url")
+    return decoded
 
 
 def encode_header(header: Mapping[str, Any]) -> bytes:

@@ -157,6 +157,22 @@ def test_ed25519_alg_with_an_ec_key_and_a_bad_signature_are_refused() -> None:
         _verifier().verify(forged, method="GET", path="/api/v1/auth/sessions")
 
 
+@pytest.mark.parametrize("alg", ALGORITHMS)
+def test_no_other_spelling_of_a_proof_signature_verifies(alg: str) -> None:
+    """A 64-byte signature's last base64url character carries 4 unused bits: the 15 other
+    characters that decode to the same bytes are refused, so a proof has one spelling only."""
+    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    key = ProofKey(alg)
+    proof = key.proof("GET", SESSIONS)
+    _verifier().verify(proof, method="GET", path="/api/v1/auth/sessions")
+    last = letters.index(proof[-1])
+    same_bytes = [c for i, c in enumerate(letters) if i >> 4 == last >> 4 and c != proof[-1]]
+    assert len(same_bytes) == 15
+    for char in same_bytes:
+        with pytest.raises(ProofError, match="malformed"):
+            _verifier().verify(proof[:-1] + char, method="GET", path="/api/v1/auth/sessions")
+
+
 def test_htu_ignores_query_fragment_case_and_default_port() -> None:
     key = ProofKey("EdDSA")
     v = _verifier()
