@@ -40,6 +40,9 @@ _REQUEST_DROP = HOP_BY_HOP | {
     b"content-length",
     b"expect",
     b"authorization",
+    # a DPoP proof is for the gateway, the resource server the client talks to (RFC 9449 §4.3);
+    # the backend trusts the internal token, and a single-use proof is credential material too
+    b"dpop",
     b"cookie",
     b"forwarded",
     b"x-internal-auth",

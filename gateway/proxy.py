@@ -79,8 +79,9 @@ class BackendProxy:
     - nothing reaches the backend before the access token verified and its session was found
       not revoked, and nothing but ``/v1/...`` paths :func:`gateway.paths.backend_path` accepted;
     - one fresh internal token per request (per attempt, if aiohttp resends), bound to that
-      method and that exact backend path; the client's ``Authorization`` and ``Cookie`` never
-      cross, and neither do ``X-Internal-Auth``/``X-User-*``/``X-Forwarded-*`` it sent;
+      method and that exact backend path; the client's ``Authorization``, ``DPoP`` and
+      ``Cookie`` never cross, and neither do ``X-Internal-Auth``/``X-User-*``/``X-Forwarded-*``
+      it sent;
     - the pool is shared but nothing per-user is: no cookie jar, no auth state, and response
       bytes pass through untouched (no decompression, so lengths stay true);
     - every wait is bounded (connect, pool acquire, each read), and a backend failure is a JSON

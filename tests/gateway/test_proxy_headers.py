@@ -34,6 +34,7 @@ SPOOFED = [
     (b"x-real-ip", b"10.0.0.1"),
     (b"x-request-id", b"client-chosen"),
     (b"authorization", b"Bearer public-access-token"),
+    (b"dpop", b"eyJ0eXAiOiJkcG9wK2p3dCJ9.e30.sig"),
     (b"cookie", b"tg_refresh=secret"),
     (b"host", b"api.example.test"),
 ]
