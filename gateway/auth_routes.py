@@ -359,7 +359,15 @@ async def logout_all(request: Request) -> Response:
 
 async def list_sessions(request: Request) -> Response:
     claims = await authenticate(request)
-    sessions = await gateway_state(request).ledger.list_sessions(claims.sub, now=_now())
+    state = gateway_state(request)
+    # The session epoch lives with the account (the backend's): families an operator ended from
+    # the command line are still rows here until their next refresh, and must not show as live.
+    user = await state.backend.lifecycle(claims.sub)
+    if user is None or not user.active:
+        raise InvalidToken()
+    sessions = await state.ledger.list_sessions(
+        claims.sub, now=_now(), sessions_valid_from=user.session_epoch
+    )
     return JSONResponse(
         {
             "sessions": [

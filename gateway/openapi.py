@@ -355,7 +355,8 @@ _PATHS: Json = {
             "listSessions",
             "The caller's live sessions",
             {"200": _ok("sessions", _ref("SessionList"))},
-            errors=(400, 401, 503),
+            # the account's session epoch is read from the backend (sessions an operator ended)
+            errors=(400, 401, 502, 503),
         )
     },
     "/api/v1/auth/sessions/{session_id}": {

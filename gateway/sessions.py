@@ -743,13 +743,20 @@ class Ledger:
         )
         return [(str(r["family_id"]), r["revoked_at"].timestamp()) for r in rows]
 
-    async def list_sessions(self, user_id: str, *, now: int) -> list[SessionInfo]:
+    async def list_sessions(
+        self, user_id: str, *, now: int, sessions_valid_from: int = 0
+    ) -> list[SessionInfo]:
+        """The user's live families, newest first. ``sessions_valid_from`` is the user's session
+        epoch: families created before it are over (an operator ended them, the password or the
+        account changed) even while their rows still wait for their next refresh to be revoked,
+        so they are not listed (the same comparison :meth:`rotate` makes)."""
         rows = await self._pool.fetch(
             "SELECT family_id, created_at, last_used_at, absolute_expires_at, user_agent, ip,"
             " dpop_jkt FROM refresh_session WHERE user_id = $1 AND revoked_at IS NULL"
-            " AND absolute_expires_at > $2 ORDER BY created_at DESC",
+            " AND absolute_expires_at > $2 AND created_at >= $3 ORDER BY created_at DESC",
             user_id,
             _ts(now),
+            _ts(sessions_valid_from),
         )
         return [
             SessionInfo(

@@ -257,6 +257,9 @@ async def test_a_token_minted_just_after_a_change_survives_it(
     assert claims(before)["iat"] < changed.token_epoch <= claims(after)["iat"]
     assert (await gw.get("/api/v1/notes", headers=bearer(before))).status_code == 401
     assert (await gw.get("/api/v1/notes", headers=bearer(after))).status_code == 200
+    # the ended session is not listed as live, although nothing has tried to refresh it yet
+    listed = await gw.get("/api/v1/auth/sessions", headers=bearer(after))
+    assert [s["id"] for s in listed.json()["sessions"]] == [claims(after)["sid"]]
     assert (await refresh_with(gw, before_refresh)).status_code == 401
     assert (await refresh_with(gw, after_refresh)).status_code == 200
 
@@ -282,6 +285,11 @@ async def test_ledger_and_epochs_compare_at_the_boundary(gateway_dsn: str) -> No
         at_epoch = await ledger.create_family(
             user_id=user, roles=["user"], user_agent=None, ip=None, now=epoch
         )
+        # the list already leaves out the family the epoch ended, before any refresh revokes it
+        listed = await ledger.list_sessions(user, now=epoch + 1, sessions_valid_from=epoch)
+        assert [s.id for s in listed] == [at_epoch.sid]
+        everything = await ledger.list_sessions(user, now=epoch + 1)
+        assert {s.id for s in everything} == {at_epoch.sid, just_before.sid}
         ended = await ledger.rotate(
             just_before.as_claims(), now=epoch + 1, sessions_valid_from=epoch
         )
