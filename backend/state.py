@@ -8,6 +8,8 @@ Starlette's dict, so setting and reading work as before) and :func:`backend_stat
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from servicekit import db
 from starlette.datastructures import State
 from starlette.requests import HTTPConnection
@@ -33,6 +35,12 @@ class BackendState(State):
     notes: NoteStore
     #: argon2id hashing and checks (tests hand ``create_app`` cheaper parameters)
     passwords: Passwords
+
+    if TYPE_CHECKING:
+        # Starlette's State answers any name with Any (its __getattr__), so a misspelt read would
+        # type-check. Hidden from the type checker only, it makes reads of undeclared names an
+        # error; at run time State's own lookup is untouched.
+        __getattr__ = None  # type: ignore[assignment,misc]
 
 
 def backend_state(conn: HTTPConnection) -> BackendState:

@@ -65,6 +65,12 @@ class GatewayState(State):
     proxy: BackendProxy
     pruner: LedgerPruner
 
+    if TYPE_CHECKING:
+        # Starlette's State answers any name with Any (its __getattr__), so a misspelt read would
+        # type-check. Hidden from the type checker only, it makes reads of undeclared names an
+        # error; at run time State's own lookup is untouched.
+        __getattr__ = None  # type: ignore[assignment,misc]
+
 
 def scope_state(scope: Scope) -> GatewayState:
     """The state of the gateway app serving this ASGI ``scope``."""
