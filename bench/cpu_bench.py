@@ -69,6 +69,22 @@ def process(cmd: list[str], env: dict[str, str], port: int, cwd: Path) -> Iterat
         proc.wait(10)
 
 
+@contextlib.contextmanager
+def upstream_and_database(log_level: str) -> Iterator[dict[str, str]]:
+    """The trivial upstream and a migrated, throw-away database (dropped afterwards; the
+    gateway rebuilds its revocation set from the ledger at start-up): a gateway environment."""
+    up_port = free_port()
+    admin_dsn = os.environ.get(
+        "BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+    )
+    with serve("upstream", up_port), scratch_database(admin_dsn) as dsn:
+        asyncio.run(migrate(dsn))
+        yield {
+            **gateway_environment(f"http://127.0.0.1:{up_port}", log_level),
+            "DATABASE_URL": dsn,
+        }
+
+
 def measure(pid: int, url: str, token: str, connections: int, duration: int) -> tuple[float, int]:
     """(CPU µs per request, requests) for one wrk run against the process ``pid``."""
     headers = {"Authorization": f"Bearer {token}"}
@@ -95,22 +111,7 @@ def main() -> int:
     args = parser.parse_args()
     wrk_tools.require_wrk()
 
-    up_port = free_port()
-    admin_dsn = os.environ.get(
-        "BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-    )
-    with (
-        serve("upstream", up_port),
-        scratch_database(admin_dsn) as dsn,
-        contextlib.ExitStack() as stack,
-    ):
-        # The gateway rebuilds its revocation set from the ledger at start-up: a migrated,
-        # throw-away database (dropped afterwards).
-        asyncio.run(migrate(dsn))
-        env = {
-            **gateway_environment(f"http://127.0.0.1:{up_port}", args.log_level),
-            "DATABASE_URL": dsn,
-        }
+    with upstream_and_database(args.log_level) as env, contextlib.ExitStack() as stack:
         token, _ = TokenService(Settings.from_env(env)).issue_access(
             sub="00000000-0000-0000-0000-000000000001", sid="bench", roles=["user"]
         )

@@ -1,0 +1,203 @@
+"""Instructions per proxied request, counted by callgrind: a repeatable A/B for the hot path.
+
+CPU time per request on a shared or virtualised machine moves by a third from one minute to the
+next (``bench/README.md``), which hides the few-percent changes a hot-path edit makes. This bench
+counts instructions instead (``valgrind --tool=callgrind``), which repeat to within about half a
+percent whatever else the machine is doing.
+
+What is counted: the ASGI app (the gateway's ``create_app(settings)``, the reference proxy of
+``bench/reference_proxy.py``, or the gateway of another checkout) driven **in process**, 32
+``GET /api/v1/me`` requests at a time with a valid bearer token, against the trivial upstream of
+``proxy_client_bench.py`` in its own process (not counted). uvicorn's HTTP parsing and the kernel's
+work are not in the figure; everything the app does per request, aiohttp's hop included, is. Each
+target runs twice (``--small`` and ``--large`` requests after a warm-up) and the figure is the
+difference divided by the difference in requests, so start-up and import costs cancel.
+
+Usage: ``python bench/instructions_bench.py [--baseline-src DIR] [--small 320] [--large 1280]``
+(about two minutes per target; needs ``valgrind`` and the services the gateway's lifespan opens:
+``BENCH_DATABASE_URL``, ``BENCH_REDIS_URL``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+# appended, not prepended: a baseline checkout on PYTHONPATH must shadow this one
+sys.path.append(str(HERE.parent))
+
+HEADERS = [(b"host", b"127.0.0.1:8000"), (b"user-agent", b"wrk"), (b"accept", b"*/*")]
+CONCURRENCY = 32
+WARM_UP = 4 * CONCURRENCY
+
+ASGI = Callable[..., Awaitable[None]]
+
+
+async def _drive(app: ASGI, token: str, requests: int) -> None:
+    """Run the app's lifespan, then ``requests`` proxied requests, 32 at a time."""
+    headers = [*HEADERS, (b"authorization", b"Bearer " + token.encode())]
+
+    async def one() -> None:
+        scope: dict[str, Any] = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "server": ("127.0.0.1", 8000),
+            "client": ("127.0.0.1", 50000),
+            "scheme": "http",
+            "method": "GET",
+            "root_path": "",
+            "path": "/api/v1/me",
+            "raw_path": b"/api/v1/me",
+            "query_string": b"",
+            "headers": list(headers),
+            "state": {},
+        }
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await app(scope, receive, send)
+        if sent[0]["status"] != 200:
+            raise RuntimeError(f"the app answered {sent[0]['status']}: {sent[1:]}")
+
+    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    await inbox.put({"type": "lifespan.startup"})
+    lifespan = asyncio.ensure_future(
+        app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, inbox.get, outbox.put)
+    )
+    started = await outbox.get()
+    if started["type"] != "lifespan.startup.complete":
+        raise RuntimeError(f"lifespan start-up failed: {started}")
+    for _ in range((WARM_UP + requests) // CONCURRENCY):
+        await asyncio.gather(*(one() for _ in range(CONCURRENCY)))
+    await inbox.put({"type": "lifespan.shutdown"})
+    await outbox.get()
+    await lifespan
+
+
+def drive_main(target: str, requests: int, environment: Path) -> None:
+    """The process callgrind watches: build the target app and drive it."""
+    import uvloop
+
+    env: dict[str, str] = json.loads(environment.read_text())
+    os.environ.update(env)
+    from gateway.settings import Settings
+    from gateway.tokens import TokenService
+
+    settings = Settings.from_env(env)
+    token, _ = TokenService(settings).issue_access(
+        sub="00000000-0000-0000-0000-000000000001", sid="bench", roles=["user"]
+    )
+    app: ASGI
+    if target == "reference":
+        from bench.reference_proxy import ReferenceProxy
+
+        app = ReferenceProxy(settings)
+    else:
+        from gateway.app import create_app
+
+        app = create_app(settings)
+    uvloop.run(_drive(app, token, requests))
+
+
+def instructions(command: list[str], cwd: Path, env: dict[str, str]) -> int:
+    """Total instructions callgrind counted for ``command``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "callgrind.out"
+        subprocess.run(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *command],
+            cwd=cwd,
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for line in out.read_text().splitlines():
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+    raise RuntimeError("callgrind wrote no total")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--baseline-src", type=Path, help="another checkout's gateway, counted too")
+    parser.add_argument("--small", type=int, default=320)
+    parser.add_argument("--large", type=int, default=1280)
+    parser.add_argument(
+        "--drive", nargs=3, metavar=("TARGET", "REQUESTS", "ENV"), help=argparse.SUPPRESS
+    )
+    args = parser.parse_args()
+    if args.drive:
+        drive_main(args.drive[0], int(args.drive[1]), Path(args.drive[2]))
+        return 0
+    if shutil.which("valgrind") is None:
+        print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
+        return 2
+
+    from bench.cpu_bench import upstream_and_database
+
+    with upstream_and_database("WARNING") as env, tempfile.TemporaryDirectory() as tmp:
+        environment = Path(tmp) / "env.json"
+        environment.write_text(json.dumps({k: v for k, v in env.items() if k.isupper()}))
+        # name -> (working directory, extra path entries): the script itself puts its own
+        # checkout on the path, so a baseline's folders go first through PYTHONPATH
+        targets: dict[str, tuple[Path, str]] = {}
+        if args.baseline_src is not None:
+            src = args.baseline_src.resolve()
+            targets["baseline"] = (src, f"{src}{os.pathsep}{src / 'libs'}")
+        targets["gateway"] = (HERE.parent, "")
+        targets["reference"] = (HERE.parent, "")
+        print(
+            f"instructions per in-process GET /api/v1/me ({CONCURRENCY} at a time, bearer token), "
+            f"from runs of {args.small} and {args.large} requests"
+        )
+        figures: dict[str, float] = {}
+        for name, (cwd, path) in targets.items():
+            run_env = {**env, "PYTHONPATH": path} if path else dict(env)
+            target = "reference" if name == "reference" else "gateway"
+            counts = [
+                instructions(
+                    [
+                        sys.executable,
+                        str(HERE / "instructions_bench.py"),
+                        "--drive",
+                        target,
+                        str(n),
+                        str(environment),
+                    ],
+                    cwd,
+                    run_env,
+                )
+                for n in (args.small, args.large)
+            ]
+            figures[name] = (counts[1] - counts[0]) / (args.large - args.small)
+            ratio = figures[name] / figures["reference"] if "reference" in figures else None
+            print(
+                f"{name:<10}{figures[name] / 1000:>10.1f} k"
+                + (f"   {ratio:.3f} of the reference" if ratio else ""),
+                flush=True,
+            )
+        for name, value in figures.items():
+            if name != "reference":
+                print(f"{name}/reference: {value / figures['reference']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
