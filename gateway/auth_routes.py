@@ -94,6 +94,31 @@ async def _issue_time(request: Request, user: BackendUser, checked_at: int) -> i
     return max(checked_at, user.token_epoch)
 
 
+async def _new_family(
+    request: Request,
+    account: BackendUser,
+    *,
+    user_id: str,
+    checked_at: int,
+    ip: str,
+    jkt: str | None,
+) -> tuple[IssuedRefresh, int, bool]:
+    """A new refresh family for ``account`` (its roles, dated by :func:`_issue_time` from the
+    check sent at ``checked_at``), the ``iat`` to mint its access token at, and whether its
+    refresh token goes in the body: a bound client without ``Origin`` (a browser always sends
+    ``Origin`` on a POST, and keeps the cookie)."""
+    issued_at = await _issue_time(request, account, checked_at)
+    issued = await gateway_state(request).ledger.create_family(
+        user_id=user_id,
+        roles=account.roles,
+        user_agent=request.headers.get("user-agent"),
+        ip=ip,
+        now=issued_at,
+        jkt=jkt,
+    )
+    return issued, issued_at, jkt is not None and "origin" not in request.headers
+
+
 def _token_response(
     request: Request,
     *,
@@ -209,18 +234,9 @@ async def login(request: Request) -> Response:
     jkt = await _proof_jkt(request)
     checked_at = _now()
     user = await state.backend.validate(email, password)
-    issued_at = await _issue_time(request, user, checked_at)
-    issued = await state.ledger.create_family(
-        user_id=user.id,
-        roles=user.roles,
-        user_agent=request.headers.get("user-agent"),
-        ip=ip,
-        now=issued_at,
-        jkt=jkt,
+    issued, issued_at, body_mode = await _new_family(
+        request, user, user_id=user.id, checked_at=checked_at, ip=ip, jkt=jkt
     )
-    # A browser always sends Origin on a POST: it keeps the cookie. A client without Origin and
-    # with a proof gets its (bound) refresh token in the body.
-    body_mode = jkt is not None and "origin" not in request.headers
     log_event(
         logger, "login_succeeded", sub=user.id, sid=issued.sid, dpop=jkt is not None, body=body_mode
     )
@@ -461,17 +477,10 @@ async def change_password(request: Request) -> Response:
     # kills their access tokens through the revoked-session set as well
     await state.revoked.revoke({*ended, claims.sid})
     metrics.revoked("password-changed", len(ended))
-    issued_at = await _issue_time(request, changed, checked_at)
-    issued = await state.ledger.create_family(
-        user_id=claims.sub,
-        roles=changed.roles,
-        user_agent=request.headers.get("user-agent"),
-        ip=ip,
-        now=issued_at,
-        # a DPoP-bound session stays bound to the same key
-        jkt=claims.jkt,
+    # a DPoP-bound session stays bound to the same key
+    issued, issued_at, body_mode = await _new_family(
+        request, changed, user_id=claims.sub, checked_at=checked_at, ip=ip, jkt=claims.jkt
     )
-    body_mode = claims.jkt is not None and "origin" not in request.headers
     log_event(logger, "password_changed", sub=claims.sub, sid=issued.sid, ended=len(ended))
     return _token_response(
         request,
