@@ -1,10 +1,8 @@
 """The gateway's ``app.state``, typed: :class:`GatewayState` and the accessors that hand it out.
 
-Starlette's :class:`~starlette.datastructures.State` answers every attribute with ``Any``, so a
-misspelt or mistyped read went unseen by mypy. :class:`GatewayState` declares each attribute with
-its type (annotations only: the values stay in Starlette's dict, so setting and reading work as
-before), ``create_app`` installs it, and :func:`gateway_state` / :func:`scope_state` narrow
-``app.state`` to it once, where a request starts using it.
+:class:`GatewayState` declares each attribute with its type (see :mod:`servicekit.state`),
+``create_app`` installs it, and :func:`gateway_state` / :func:`scope_state` narrow ``app.state``
+to it once, where a request starts using it.
 """
 
 from __future__ import annotations
@@ -14,7 +12,7 @@ from typing import TYPE_CHECKING
 import redis.asyncio as aioredis
 from internal_auth import Minter
 from servicekit import db
-from starlette.datastructures import State
+from servicekit.state import TypedState, app_state
 from starlette.requests import HTTPConnection
 from starlette.types import Scope
 
@@ -33,7 +31,7 @@ if TYPE_CHECKING:
     from gateway.proxy import BackendProxy
 
 
-class GatewayState(State):
+class GatewayState(TypedState):
     """What the gateway keeps on ``app.state``.
 
     ``create_app`` sets ``settings``, ``tokens``, ``minter`` and ``db_outages``; everything else
@@ -65,20 +63,10 @@ class GatewayState(State):
     proxy: BackendProxy
     pruner: LedgerPruner
 
-    if TYPE_CHECKING:
-        # Starlette's State answers any name with Any (its __getattr__), so a misspelt read would
-        # type-check. Hidden from the type checker only, it makes reads of undeclared names an
-        # error; at run time State's own lookup is untouched.
-        __getattr__ = None  # type: ignore[assignment,misc]
-
 
 def scope_state(scope: Scope) -> GatewayState:
     """The state of the gateway app serving this ASGI ``scope``."""
-    state = scope["app"].state
-    if not isinstance(state, GatewayState):
-        # only an app not built by gateway.app.create_app gets here: a wiring bug, not a request's
-        raise RuntimeError("app.state is not a GatewayState (app not built by create_app)")
-    return state
+    return app_state(scope, GatewayState)
 
 
 def gateway_state(conn: HTTPConnection) -> GatewayState:

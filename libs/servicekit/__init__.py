@@ -9,4 +9,5 @@ tree and fails when an import goes the wrong way). Modules:
 - :mod:`servicekit.bodies`: request framing, the body-size limit, media type and strict JSON;
 - :mod:`servicekit.db`: the bounded PostgreSQL pool and the one list of "database is down"
   exception classes, mapped to 503 in both apps.
+- :mod:`servicekit.state`: the base of each service's typed ``app.state`` and its narrowing.
 """
