@@ -19,6 +19,8 @@ from collections.abc import Iterable, Sequence
 
 Header = tuple[bytes, bytes]
 
+INTERNAL_AUTH = b"x-internal-auth"
+
 HOP_BY_HOP = frozenset(
     {
         b"connection",
@@ -82,23 +84,24 @@ def request_headers(
     *,
     client_ip: str,
     proto: str,
-    host: str,
+    host: bytes,
     request_id: str,
     internal_token: str,
-) -> list[tuple[str, str]]:
+) -> list[Header]:
     """Headers for the backend request, from the client's ASGI headers (lower-case names)."""
     named = _connection_tokens(headers)
-    out: list[tuple[str, str]] = []
-    for name, value in headers:
+    out: list[Header] = []
+    for header in headers:
+        name = header[0]
         if name in _REQUEST_DROP or name in named or _is_internal(name):
             continue
-        out.append((name.decode("latin-1"), value.decode("latin-1")))
-    out.append(("x-forwarded-for", client_ip))
-    out.append(("x-forwarded-proto", proto))
+        out.append(header)
+    out.append((b"x-forwarded-for", client_ip.encode("latin-1")))
+    out.append((b"x-forwarded-proto", proto.encode("latin-1")))
     if host:
-        out.append(("x-forwarded-host", host))
-    out.append(("x-request-id", request_id))
-    out.append(("x-internal-auth", internal_token))
+        out.append((b"x-forwarded-host", host))
+    out.append((b"x-request-id", request_id.encode("latin-1")))
+    out.append((INTERNAL_AUTH, internal_token.encode("ascii")))
     return out
 
 

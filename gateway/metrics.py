@@ -34,7 +34,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 from prometheus_client import Counter, Gauge, Histogram
 from servicekit import db
 from starlette.requests import Request
@@ -47,6 +46,7 @@ from gateway.errors import (
     RateLimited,
     ServiceUnavailable,
 )
+from gateway.upstream import BackendUnreachable
 
 if TYPE_CHECKING:
     # gateway.state imports the modules that count here: at run time that would be a cycle
@@ -197,7 +197,7 @@ def dpop_replay_round_trip(claims: int) -> None:
 def backend_failure(exc: BaseException) -> None:
     if isinstance(exc, TimeoutError):
         kind = "timeout"
-    elif isinstance(exc, aiohttp.ClientConnectorError | ConnectionRefusedError):
+    elif isinstance(exc, BackendUnreachable | ConnectionRefusedError):
         kind = "connect"
     else:
         kind = "reset"

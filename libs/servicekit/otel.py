@@ -1,11 +1,12 @@
 """OpenTelemetry spans, on when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set.
 
-Spans come from the maintained instrumentation packages, not from code here: the ASGI server span
-of every request (``opentelemetry-instrumentation-asgi``), the gateway's hop to the backend
-(``-aiohttp-client`` for proxied requests, ``-httpx`` for login's credential check), and every
-PostgreSQL statement (``-asyncpg``). They are exported over OTLP/HTTP to the endpoint; every other
-``OTEL_*`` variable (sampler, headers, batch delays, resource attributes) works as the SDK
-documents it.
+Spans come from the maintained instrumentation packages where one covers the code: the ASGI
+server span of every request (``opentelemetry-instrumentation-asgi``), the gateway's calls through
+httpx (``-httpx``: login's credential check, the lifecycle checks) and every PostgreSQL statement
+(``-asyncpg``). The proxied hop goes through the gateway's own connection pool, which no package
+instruments: :func:`client_span` gives it the CLIENT span and the ``traceparent`` it sends.
+They are exported over OTLP/HTTP to the endpoint; every other ``OTEL_*`` variable (sampler,
+headers, batch delays, resource attributes) works as the SDK documents it.
 
 Whether an incoming ``traceparent`` is believed is still decided by
 :class:`servicekit.tracing.TraceContextMiddleware`, which sits outside the instrumentation and
@@ -15,7 +16,8 @@ of a new trace is given that id), so log lines and spans name the same trace.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from starlette.middleware import Middleware
@@ -50,7 +52,6 @@ def setup(service_name: str, endpoint: str | None) -> list[Middleware]:
     try:
         from opentelemetry import trace
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
         from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
         from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
         from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
@@ -80,11 +81,48 @@ def setup(service_name: str, endpoint: str | None) -> list[Middleware]:
         exporter = OTLPSpanExporter(endpoint=f"{endpoint}/v1/traces")
         provider.add_span_processor(BatchSpanProcessor(exporter))
         trace.set_tracer_provider(provider)
-        AioHttpClientInstrumentor().instrument()
         HTTPXClientInstrumentor().instrument()
         AsyncPGInstrumentor().instrument()  # type: ignore[no-untyped-call]
         _configured = service_name
     return [Middleware(OpenTelemetryMiddleware), Middleware(_ClientTraceAttribute)]
+
+
+class ClientSpan:
+    """The span of one outbound call: the headers that carry it, and a place for the status."""
+
+    def __init__(self, span: Any, headers: list[tuple[bytes, bytes]]) -> None:
+        self._span = span
+        self.headers = headers
+
+    def answered(self, status: int) -> None:
+        self._span.set_attribute("http.response.status_code", status)
+        if status >= 500:
+            from opentelemetry.trace import Status, StatusCode
+
+            self._span.set_status(Status(StatusCode.ERROR))
+
+
+@contextlib.contextmanager
+def client_span(method: str, url: str) -> Iterator[ClientSpan]:
+    """A CLIENT span around a call made now, child of the current span; only when tracing is on.
+
+    The span's context goes out in the ``traceparent``/``tracestate`` of :attr:`ClientSpan.headers`
+    (the W3C propagator), so the callee's server span is its child. An exception leaving the
+    block is recorded on the span and marks it as an error.
+    """
+    from opentelemetry import propagate, trace
+
+    tracer = trace.get_tracer("tokengate")
+    with tracer.start_as_current_span(
+        method,
+        kind=trace.SpanKind.CLIENT,
+        attributes={"http.request.method": method, "url.full": url},
+    ) as span:
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        yield ClientSpan(
+            span, [(k.encode("latin-1"), v.encode("latin-1")) for k, v in carrier.items()]
+        )
 
 
 def wrap(app: ASGIApp, layers: list[Middleware]) -> ASGIApp:

@@ -137,19 +137,19 @@ def test_refresh_cookie_parsing_is_a_value_none_or_a_401(
 
 
 @settings(max_examples=60)
-@given(_headers, st.text(max_size=20), st.text(max_size=20))
+@given(_headers, st.text(st.characters(max_codepoint=255), max_size=20), _latin1)
 def test_the_backend_never_receives_what_a_client_must_not_set(
-    headers: list[tuple[bytes, bytes]], ip: str, host: str
+    headers: list[tuple[bytes, bytes]], ip: str, host: bytes
 ) -> None:
     out = request_headers(
         headers, client_ip=ip, proto="https", host=host, request_id="rid", internal_token="T"
     )
     names = [name for name, _ in out]
-    assert names.count("x-internal-auth") == 1 and ("x-internal-auth", "T") in out
-    assert names.count("x-forwarded-for") == 1 and names.count("x-request-id") == 1
+    assert names.count(b"x-internal-auth") == 1 and (b"x-internal-auth", b"T") in out
+    assert names.count(b"x-forwarded-for") == 1 and names.count(b"x-request-id") == 1
     for name in names:
-        assert name not in ("authorization", "cookie", "forwarded", "connection", "te")
-        assert not name.startswith("x-user-")
+        assert name not in (b"authorization", b"cookie", b"forwarded", b"connection", b"te")
+        assert not name.startswith(b"x-user-")
     back = response_headers(headers)
     assert all(n not in (b"x-internal-auth", b"set-cookie", b"connection") for n, _ in back)
     assert not any(n.startswith(b"x-user-") for n, _ in back)

@@ -15,11 +15,11 @@ def _forward(headers: list[tuple[bytes, bytes]]) -> dict[str, list[str]]:
         headers,
         client_ip="198.51.100.9",
         proto="https",
-        host="api.example.test",
+        host=b"api.example.test",
         request_id="rid-1",
         internal_token="minted",
     ):
-        out.setdefault(name, []).append(value)
+        out.setdefault(name.decode("latin-1"), []).append(value.decode("latin-1"))
     return out
 
 

@@ -410,6 +410,7 @@ async def test_raw_traversal_is_refused_before_the_backend(
             await writer.drain()
             status = (await reader.readline()).split()[1]
             writer.close()
+            await writer.wait_closed()
             assert status in (b"400", b"404"), target
 
 

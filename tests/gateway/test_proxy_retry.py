@@ -1,12 +1,14 @@
-"""aiohttp resends an idempotent request once when a reused keep-alive connection turns out to be
-dead. With single-use internal tokens that resend must carry a fresh token, or the backend would
-refuse a legitimate request as a replay. The backend here is a raw socket server that verifies
+"""The backend pool resends an idempotent request once when a reused keep-alive connection turns
+out to be dead before any byte of the answer (RFC 9112 §9.3.1). With single-use internal tokens
+that resend must carry a fresh token, or the backend would refuse a legitimate request as a
+replay. The backend here is a raw socket server that verifies
 with the real ``internal_auth`` verifier (single use on) and drops the second request of every
 connection without answering, which forces exactly that resend."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -46,6 +48,7 @@ class DroppingBackend:
                     # The token was seen (and used up); the connection dies before an answer.
                     self.dropped += 1
                     writer.close()
+                    await writer.wait_closed()
                     return
                 writer.write(
                     b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n"
@@ -54,6 +57,8 @@ class DroppingBackend:
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
 
 
 @pytest.fixture
@@ -86,6 +91,6 @@ async def test_a_resent_request_carries_a_fresh_internal_token(
     assert first.status_code == 200, first.text
     assert second.status_code == 200, second.text
     assert upstream.dropped == 1
-    # first request, the dropped attempt, and aiohttp's resend: three different tokens
+    # first request, the dropped attempt, and the pool's resend: three different tokens
     assert len(upstream.tokens) == 3
     assert len(set(upstream.tokens)) == 3
