@@ -5,10 +5,11 @@ is run once per client against a trivial upstream, each under uvicorn with uvloo
 
 - ``httpx``: ``httpx.AsyncClient`` with its default transport (httpcore);
 - ``aiohttp``: ``aiohttp.ClientSession`` with a keep-alive ``TCPConnector``;
+- ``pool``: the gateway's own ``gateway.upstream.UpstreamPool`` (asyncio connections, llhttp);
 - ``direct``: wrk against the upstream itself, the floor the proxy hop adds to;
 - ``tokengate``: the real gateway (``tokengate gateway``: access-token check, revocation check,
   internal token minted, header hygiene, request id, access log) over the same upstream, to show
-  what the gateway costs on top of the bare aiohttp hop. Its lifespan needs PostgreSQL and Redis
+  what the gateway costs on top of the bare hop. Its lifespan needs PostgreSQL and Redis
   (``BENCH_DATABASE_URL``, ``BENCH_REDIS_URL``; no tables are touched on this path).
 
 Usage: ``python bench/proxy_client_bench.py [--duration 5] [--connections 32]``. Needs ``wrk``
@@ -62,7 +63,7 @@ async def upstream_app(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-# -- the two proxies ------------------------------------------------------------------------------
+# -- the proxies ----------------------------------------------------------------------------------
 
 
 class AsgiEndpoint:
@@ -136,6 +137,39 @@ def aiohttp_proxy(upstream: str) -> Any:
             async for chunk in resp.content.iter_any():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
+
+    return Starlette(
+        routes=[Route("/api/v1/{path:path}", AsgiEndpoint(endpoint))], lifespan=lifespan
+    )
+
+
+def pool_proxy(upstream: str) -> Any:
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    from gateway.upstream import UpstreamPool
+
+    state: dict[str, UpstreamPool] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> Any:
+        state["client"] = UpstreamPool(
+            upstream, connect_timeout=2.0, read_timeout=30.0, acquire_timeout=30.0
+        )
+        yield
+        await state["client"].close()
+
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        target = ("/v1/" + scope["path_params"]["path"]).encode()
+        resp = await state["client"].request(scope["method"], target, [])
+        try:
+            headers = [(k, v) for k, v in resp.raw_headers if k.lower() != b"connection"]
+            await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+            async for chunk in resp.iter_chunks():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            resp.release()
 
     return Starlette(
         routes=[Route("/api/v1/{path:path}", AsgiEndpoint(endpoint))], lifespan=lifespan
@@ -242,6 +276,8 @@ def run_server(role: str, port: int, upstream: str) -> None:
         app = upstream_app
     elif role == "httpx":
         app = httpx_proxy(upstream)
+    elif role == "pool":
+        app = pool_proxy(upstream)
     else:
         app = aiohttp_proxy(upstream)
     uvicorn.run(
@@ -257,7 +293,7 @@ def run_server(role: str, port: int, upstream: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--serve", choices=["upstream", "httpx", "aiohttp"])
+    parser.add_argument("--serve", choices=["upstream", "httpx", "aiohttp", "pool"])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--upstream", default="")
     parser.add_argument("--duration", type=int, default=5)
@@ -274,7 +310,7 @@ def main() -> int:
         upstream = f"http://127.0.0.1:{up_port}"
         for conns in (1, args.connections):
             rows.append(("direct", conns, wrk(upstream + "/v1/me", conns, args.duration)))
-        for client in ("httpx", "aiohttp"):
+        for client in ("httpx", "aiohttp", "pool"):
             port = free_port()
             with serve(client, port, upstream):
                 url = f"http://127.0.0.1:{port}/api/v1/me"

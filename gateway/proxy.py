@@ -50,7 +50,7 @@ from gateway.paths import backend_path
 from gateway.settings import Settings
 from gateway.state import scope_state
 from gateway.tokens import TokenService
-from gateway.upstream import UpstreamError, UpstreamPool
+from gateway.upstream import InvalidRequest, UpstreamError, UpstreamPool
 from gateway.user_limit import UserLimit
 from gateway.verified_tokens import VerifiedTokens
 
@@ -245,9 +245,9 @@ async def proxy_request(scope: Scope, receive: Receive, send: Send) -> None:
         if body_stream is not None and body_stream.client_gone:
             log_event(logger, "proxy_client_gone", method=method, path=target.path)
             return
-        if isinstance(exc, ValueError):
-            # a header value with a line break: never written to the backend
-            raise BadRequest("malformed request header") from None
+        if isinstance(exc, InvalidRequest):
+            # a line break in a header, a body unlike its length: not (all) sent, not reused
+            raise BadRequest(str(exc)) from None
         if not isinstance(exc, UpstreamError):
             raise
         raise _backend_error(exc, method, target.path) from None

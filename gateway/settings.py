@@ -26,6 +26,8 @@ from servicekit.db import PoolSettings
 from servicekit.forwarded import Network
 from servicekit.logs import log_format_from_env
 
+from gateway.upstream import Origin
+
 # RFC 7518 §3.2: an HS256 key must be at least as long as the hash output (256 bits).
 MIN_SECRET_BYTES = 32
 
@@ -195,13 +197,19 @@ class Settings:
         internal_ttl = get_int(environ, "INTERNAL_TOKEN_TTL", 30, minimum=1)
         if internal_ttl > 60:
             raise ConfigError("INTERNAL_TOKEN_TTL must be at most 60 seconds")
+        backend_url = get_str(environ, "BACKEND_URL").rstrip("/")
+        try:
+            Origin(backend_url)
+        except ValueError as exc:
+            # not echoed: a URL with credentials in it would put them in the log
+            raise ConfigError(f"BACKEND_URL: {exc}") from None
         iat_window = get_int(environ, "DPOP_IAT_WINDOW", 60, minimum=1)
         if iat_window > 600:
             raise ConfigError("DPOP_IAT_WINDOW must be at most 600 seconds")
         return cls(
             database_url=get_str(environ, "DATABASE_URL"),
             redis_url=get_str(environ, "REDIS_URL"),
-            backend_url=get_str(environ, "BACKEND_URL").rstrip("/"),
+            backend_url=backend_url,
             jwt_access_secret=access,
             jwt_refresh_secret=refresh,
             jwt_access_secret_previous=access_prev,

@@ -53,6 +53,8 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELET
 # Response bytes buffered beyond what the reader took before the socket stops being read.
 _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
+# Request headers the pool writes itself; a caller's copy is never sent.
+_FRAMING = frozenset({b"host", b"content-length", b"transfer-encoding"})
 
 
 class UpstreamError(Exception):
@@ -82,6 +84,11 @@ class ReadTimeout(UpstreamError, TimeoutError):
 class _StaleConnection(BackendDisconnected):
     """A reused connection died before any byte of the answer: the backend may never have seen
     the request, and it can be sent again if it is idempotent."""
+
+
+class InvalidRequest(ValueError):
+    """The request cannot be written as given (a line break in a header, a body that does not
+    match its length); nothing of it, or nothing more of it, reaches the backend."""
 
 
 class Origin:
@@ -122,6 +129,7 @@ class Response:
         "_keep_alive",
         "_length_header",
         "_pool",
+        "_reading_all",
         "_waiter",
         "content_length",
         "parser",
@@ -148,6 +156,7 @@ class Response:
         self._keep_alive = False
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._reading_all = False
 
     # -- llhttp callbacks (called from feed_data, inside data_received) --------------------------
 
@@ -157,11 +166,18 @@ class Response:
             raise BackendProtocolError("the backend sent bytes after its answer")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.status:
+            # a trailer field after a chunked body: not passed on (nothing here reads trailers,
+            # and one must never pose as a header the backend did not send up front)
+            return
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
-        if 100 <= status < 200:
+        if not 100 <= status <= 599:
+            # RFC 9110 §15: three digits, 1xx to 5xx; llhttp takes any three
+            raise BackendProtocolError("the backend answered with an invalid status code")
+        if status < 200:
             if status == 101:
                 raise BackendProtocolError("the backend switched protocols")
             # an interim answer (100 Continue, 103 Early Hints): the real one follows
@@ -187,7 +203,7 @@ class Response:
             raise BackendProtocolError("the backend sent a body where none belongs")
         self._chunks.append(body)
         self._buffered += len(body)
-        if self._buffered > _HIGH_WATER:
+        if self._buffered > _HIGH_WATER and not self._reading_all:
             self._conn.pause_reading()
         self._wake()
 
@@ -261,6 +277,8 @@ class Response:
 
     async def read(self) -> bytes:
         """The whole body (meant for small ones; the caller checked ``content_length``)."""
+        self._reading_all = True
+        self._conn.resume_reading()
         while not self._complete:
             self._check()
             await self._wait()
@@ -290,6 +308,9 @@ class Response:
             return
         conn.exchange = None
         reusable = self._complete and self._keep_alive and not self._chunks
+        if reusable:
+            # the answer's last bytes may have paused reading as they completed it
+            conn.resume_reading()
         self._pool.release(conn, reusable=reusable and self._error is None)
 
 
@@ -359,12 +380,18 @@ class _Connection(asyncio.Protocol):
             self._reading_paused = False
             self.transport.resume_reading()
 
-    async def drain(self) -> None:
+    async def drain(self, stall: float) -> None:
+        """Until the transport takes more bytes; a backend that stops reading for ``stall``
+        seconds is a :class:`ReadTimeout` like one that stops answering."""
         if self.closed:
             raise BackendDisconnected("the backend closed the connection")
         if self._write_paused:
-            self._drain = self.loop.create_future()
-            await self._drain
+            drain = self._drain = self.loop.create_future()
+            timer = self.loop.call_later(stall, _expire_drain, drain)
+            try:
+                await drain
+            finally:
+                timer.cancel()
 
     def write(self, data: bytes) -> None:
         if self.closed or self.transport is None:
@@ -405,6 +432,7 @@ class UpstreamPool:
         self._idle: deque[_Connection] = deque()
         self._open = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self._sweep: asyncio.TimerHandle | None = None
         self._closed = False
 
     @property
@@ -460,7 +488,7 @@ class UpstreamPool:
                 conn.write(head)
             else:
                 conn.write(head)
-                await _send_stream(conn, body, chunked=length is None)
+                await _send_stream(conn, body, length, self.read_timeout)
             await response.head()
         except BackendDisconnected as exc:
             conn.exchange = None
@@ -491,8 +519,13 @@ class UpstreamPool:
             self.origin.host_header,
             b"\r\n",
         ]
+        written = 0
         for name, value in headers:
+            if name.lower() in _FRAMING:
+                # the pool's own Host and framing are the only ones the backend may see
+                continue
             lines += (name, b": ", value, b"\r\n")
+            written += 1
         if isinstance(body, bytes):
             lines += (b"content-length: ", str(len(body)).encode("ascii"), b"\r\n")
         elif body is not None:
@@ -504,9 +537,9 @@ class UpstreamPool:
         head = b"".join(lines)
         # Every line break must be one this function wrote: a CR or LF inside a name, value or
         # target would let it smuggle a header or a second request to the backend.
-        breaks = len(headers) + (3 if body is None else 4)
+        breaks = written + (3 if body is None else 4)
         if head.count(b"\n") != breaks or head.count(b"\r") != breaks or b" " in target:
-            raise ValueError("a request header or the target holds a line break or a space")
+            raise InvalidRequest("a request header or the target holds a line break or a space")
         return head
 
     # -- the pool ------------------------------------------------------------------------------
@@ -529,6 +562,11 @@ class UpstreamPool:
             timer = self.loop.call_later(self.acquire_timeout, _expire, waiter)
             try:
                 await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                    # woken for a free connection, then cancelled: the wake goes to the next
+                    self._wake_one()
+                raise
             finally:
                 timer.cancel()
                 if waiter in self._waiters:
@@ -566,6 +604,9 @@ class UpstreamPool:
             conn.idle_since = self.loop.time()
             self._idle.append(conn)
             self._expire_idle(conn.idle_since)
+            if self._sweep is None:
+                # one timer for the whole pool, so a quiet gateway lets idle sockets go too
+                self._sweep = self.loop.call_at(conn.idle_since + self.keepalive, self._sweep_idle)
         else:
             conn.close()
             self._open -= 1
@@ -580,6 +621,14 @@ class UpstreamPool:
         while idle and (idle[0].closed or now - idle[0].idle_since >= self.keepalive):
             self._discard(idle.popleft())
 
+    def _sweep_idle(self) -> None:
+        self._sweep = None
+        now = self.loop.time()
+        self._expire_idle(now)
+        if self._idle:
+            due = max(self._idle[0].idle_since + self.keepalive, now + 0.05)
+            self._sweep = self.loop.call_at(due, self._sweep_idle)
+
     def _wake_one(self) -> None:
         while self._waiters:
             waiter = self._waiters.popleft()
@@ -590,6 +639,9 @@ class UpstreamPool:
     async def close(self) -> None:
         """Close every idle connection; those in use close when their exchange ends."""
         self._closed = True
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         while self._idle:
             self._discard(self._idle.popleft())
         for waiter in self._waiters:
@@ -603,11 +655,33 @@ def _expire(waiter: asyncio.Future[None]) -> None:
         waiter.set_exception(ConnectTimeout("no free connection to the backend in time"))
 
 
-async def _send_stream(conn: _Connection, body: AsyncIterator[bytes], *, chunked: bool) -> None:
+def _expire_drain(drain: asyncio.Future[None]) -> None:
+    if not drain.done():
+        drain.set_exception(ReadTimeout("the backend stopped reading the request body"))
+
+
+async def _send_stream(
+    conn: _Connection, body: AsyncIterator[bytes], length: int | None, stall: float
+) -> None:
+    """Write a streamed body: chunked when ``length`` is None, else exactly ``length`` bytes.
+
+    A body that turns out longer or shorter than it declared is an :class:`InvalidRequest` and
+    the connection is not reused: the excess would be read by the backend as a request of its
+    own, and a shortfall would make it take the next request for the rest of this body.
+    """
+    sent = 0
     async for chunk in body:
         if not chunk:
             continue
-        conn.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
-        await conn.drain()
-    if chunked:
+        if length is None:
+            conn.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        else:
+            sent += len(chunk)
+            if sent > length:
+                raise InvalidRequest("the request body is longer than its Content-Length")
+            conn.write(chunk)
+        await conn.drain(stall)
+    if length is None:
         conn.write(b"0\r\n\r\n")
+    elif sent != length:
+        raise InvalidRequest("the request body is shorter than its Content-Length")

@@ -29,6 +29,14 @@ def test_defaults(env: dict[str, str]) -> None:
     assert settings.jwt_access_secret not in text and settings.jwt_refresh_secret not in text
 
 
+def test_a_backend_url_with_credentials_is_refused_without_echoing_them(
+    env: dict[str, str],
+) -> None:
+    with pytest.raises(ConfigError, match="BACKEND_URL") as caught:
+        Settings.from_env({**env, "BACKEND_URL": "http://svc:s3cret-pw@backend:8000"})
+    assert "s3cret-pw" not in str(caught.value)
+
+
 @pytest.mark.parametrize(
     ("overrides", "variable"),
     [
@@ -45,6 +53,10 @@ def test_defaults(env: dict[str, str]) -> None:
         ({"REFRESH_LEDGER_RETENTION": "week"}, "REFRESH_LEDGER_RETENTION"),
         ({"REFRESH_LEDGER_PRUNE_INTERVAL": "-1"}, "REFRESH_LEDGER_PRUNE_INTERVAL"),
         ({"BACKEND_URL": None}, "BACKEND_URL"),
+        ({"BACKEND_URL": "ftp://backend:8000"}, "BACKEND_URL"),
+        ({"BACKEND_URL": "backend:8000"}, "BACKEND_URL"),
+        ({"BACKEND_URL": "http://backend:99999"}, "BACKEND_URL"),
+        ({"BACKEND_URL": "http://backend:8000/?debug=1"}, "BACKEND_URL"),
         ({"CORS_ALLOWED_ORIGINS": "*"}, "CORS_ALLOWED_ORIGINS"),
         ({"CORS_ALLOWED_ORIGINS": "https://ok.test,https://*.test"}, "CORS_ALLOWED_ORIGINS"),
         ({"CORS_ALLOWED_ORIGINS": "https://ok.test/"}, "CORS_ALLOWED_ORIGINS"),
