@@ -343,9 +343,12 @@ class _Connection(asyncio.Protocol):
             return
         try:
             exchange.feed(data)
-        except (httptools.HttpParserError, BackendProtocolError, ValueError) as exc:
-            error = exc if isinstance(exc, BackendProtocolError) else None
-            exchange.fail(error or BackendProtocolError("the backend's answer is malformed"))
+        except Exception as exc:
+            # llhttp's errors, an upgrade, our own callbacks' refusals: the answer cannot be
+            # trusted and neither can the bytes after it
+            if not isinstance(exc, BackendProtocolError):
+                exc = BackendProtocolError("the backend's answer is malformed")
+            exchange.fail(exc)
             self.close()
 
     def eof_received(self) -> bool:

@@ -16,9 +16,9 @@ import itertools
 import random
 import socket
 import string
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from hypothesis import given, settings
@@ -36,6 +36,7 @@ from gateway.upstream import (
 )
 
 Header = tuple[bytes, bytes]
+T = TypeVar("T")
 Handler = Callable[["Peer"], Awaitable[None]]
 
 
@@ -152,6 +153,7 @@ class Backend:
         self.errors: list[BaseException] = []
         self.stopping = asyncio.Event()
         self.port = 0
+        self._abort = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
 
@@ -180,10 +182,11 @@ class Backend:
         """Let every connection handler end (a hanging one is woken) and close its socket."""
         self.stopping.set()
         if self._tasks:
+            # time for handlers to read what the pool's close flushes; one still stuck (on a
+            # test's gate, when the test failed) is then stopped
             _, pending = await asyncio.wait(self._tasks, timeout=2.0)
-            for task in pending:
-                task.cancel()
             if pending:
+                self._abort.set()
                 await asyncio.wait(pending)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -192,8 +195,19 @@ class Backend:
         self._tasks.add(task)
         peer = Peer(self, reader, writer, len(self.peers))
         self.peers.append(peer)
+        # The handler runs as a task of its own: cancelling the connection's task itself would
+        # make asyncio's stream machinery report the cancellation to the loop's handler.
+        handler = asyncio.ensure_future(self.handler(peer))
+        abort = asyncio.ensure_future(self._abort.wait())
         try:
-            await self.handler(peer)
+            await asyncio.wait({handler, abort}, return_when=asyncio.FIRST_COMPLETED)
+            abort.cancel()
+            if not handler.done():
+                handler.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await handler
+                return
+            await handler
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         except Exception as exc:
@@ -288,6 +302,33 @@ async def fetch(
     finally:
         response.release()
     return Answer(response.status, list(response.raw_headers), body)
+
+
+class Tasks:
+    """Requests run alongside the test; on the way out (a failed assertion included) any still
+    running is cancelled and every outcome collected, so none leaks into the next test."""
+
+    def __init__(self) -> None:
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    def start(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        task = asyncio.create_task(coro)
+        self._tasks.append(task)
+        return task
+
+    async def __aenter__(self) -> Tasks:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def bounded(awaitable: Awaitable[T], seconds: float = 3.0) -> T:
+    """Await with a bound, so that a pool that never gives up fails the test, not hangs it."""
+    async with asyncio.timeout(seconds):
+        return await awaitable
 
 
 async def wait_until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
@@ -848,12 +889,13 @@ async def test_waiting_for_a_busy_pool_is_bounded() -> None:
     async with (
         Backend(handler) as backend,
         open_pool(backend.url, limit=1, acquire_timeout=0.2) as pool,
+        Tasks() as tasks,
     ):
-        slow = asyncio.create_task(fetch(pool, target=b"/slow"))
+        slow = tasks.start(fetch(pool, target=b"/slow"))
         await wait_until(lambda: len(backend.requests) == 1)
         await times_out(pool, b"/fast", ConnectTimeout)
         gate.set()
-        assert (await slow).body == b"GET /slow"
+        assert (await bounded(slow)).body == b"GET /slow"
         assert (await fetch(pool, target=b"/fast")).body == b"GET /fast"
         assert backend.connections == 1
 
@@ -862,15 +904,19 @@ async def test_a_waiter_gets_the_connection_when_it_comes_back() -> None:
     gate = asyncio.Event()
     handler = gated(gate, b"/slow")
 
-    async with Backend(handler) as backend, open_pool(backend.url, limit=1) as pool:
-        slow = asyncio.create_task(fetch(pool, target=b"/slow"))
+    async with (
+        Backend(handler) as backend,
+        open_pool(backend.url, limit=1) as pool,
+        Tasks() as tasks,
+    ):
+        slow = tasks.start(fetch(pool, target=b"/slow"))
         await wait_until(lambda: len(backend.requests) == 1)
-        queued = asyncio.create_task(fetch(pool, target=b"/queued"))
+        queued = tasks.start(fetch(pool, target=b"/queued"))
         await asyncio.sleep(0.05)
         assert not queued.done()
         gate.set()
-        assert (await slow).body == b"GET /slow"
-        assert (await queued).body == b"GET /queued"
+        assert (await bounded(slow)).body == b"GET /slow"
+        assert (await bounded(queued)).body == b"GET /queued"
         assert backend.connections == 1
 
 
@@ -880,19 +926,20 @@ async def test_a_cancelled_waiter_does_not_strand_the_next_one() -> None:
     async with (
         Backend(serve_echo) as backend,
         open_pool(backend.url, limit=1, acquire_timeout=1.0) as pool,
+        Tasks() as tasks,
     ):
         first = await pool.request("GET", b"/first", [])
         assert await first.read() == b"GET /first"
-        cancelled = asyncio.create_task(fetch(pool, target=b"/cancelled"))
-        waiting = asyncio.create_task(fetch(pool, target=b"/waiting"))
+        cancelled = tasks.start(fetch(pool, target=b"/cancelled"))
+        waiting = tasks.start(fetch(pool, target=b"/waiting"))
         await asyncio.sleep(0.05)
         first.release()
         cancelled.cancel()
         with pytest.raises(asyncio.CancelledError):
-            await cancelled
+            await bounded(cancelled)
         loop = asyncio.get_running_loop()
         started = loop.time()
-        assert (await waiting).body == b"GET /waiting"
+        assert (await bounded(waiting)).body == b"GET /waiting"
         assert loop.time() - started < 0.5
         assert backend.connections == 1
 
@@ -1338,19 +1385,19 @@ async def test_closing_the_pool_fails_waiters_and_closes_connections_as_they_com
     gate = asyncio.Event()
     handler = gated(gate)
 
-    async with Backend(handler) as backend:
+    async with Backend(handler) as backend, Tasks() as tasks:
         pool = UpstreamPool(
             backend.url, connect_timeout=1.0, read_timeout=2.0, acquire_timeout=2.0, limit=1
         )
-        busy = asyncio.create_task(fetch(pool, target=b"/busy"))
+        busy = tasks.start(fetch(pool, target=b"/busy"))
         await wait_until(lambda: len(backend.requests) == 1)
-        waiting = asyncio.create_task(fetch(pool, target=b"/waiting"))
+        waiting = tasks.start(fetch(pool, target=b"/waiting"))
         await asyncio.sleep(0.02)
         await pool.close()
         with pytest.raises(BackendUnreachable):
-            await waiting
+            await bounded(waiting)
         gate.set()
-        assert (await busy).body == b"GET /busy"
+        assert (await bounded(busy)).body == b"GET /busy"
         assert await seen_eof(backend.peers[0])
         with pytest.raises(BackendUnreachable):
             await fetch(pool)
