@@ -9,11 +9,12 @@ the real servers. Tests of the account lifecycle itself use the real backend app
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -250,3 +251,17 @@ def no_secrets_in_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
         assert not JWT_RE.search(line), f"token in log line: {record.getMessage()}"
         for secret in (PASSWORD, ACCESS_SECRET, REFRESH_SECRET, "PRIVATE KEY"):
             assert secret not in line, f"secret in log line: {record.getMessage()}"
+
+
+@asynccontextmanager
+async def raw_backend(
+    serve: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[str]:
+    """A socket server on a free port for a backend that writes exact bytes; yields its URL."""
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.close()
+        await server.wait_closed()

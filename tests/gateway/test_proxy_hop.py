@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
-import httpx
 import pytest
 from starlette.types import Message
 
-from tests.gateway.conftest import FakeBackend, Harness, login
+from tests.gateway.conftest import FakeBackend, GatewayClient, Harness, login, raw_backend
 
 BIG = 1_000_000
 ANSWERS: dict[bytes, bytes] = {
@@ -62,79 +62,66 @@ class ScriptedBackend:
             await writer.wait_closed()
 
 
+@dataclass
+class Hop:
+    """A started gateway in front of the scripted backend, and a logged-in user's header."""
+
+    client: GatewayClient
+    auth: dict[str, str]
+    upstream: ScriptedBackend
+
+
 @pytest.fixture
-async def scripted() -> AsyncIterator[tuple[ScriptedBackend, str]]:
-    backend = ScriptedBackend()
-    server = await asyncio.start_server(backend.serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield backend, f"http://127.0.0.1:{port}"
-    finally:
-        server.close()
-        await server.wait_closed()
-
-
-async def _session(client: httpx.AsyncClient, backend: FakeBackend) -> dict[str, str]:
-    token = (await login(client, backend.add_user())).json()["access_token"]
-    return {"Authorization": f"Bearer {token}"}
+async def hop(gateway: Harness, env: dict[str, str], backend: FakeBackend) -> AsyncIterator[Hop]:
+    upstream = ScriptedBackend()
+    async with raw_backend(upstream.serve) as url, gateway(env, BACKEND_URL=url) as client:
+        token = (await login(client, backend.add_user())).json()["access_token"]
+        yield Hop(client, {"Authorization": f"Bearer {token}"}, upstream)
 
 
 @pytest.mark.parametrize("path", ["truncated-small", "bad-status", "not-http"])
 async def test_a_broken_answer_is_a_json_502_and_the_next_request_is_served(
-    gateway: Harness,
-    env: dict[str, str],
-    backend: FakeBackend,
-    scripted: tuple[ScriptedBackend, str],
-    path: str,
+    hop: Hop, path: str
 ) -> None:
-    _, url = scripted
-    async with gateway(env, BACKEND_URL=url) as client:
-        auth = await _session(client, backend)
-        broken = await client.get(f"/api/v1/{path}", headers=auth)
-        after = await client.get("/api/v1/after", headers=auth)
+    client, auth = hop.client, hop.auth
+    broken = await client.get(f"/api/v1/{path}", headers=auth)
+    after = await client.get("/api/v1/after", headers=auth)
     assert broken.status_code == 502, broken.text
     assert broken.json()["error"]["code"] == "bad_gateway"
     assert after.status_code == 200 and after.content == b"real:/v1/after"
 
 
-async def test_a_big_answer_cut_mid_body_never_looks_complete(
-    gateway: Harness,
-    env: dict[str, str],
-    backend: FakeBackend,
-    scripted: tuple[ScriptedBackend, str],
-) -> None:
-    _, url = scripted
-    async with gateway(env, BACKEND_URL=url) as client:
-        auth = await _session(client, backend)
-        # driven as raw ASGI: what matters is the messages the server is given
-        sent: list[Message] = []
+async def test_a_big_answer_cut_mid_body_never_looks_complete(hop: Hop) -> None:
+    client, auth = hop.client, hop.auth
+    # driven as raw ASGI: what matters is the messages the server is given
+    sent: list[Message] = []
 
-        async def receive() -> Message:
-            return {"type": "http.request", "body": b"", "more_body": False}
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
 
-        async def send(message: Message) -> None:
-            sent.append(message)
+    async def send(message: Message) -> None:
+        sent.append(message)
 
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "GET",
-            "scheme": "https",
-            "path": "/api/v1/truncated-big",
-            "raw_path": b"/api/v1/truncated-big",
-            "root_path": "",
-            "query_string": b"",
-            "headers": [
-                (b"host", b"testserver"),
-                (b"authorization", auth["Authorization"].encode()),
-            ],
-            "client": ("127.0.0.1", 50000),
-            "server": ("testserver", 443),
-            "state": {},
-        }
-        await client.app(scope, receive, send)
-        after = await client.get("/api/v1/after", headers=auth)
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "https",
+        "path": "/api/v1/truncated-big",
+        "raw_path": b"/api/v1/truncated-big",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"authorization", auth["Authorization"].encode()),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 443),
+        "state": {},
+    }
+    await client.app(scope, receive, send)
+    after = await client.get("/api/v1/after", headers=auth)
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
     bodies = [m for m in sent if m["type"] == "http.response.body"]
     # the status went out; the end of the body never does, so the server cuts the connection
@@ -144,17 +131,10 @@ async def test_a_big_answer_cut_mid_body_never_looks_complete(
     assert after.content == b"real:/v1/after"
 
 
-async def test_bytes_a_backend_glues_to_its_answer_reach_nobody(
-    gateway: Harness,
-    env: dict[str, str],
-    backend: FakeBackend,
-    scripted: tuple[ScriptedBackend, str],
-) -> None:
-    upstream, url = scripted
-    async with gateway(env, BACKEND_URL=url) as client:
-        auth = await _session(client, backend)
-        first = await client.get("/api/v1/smuggle", headers=auth)
-        answers = [await client.get(f"/api/v1/next-{i}", headers=auth) for i in range(3)]
+async def test_bytes_a_backend_glues_to_its_answer_reach_nobody(hop: Hop) -> None:
+    client, auth, upstream = hop.client, hop.auth, hop.upstream
+    first = await client.get("/api/v1/smuggle", headers=auth)
+    answers = [await client.get(f"/api/v1/next-{i}", headers=auth) for i in range(3)]
     assert first.content == b"ok"
     for i, answer in enumerate(answers):
         assert answer.status_code == 200
@@ -163,17 +143,10 @@ async def test_bytes_a_backend_glues_to_its_answer_reach_nobody(
     assert [t for _, t in upstream.requests][-3:] == [f"/v1/next-{i}".encode() for i in range(3)]
 
 
-async def test_head_is_proxied_without_a_body_and_keeps_its_length(
-    gateway: Harness,
-    env: dict[str, str],
-    backend: FakeBackend,
-    scripted: tuple[ScriptedBackend, str],
-) -> None:
-    upstream, url = scripted
-    async with gateway(env, BACKEND_URL=url) as client:
-        auth = await _session(client, backend)
-        head = await client.head("/api/v1/thing", headers=auth)
-        after = await client.get("/api/v1/after", headers=auth)
+async def test_head_is_proxied_without_a_body_and_keeps_its_length(hop: Hop) -> None:
+    client, auth, upstream = hop.client, hop.auth, hop.upstream
+    head = await client.head("/api/v1/thing", headers=auth)
+    after = await client.get("/api/v1/after", headers=auth)
     assert head.status_code == 200
     assert head.headers["content-length"] == "5" and head.headers["x-kind"] == "head"
     assert head.content == b""

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import pytest
 from internal_auth import InternalAuthError, KeySet, PrivateKey, TokenScope, Verifier
 
-from tests.gateway.conftest import FakeBackend, Harness, login
+from tests.gateway.conftest import FakeBackend, Harness, login, raw_backend
 
 
 class DroppingBackend:
@@ -64,13 +64,8 @@ class DroppingBackend:
 @pytest.fixture
 async def dropping(internal_key: PrivateKey) -> AsyncIterator[tuple[DroppingBackend, str]]:
     backend = DroppingBackend(internal_key)
-    server = await asyncio.start_server(backend.serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield backend, f"http://127.0.0.1:{port}"
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with raw_backend(backend.serve) as url:
+        yield backend, url
 
 
 @pytest.mark.parametrize("method", ["GET", "DELETE", "PUT"])
