@@ -40,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import wrk_tools
 from bench.proxy_client_bench import free_port, gateway_environment, serve, wait_port
 from bench.stack_bench import scratch_database
+from gateway.auth.tokens import TokenService
 from gateway.settings import Settings
-from gateway.tokens import TokenService
 from tokengate.migrate import migrate
 
 HERE = Path(__file__).resolve().parent

@@ -97,8 +97,8 @@ def drive_main(target: str, requests: int, environment: Path) -> None:
 
     env: dict[str, str] = json.loads(environment.read_text())
     os.environ.update(env)
+    from gateway.auth.tokens import TokenService
     from gateway.settings import Settings
-    from gateway.tokens import TokenService
 
     settings = Settings.from_env(env)
     token, _ = TokenService(settings).issue_access(

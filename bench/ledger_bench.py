@@ -37,7 +37,7 @@ import asyncpg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.legacy_ledger import LegacyLedger
-from gateway.sessions import (
+from gateway.sessions.ledger import (
     IssuedRefresh,
     Ledger,
     Outcome,
@@ -82,7 +82,8 @@ def _mb(n: int) -> str:
 
 # The rotations run inside PostgreSQL, one transaction each (a procedure that COMMITs after every
 # rotation), writing exactly the rows and columns each ledger's rotate() writes
-# (bench/legacy_ledger.py `_ROTATE`; gateway/sessions.py `_ROTATE_CURRENT`), families taken in
+# (bench/legacy_ledger.py `_ROTATE`; gateway/sessions/ledger.py `_ROTATE_CURRENT`), families taken
+# in
 # turn. One commit per rotation matters: it is what lets PostgreSQL reclaim a row's previous
 # version on the page (HOT pruning) as a live gateway's rotations do. synchronous_commit is off
 # for the bench session only: it changes when a commit reaches the disk, not what is stored.

@@ -37,8 +37,8 @@ from typing import Any, TypeVar
 import asyncpg
 from servicekit.logs import log_event
 
+from gateway.auth.tokens import new_jti
 from gateway.errors import ServiceUnavailable
-from gateway.tokens import new_jti
 
 logger = logging.getLogger("gateway.ledger")
 

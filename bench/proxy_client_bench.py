@@ -5,7 +5,7 @@ is run once per client against a trivial upstream, each under uvicorn with uvloo
 
 - ``httpx``: ``httpx.AsyncClient`` with its default transport (httpcore);
 - ``aiohttp``: ``aiohttp.ClientSession`` with a keep-alive ``TCPConnector``;
-- ``pool``: the gateway's own ``gateway.upstream.UpstreamPool`` (asyncio connections, llhttp);
+- ``pool``: the gateway's own ``gateway.proxy.upstream.UpstreamPool`` (asyncio connections, llhttp);
 - ``direct``: wrk against the upstream itself, the floor the proxy hop adds to;
 - ``tokengate``: the real gateway (``tokengate gateway``: access-token check, revocation check,
   internal token minted, header hygiene, request id, access log) over the same upstream, to show
@@ -41,7 +41,8 @@ UPSTREAM_BODY = b'{"id":"00000000-0000-0000-0000-000000000000","email":"bench@ex
 # -- the trivial upstream -------------------------------------------------------------------------
 
 
-# The gateway polls the backend for account epochs (gateway/epochs.py): nothing ever changes here.
+# The gateway polls the backend for account epochs (gateway/sessions/epochs.py): nothing ever
+# changes here.
 EPOCHS_PATH = "/internal/lifecycle/epochs"
 EPOCHS_BODY = b'{"epochs":[]}'
 
@@ -147,7 +148,7 @@ def pool_proxy(upstream: str) -> Any:
     from starlette.applications import Starlette
     from starlette.routing import Route
 
-    from gateway.upstream import UpstreamPool
+    from gateway.proxy.upstream import UpstreamPool
 
     state: dict[str, UpstreamPool] = {}
 
@@ -236,8 +237,8 @@ def gateway_environment(upstream: str, log_level: str) -> dict[str, str]:
 def tokengate_gateway(upstream: str, port: int) -> Iterator[str]:
     """The real gateway process over ``upstream``; yields a valid access token."""
 
+    from gateway.auth.tokens import TokenService
     from gateway.settings import Settings
-    from gateway.tokens import TokenService
 
     env = gateway_environment(upstream, "WARNING")
     token, _ = TokenService(Settings.from_env(env)).issue_access(

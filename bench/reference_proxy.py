@@ -3,7 +3,7 @@
 Per request it does what the gateway cannot skip, and nothing else:
 
 - verifies the HS256 access token from ``Authorization: Bearer`` with the gateway's own verifier
-  (:meth:`gateway.tokens.TokenService.verify_access`: algorithm, ``typ``, issuer, audience,
+  (:meth:`gateway.auth.tokens.TokenService.verify_access`: algorithm, ``typ``, issuer, audience,
   expiry pinned) on **every** request, with no caching of any kind;
 - mints a fresh EdDSA internal token for that request (:class:`internal_auth.Minter`, one
   ``jti`` each, bound to method and path);
@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from internal_auth import Minter, TokenScope, load_private_key
 
+from gateway.auth.tokens import TokenService
 from gateway.errors import GatewayError
 from gateway.settings import Settings
-from gateway.tokens import TokenService
 
 _UNAUTHORIZED = b'{"error":{"code":"unauthorized","message":"authentication required"}}'
 _DROP = frozenset({b"authorization", b"host", b"connection", b"content-length"})

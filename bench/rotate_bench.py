@@ -1,4 +1,4 @@
-"""Refresh rotations per second against the real PostgreSQL, through ``gateway.sessions``.
+"""Refresh rotations per second against the real PostgreSQL, through ``gateway.sessions.ledger``.
 
 Creates a throw-away database, applies every migration in ``db/``, then runs rotation
 chains (each worker rotates its own family's newest token again and again, as clients do) for a
@@ -21,7 +21,7 @@ import uuid
 
 import asyncpg
 
-from gateway.sessions import Ledger, Outcome
+from gateway.sessions.ledger import Ledger, Outcome
 from tokengate.migrate import migrate
 
 ADMIN_DSN = os.environ.get("TOKENGATE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")

@@ -35,8 +35,8 @@ from bench import wrk_tools
 from bench.cpu_bench import cpu_seconds
 from bench.proxy_client_bench import free_port, gateway_environment, serve, wait_port
 from bench.stack_bench import scratch_database
+from gateway.auth.tokens import TokenService
 from gateway.settings import Settings
-from gateway.tokens import TokenService
 from tokengate.migrate import migrate
 
 HERE = Path(__file__).resolve().parent

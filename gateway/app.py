@@ -35,20 +35,22 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
-from gateway import auth_routes, metrics, openapi
-from gateway.backend_client import BackendClient
+from gateway import gauges, metrics, openapi
+from gateway.auth import routes as auth_routes
+from gateway.auth.backend_client import BackendClient
+from gateway.auth.ratelimit import RateLimits
+from gateway.auth.tokens import TokenService
 from gateway.dpop import DPoP
 from gateway.edge import Edge, error_response, proxy_only_paths
-from gateway.epochs import UserEpochs
 from gateway.errors import GatewayError
-from gateway.ledger_pruner import LedgerPruner
-from gateway.proxy import PROXY_PATH, BackendProxy, proxy_request, proxy_route
-from gateway.ratelimit import RateLimits
-from gateway.revocation import RevokedSessions
-from gateway.sessions import Ledger
+from gateway.proxy.backend import BackendProxy
+from gateway.proxy.handler import PROXY_PATH, proxy_request, proxy_route
+from gateway.sessions.epochs import UserEpochs
+from gateway.sessions.ledger import Ledger
+from gateway.sessions.pruner import LedgerPruner
+from gateway.sessions.revocation import RevokedSessions
 from gateway.settings import Settings
 from gateway.state import GatewayState, gateway_state
-from gateway.tokens import TokenService
 
 logger = logging.getLogger("gateway.app")
 
@@ -240,7 +242,7 @@ def create_app(
             revocation_connected=revoked.connected,
             epochs_loaded=epochs.loaded,
         )
-        sampler = asyncio.create_task(metrics.sample_gauges(state), name="metrics-sampler")
+        sampler = asyncio.create_task(gauges.sample_gauges(state), name="metrics-sampler")
         try:
             yield
         finally:

@@ -21,8 +21,8 @@ import asyncpg
 import redis.asyncio as aioredis
 from servicekit.config import ConfigError
 
-from gateway.revocation import RevokedSessions
-from gateway.sessions import PRUNE_BATCH, Ledger
+from gateway.sessions.ledger import PRUNE_BATCH, Ledger
+from gateway.sessions.revocation import RevokedSessions
 from gateway.settings import OperatorSettings, PruneSettings, Settings
 
 # Objects allocated (net) between two collections of the youngest generation; Python's is 700.
@@ -104,7 +104,7 @@ def _run_gateway(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level, settings.log_format)
     # (spans are set up by the app that serves, not by this check)
     create_app(dataclasses.replace(settings, otel_endpoint=None))
-    # proxy_headers off: the client IP is decided by TRUSTED_PROXIES in gateway.ratelimit,
+    # proxy_headers off: the client IP is decided by TRUSTED_PROXIES in gateway.auth.ratelimit,
     # never by a header uvicorn would trust on its own.
     return serve(
         "gateway.cli:app_from_env",

@@ -6,7 +6,8 @@ error handler, a crash — leaves with the request id, the security headers and 
 line, and never as the server's plain-text 500.
 
 Proxied requests (``/api/v1/...`` paths no gateway route can claim) go straight from here to
-:func:`gateway.proxy.proxy_request`: they skip Starlette's routing and its two middleware layers,
+:func:`gateway.proxy.handler.proxy_request`: they skip Starlette's routing and its two middleware
+layers,
 which were about a quarter of the gateway's CPU per proxied request. Every other path goes to the
 Starlette app as before. Which paths are proxied is worked out once from the app's own routes
 (:func:`proxy_only_paths`), so a new gateway route under ``/api/v1/`` keeps working unchanged; a
@@ -49,7 +50,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.cookies import clear_refresh_cookie, cookie_secure
+from gateway.auth.cookies import clear_refresh_cookie, cookie_secure
 from gateway.errors import GatewayError, ServiceUnavailable
 from gateway.security_headers import security_headers
 from gateway.state import gateway_state

@@ -27,12 +27,10 @@ Names (all prefixed ``tokengate_gateway_``):
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 from servicekit import db
@@ -46,11 +44,7 @@ from gateway.errors import (
     RateLimited,
     ServiceUnavailable,
 )
-from gateway.upstream import BackendUnreachable
-
-if TYPE_CHECKING:
-    # gateway.state imports the modules that count here: at run time that would be a cycle
-    from gateway.state import GatewayState
+from gateway.proxy.upstream import BackendUnreachable
 
 #: The backend's routes as the public sees them (``/v1/x`` is proxied at ``/api/v1/x``).
 #: A test checks this against the backend's own route table, so it cannot drift.
@@ -123,8 +117,8 @@ DB_POOL = Gauge(
 _PROXY_GATEWAY = PROXY_DURATION.labels("gateway")
 _PROXY_BACKEND = PROXY_DURATION.labels("backend")
 _FAILURE = {kind: BACKEND_FAILURES.labels(kind) for kind in ("connect", "timeout", "reset")}
-_POOL_IN_USE = DB_POOL.labels("in_use")
-_POOL_IDLE = DB_POOL.labels("idle")
+POOL_IN_USE = DB_POOL.labels("in_use")
+POOL_IDLE = DB_POOL.labels("idle")
 
 
 def _prebind(counter: Counter, values: tuple[str, ...]) -> dict[str, Any]:
@@ -246,29 +240,3 @@ def count_login(
         return response
 
     return wrapper
-
-
-# -- gauges sampled in the background -----------------------------------------------------------
-
-SAMPLE_INTERVAL = 1.0
-
-
-async def sample_gauges(state: GatewayState, interval: float = SAMPLE_INTERVAL) -> None:
-    """Every ``interval`` seconds: listener state, revoked-set size, pool in use and idle."""
-    while True:
-        sample_once(state)
-        await asyncio.sleep(interval)
-
-
-def sample_once(state: GatewayState) -> None:
-    revoked_set = getattr(state, "revoked", None)
-    if revoked_set is not None:
-        LISTENER_CONNECTED.set(1 if revoked_set.connected else 0)
-        REVOKED_SESSIONS.set(len(revoked_set))
-    database = getattr(state, "pool", None)
-    pool = getattr(database, "pool", None)
-    if pool is not None:
-        with contextlib.suppress(Exception):
-            size, idle = pool.get_size(), pool.get_idle_size()
-            _POOL_IN_USE.set(size - idle)
-            _POOL_IDLE.set(idle)

@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.dpop import ALGORITHMS
-from gateway.paths import MAX_PATH_BYTES
+from gateway.proxy.paths import MAX_PATH_BYTES
 
 PATH = "/api/v1/openapi.json"
 MAX_TITLE = 200

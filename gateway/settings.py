@@ -26,7 +26,7 @@ from servicekit.db import PoolSettings
 from servicekit.forwarded import Network
 from servicekit.logs import log_format_from_env
 
-from gateway.upstream import Origin
+from gateway.proxy.upstream import Origin
 
 # RFC 7518 §3.2: an HS256 key must be at least as long as the hash output (256 bits).
 MIN_SECRET_BYTES = 32

@@ -7,8 +7,6 @@ to it once, where a request starts using it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import redis.asyncio as aioredis
 from internal_auth import Minter
 from servicekit import db
@@ -16,19 +14,16 @@ from servicekit.state import TypedState, app_state
 from starlette.requests import HTTPConnection
 from starlette.types import Scope
 
-from gateway.backend_client import BackendClient
+from gateway.auth.backend_client import BackendClient
+from gateway.auth.ratelimit import RateLimits
+from gateway.auth.tokens import TokenService
 from gateway.dpop import DPoP
-from gateway.epochs import UserEpochs
-from gateway.ledger_pruner import LedgerPruner
-from gateway.ratelimit import RateLimits
-from gateway.revocation import RevokedSessions
-from gateway.sessions import Ledger
+from gateway.proxy.backend import BackendProxy
+from gateway.sessions.epochs import UserEpochs
+from gateway.sessions.ledger import Ledger
+from gateway.sessions.pruner import LedgerPruner
+from gateway.sessions.revocation import RevokedSessions
 from gateway.settings import Settings
-from gateway.tokens import TokenService
-
-if TYPE_CHECKING:
-    # proxy.py reads its state through this module: importing it here at run time is a cycle.
-    from gateway.proxy import BackendProxy
 
 
 class GatewayState(TypedState):
@@ -59,7 +54,8 @@ class GatewayState(TypedState):
     ratelimits: RateLimits
     #: proof checks and the shared ``jti`` replay cache
     dpop: DPoP
-    #: the keep-alive pool to the backend that :func:`gateway.proxy.proxy_request` forwards on
+    #: the keep-alive pool to the backend that :func:`gateway.proxy.handler.proxy_request` forwards
+    #: on
     proxy: BackendProxy
     pruner: LedgerPruner
 

@@ -1,4 +1,4 @@
-"""Imports run one way: libraries <- services <- command line (DESIGN: packages and layers).
+"""Imports run one way: libraries <- services <- command line (docs/ARCHITECTURE.md, layers).
 
 Every module of the tree is parsed (not imported, so a lazy import inside a function counts too)
 and each ``import`` of a project package is checked against the layer table below.
@@ -68,3 +68,59 @@ def test_layer_rule(package: str, source: str, allowed: bool) -> None:
     targets = _imported_packages(ast.parse(source)) - {package}
     assert targets
     assert all(PACKAGES[t][1] < rank for t in targets) is allowed
+
+
+def _module_imports(package: str) -> dict[str, set[str]]:
+    """module -> the modules of ``package`` it imports at its top level, ``if TYPE_CHECKING:``
+    blocks included (a cycle hidden from the interpreter is still one for the reader and mypy)."""
+    folder = PACKAGES[package][0]
+    graph: dict[str, set[str]] = {}
+    for path in sorted(folder.rglob("*.py")):
+        parts = path.relative_to(folder).with_suffix("").parts
+        name = ".".join((package, *parts)).removesuffix(".__init__")
+        edges: set[str] = set()
+        body = ast.parse(path.read_text(encoding="utf-8")).body
+        body += [n for node in body if isinstance(node, ast.If) for n in node.body]
+        for node in body:
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                if node.module.split(".")[0] == package:
+                    edges.add(node.module)
+                    edges.update(f"{node.module}.{alias.name}" for alias in node.names)
+            elif isinstance(node, ast.Import):
+                edges.update(a.name for a in node.names if a.name.split(".")[0] == package)
+        graph[name] = edges
+    return {name: edges & graph.keys() - {name} for name, edges in graph.items()}
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str]:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str]:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return [*stack[stack.index(nxt) :], nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return []
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return []
+
+
+@pytest.mark.parametrize("package", sorted(PACKAGES))
+def test_no_import_cycle_inside_a_package(package: str) -> None:
+    """A counters module imports no app state and a state container no handler: no module of a
+    package needs, at import time, a module that needs it back (docs/ARCHITECTURE.md)."""
+    assert _cycle(_module_imports(package)) == []
+
+
+def test_the_cycle_check_finds_a_cycle() -> None:
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) == []

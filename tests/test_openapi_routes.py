@@ -8,7 +8,8 @@ publishes them (``/api/v1/...``). Excluded, each for a stated reason:
 - the gateway's ``/demo`` mount (and its ``/demo`` -> ``/demo/`` redirect) serves static HTML for
   people, not an API;
 - backend routes outside ``/v1/`` (``/internal/...``, its own health probes): the proxy maps a
-  public ``/api/v1/X`` only to ``/v1/X`` (``gateway.paths``), so no client can ever reach them.
+  public ``/api/v1/X`` only to ``/v1/X`` (``gateway.proxy.paths``), so no client can ever reach
+  them.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ import backend.notes
 import backend.validation
 from backend.app import create_app as create_backend
 from backend.settings import Settings as BackendSettings
-from gateway import auth_routes, openapi
+from gateway import openapi
 from gateway.app import create_app as create_gateway
-from gateway.paths import BACKEND_PREFIX, PUBLIC_PREFIX, backend_path
+from gateway.auth import routes as auth_routes
+from gateway.proxy.paths import BACKEND_PREFIX, PUBLIC_PREFIX, backend_path
 from gateway.settings import Settings as GatewaySettings
 
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}

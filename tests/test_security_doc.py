@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from internal_auth import Minter, TokenScope, generate_private_key
 
+from gateway.auth.tokens import RefreshClaims, TokenService
 from gateway.settings import Settings
-from gateway.tokens import RefreshClaims, TokenService
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = (ROOT / "docs" / "SECURITY.md").read_text(encoding="utf-8")

@@ -66,8 +66,9 @@ def generate_command(args: argparse.Namespace) -> int:
 
 def env_lines(key: PrivateKey) -> str:
     """``.env`` lines for a new deployment: the key pair and two independent secrets."""
-    # Two separate draws: knowing one secret must tell nothing about the other (DESIGN.md), and
-    # 48 random bytes is well over the 32-byte minimum the gateway checks.
+    # Two separate draws: knowing one secret must tell nothing about the other
+    # (docs/ARCHITECTURE.md, trust model), and 48 random bytes is well over the 32-byte minimum
+    # the gateway checks.
     access_secret = secrets.token_urlsafe(48)
     refresh_secret = secrets.token_urlsafe(48)
     return (

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from internal_auth.tokens import MAX_TOKEN_LENGTH
 
-from gateway.paths import MAX_PATH_BYTES
+from gateway.proxy.paths import MAX_PATH_BYTES
 from tests.support.stack import Stack, running_stack
 
 pytestmark = pytest.mark.e2e

@@ -30,8 +30,8 @@ from backend.app import create_app as create_backend
 from backend.passwords import Passwords
 from backend.users import User, UserStore
 from gateway.app import create_app
-from gateway.epochs import UserEpochs
-from gateway.sessions import Ledger, Outcome
+from gateway.sessions.epochs import UserEpochs
+from gateway.sessions.ledger import Ledger, Outcome
 from gateway.settings import Settings
 from tests.backend.conftest import FAST_ARGON2, make_settings
 from tests.gateway.conftest import (

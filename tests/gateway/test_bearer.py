@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.bearer import CHALLENGE, INVALID_TOKEN_CHALLENGE, authenticate, bearer_token
+from gateway.auth.bearer import CHALLENGE, INVALID_TOKEN_CHALLENGE, authenticate, bearer_token
+from gateway.auth.tokens import AccessClaims
 from gateway.errors import InvalidToken, SessionRevoked, Unauthorized
-from gateway.tokens import AccessClaims
 from tests.gateway.conftest import FakeBackend, Harness, login
 
 CLAIMS = AccessClaims(sub="u1", sid="s1", roles=("user",), jti="j1", iat=1, exp=2**40)

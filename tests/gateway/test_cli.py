@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 import redis
 
-from gateway.sessions import Ledger
+from gateway.sessions.ledger import Ledger
 from tokengate.cli import main
 
 

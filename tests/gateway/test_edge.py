@@ -16,9 +16,9 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from gateway.app import cors_options
-from gateway.bearer import CHALLENGE
+from gateway.auth.bearer import CHALLENGE
 from gateway.edge import proxy_only_paths
-from gateway.proxy import PROXY_PATH, proxy_route
+from gateway.proxy.handler import PROXY_PATH, proxy_route
 from gateway.settings import Settings
 from tests.gateway.conftest import ORIGIN, FakeBackend, Harness, login
 

@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 
 from bench.legacy_ledger import LegacyLedger
-from gateway.sessions import Ledger, Outcome
+from gateway.sessions.ledger import Ledger, Outcome
 from tests.gateway.conftest import FakeBackend, Harness, as_role
 from tokengate.cli import main
 

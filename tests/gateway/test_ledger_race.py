@@ -17,8 +17,8 @@ import asyncpg
 import httpx
 import pytest
 
-from gateway.sessions import IssuedRefresh, Ledger, Outcome
-from gateway.tokens import RefreshClaims
+from gateway.auth.tokens import RefreshClaims
+from gateway.sessions.ledger import IssuedRefresh, Ledger, Outcome
 from tests.gateway.conftest import FakeBackend, Harness, login, refresh_cookie
 
 FAMILIES = 120

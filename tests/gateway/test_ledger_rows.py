@@ -11,8 +11,8 @@ import uuid
 import asyncpg
 import pytest
 
-from gateway.sessions import IssuedRefresh, Ledger, Outcome, new_secret
-from gateway.tokens import RefreshClaims
+from gateway.auth.tokens import RefreshClaims
+from gateway.sessions.ledger import IssuedRefresh, Ledger, Outcome, new_secret
 from tests.gateway.conftest import FakeBackend, Harness, login, refresh_cookie, refresh_with
 
 

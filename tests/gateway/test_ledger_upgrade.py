@@ -14,8 +14,8 @@ import asyncpg
 
 from bench.legacy_ledger import LegacyLedger
 from bench.legacy_ledger import Outcome as OldOutcome
-from gateway.sessions import IssuedRefresh, Ledger, Outcome
-from gateway.tokens import RefreshClaims
+from gateway.auth.tokens import RefreshClaims
+from gateway.sessions.ledger import IssuedRefresh, Ledger, Outcome
 from tests.gateway.conftest import FakeBackend, Harness, login, refresh_cookie, refresh_with
 
 

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from starlette.requests import Request
 
-from gateway.ratelimit import RateLimits
+from gateway.auth.ratelimit import RateLimits
 from gateway.settings import Settings
 from tests.gateway.conftest import (
     ORIGIN,

@@ -20,12 +20,12 @@ from starlette.requests import Request
 
 from backend.errors import ValidationFailed
 from backend.validation import int_param, string_field
-from gateway.bearer import bearer_token
-from gateway.cookies import read_refresh_cookie
+from gateway.auth.bearer import bearer_token
+from gateway.auth.cookies import read_refresh_cookie
+from gateway.auth.tokens import RefreshClaims, TokenService
 from gateway.errors import InvalidToken, Unauthorized
-from gateway.forwarding import request_headers, response_headers
+from gateway.proxy.headers import request_headers, response_headers
 from gateway.settings import Settings
-from gateway.tokens import RefreshClaims, TokenService
 
 SETTINGS = Settings.from_env(
     {

@@ -1,4 +1,5 @@
-"""Property tests for the path mapper (gateway/paths.py): any raw path a client can send either
+"""Property tests for the path mapper (gateway/proxy/paths.py): any raw path a client can send
+either
 maps under the backend's ``/v1/`` to a path the internal token can carry, or is a 4xx. Never an
 escape, never an exception of another type, never a path the minter refuses (that was a 500)."""
 
@@ -12,7 +13,7 @@ from internal_auth import Minter, TokenScope, Verifier, generate_private_key
 from internal_auth.tokens import MAX_TOKEN_LENGTH
 
 from gateway.errors import GatewayError
-from gateway.paths import BACKEND_PREFIX, MAX_PATH_BYTES, PUBLIC_PREFIX, backend_path
+from gateway.proxy.paths import BACKEND_PREFIX, MAX_PATH_BYTES, PUBLIC_PREFIX, backend_path
 
 KEY = generate_private_key()
 MINTER = Minter(KEY, issuer="tokengate-gateway", audience="tokengate-backend")

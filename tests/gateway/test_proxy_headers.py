@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from servicekit.logs import request_id_from
 
-from gateway.forwarding import request_headers, response_headers
+from gateway.proxy.headers import request_headers, response_headers
 from gateway.security_headers import security_headers
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.errors import BadRequest, GatewayError, NotFound
-from gateway.paths import backend_path
+from gateway.proxy.paths import backend_path
 
 
 def _map(raw: str) -> tuple[str, str]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.auth.tokens import AccessClaims
+from gateway.auth.verified_tokens import VerifiedTokens
 from gateway.errors import InvalidToken
-from gateway.tokens import AccessClaims
-from gateway.verified_tokens import VerifiedTokens
 
 NOW = 1_800_000_000.0
 

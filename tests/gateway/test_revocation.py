@@ -10,8 +10,8 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.revocation import RevokedSessions
-from gateway.sessions import Ledger
+from gateway.sessions.ledger import Ledger
+from gateway.sessions.revocation import RevokedSessions
 from tests.gateway.conftest import FakeBackend, Harness, login, refresh_cookie
 from tests.support.redis_keys import forget_prefix
 

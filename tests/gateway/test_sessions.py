@@ -9,8 +9,8 @@ from typing import Any
 
 import asyncpg
 
-from gateway.sessions import Ledger, Outcome
-from gateway.tokens import RefreshClaims
+from gateway.auth.tokens import RefreshClaims
+from gateway.sessions.ledger import Ledger, Outcome
 
 
 def ledger(pool: asyncpg.Pool, grace: int = 10) -> Ledger:

@@ -9,9 +9,9 @@ import time
 import jwt as pyjwt
 import pytest
 
+from gateway.auth.tokens import RefreshClaims, TokenService, kid_for
 from gateway.errors import InvalidToken
 from gateway.settings import Settings
-from gateway.tokens import RefreshClaims, TokenService, kid_for
 from tests.gateway.conftest import ACCESS_SECRET, REFRESH_SECRET
 
 OTHER = "another-secret-that-is-long-enough-0123456789"

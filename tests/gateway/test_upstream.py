@@ -1,4 +1,4 @@
-"""``gateway.upstream.UpstreamPool`` against hostile and broken backends, over real sockets.
+"""``gateway.proxy.upstream.UpstreamPool`` against hostile and broken backends, over real sockets.
 
 Every backend here is a raw ``asyncio.start_server`` on 127.0.0.1 that writes exact bytes and
 records what it read and how many connections it was given, so each test states what crossed
@@ -24,7 +24,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.upstream import (
+from gateway.proxy.upstream import (
     BackendDisconnected,
     BackendProtocolError,
     BackendUnreachable,

@@ -7,7 +7,8 @@ for this hop only, RFC 9110 §11.7). The backend trusts ``X-Internal-Auth`` and 
 ``X-User-*``/``X-Forwarded-*``/``Forwarded``, so any a client sent is dropped and only the gateway's
 own are sent (the address in ``X-Forwarded-For`` comes from :func:`servicekit.forwarded.client_ip`,
 the one set of rules for it). The client's ``Authorization`` and ``Cookie`` carry public
-credentials that the backend must never see (DESIGN: public tokens never reach the backend).
+credentials that the backend must never see (docs/ARCHITECTURE.md: public tokens never reach a
+service).
 
 Response (backend -> client): hop-by-hop headers stop here too, and nothing internal
 (``X-Internal-Auth``, ``X-User-*``) leaves the internal network, whatever the backend does.

@@ -13,7 +13,7 @@ One request, top to bottom in :func:`proxy_request`:
 4. forward: method, path, query, end-to-end headers and the body, streamed, size-capped;
 5. stream back: status, end-to-end headers and the body as it arrives.
 
-The backend hop is :class:`gateway.upstream.UpstreamPool`, a keep-alive HTTP/1.1 pool with
+The backend hop is :class:`gateway.proxy.upstream.UpstreamPool`, a keep-alive HTTP/1.1 pool with
 llhttp reading the answers: it costs a fraction of the CPU of ``aiohttp.ClientSession``, which was
 itself about ten times faster than ``httpx.AsyncClient`` here (figures in ``bench/README.md``).
 httpx stays the client everywhere else (tests, CLI, the gateway's own credential check).
@@ -37,7 +37,7 @@ from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
 from gateway import metrics
-from gateway.bearer import authenticate_request
+from gateway.auth.bearer import authenticate_request
 from gateway.errors import (
     BadGateway,
     BadRequest,
@@ -45,14 +45,10 @@ from gateway.errors import (
     GatewayTimeout,
     NotFound,
 )
-from gateway.forwarding import INTERNAL_AUTH, Header, request_headers, response_headers
-from gateway.paths import backend_path
-from gateway.settings import Settings
+from gateway.proxy.headers import INTERNAL_AUTH, Header, request_headers, response_headers
+from gateway.proxy.paths import backend_path
+from gateway.proxy.upstream import InvalidRequest, UpstreamError
 from gateway.state import scope_state
-from gateway.tokens import TokenService
-from gateway.upstream import InvalidRequest, UpstreamError, UpstreamPool
-from gateway.user_limit import UserLimit
-from gateway.verified_tokens import VerifiedTokens
 
 logger = logging.getLogger("gateway.proxy")
 
@@ -67,70 +63,6 @@ GATEWAY_PREFIX = "/api/v1/auth/"
 
 class _ClientGone(Exception):
     """The client disconnected while we were reading its body."""
-
-
-class BackendProxy:
-    """The keep-alive connection pool to the backend plus the proxy's settings; one per app.
-
-    Opened in the gateway's lifespan (:meth:`start`/:meth:`close`) and kept at
-    ``app.state.proxy``. Invariants every request through it keeps (:func:`proxy_request`):
-
-    - nothing reaches the backend before the access token verified and its session was found
-      not revoked, and nothing but ``/v1/...`` paths :func:`gateway.paths.backend_path` accepted;
-    - one fresh internal token per request (per attempt, if the pool resends), bound to that
-      method and that exact backend path; the client's ``Authorization``, ``DPoP`` and
-      ``Cookie`` never cross, and neither do ``X-Internal-Auth``/``X-User-*``/``X-Forwarded-*``
-      it sent;
-    - the pool is shared but nothing per-user is: no cookie jar, no auth state, and response
-      bytes pass through untouched (no decompression, so lengths stay true);
-    - every wait is bounded (connect, pool acquire, each read), and a backend failure is a JSON
-      502/504 unless the status line is already out, in which case the connection is cut so the
-      client never takes a truncated body for a whole one.
-    """
-
-    def __init__(self, settings: Settings, tokens: TokenService) -> None:
-        self.access_tokens = VerifiedTokens(tokens.verify_access)
-        self.backend_url = settings.backend_url
-        self.max_body = settings.proxy_max_body_bytes
-        self.trusted_proxies = settings.trusted_proxies
-        self.connect_timeout = settings.proxy_connect_timeout
-        self.read_timeout = settings.proxy_read_timeout
-        # OpenTelemetry on: the hop gets a CLIENT span (no instrumentation package covers it)
-        self.traced = settings.otel_endpoint is not None
-        self.user_limit = (
-            UserLimit(
-                redis_url=settings.redis_url,
-                key_prefix=settings.redis_key_prefix,
-                rate=settings.proxy_rate_limit_user,
-            )
-            if settings.proxy_rate_limit_user
-            else None
-        )
-        self._pool: UpstreamPool | None = None
-
-    async def start(self) -> None:
-        # connect bounds reaching the backend, read bounds every wait for response bytes, and
-        # acquire bounds waiting for a free pooled connection under overload; no total, so a
-        # long download that keeps moving is not cut off.
-        self._pool = UpstreamPool(
-            self.backend_url,
-            connect_timeout=self.connect_timeout,
-            read_timeout=self.read_timeout,
-            acquire_timeout=self.read_timeout,
-            limit=256,
-            keepalive=30.0,
-        )
-
-    async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
-
-    @property
-    def pool(self) -> UpstreamPool:
-        if self._pool is None:
-            raise RuntimeError("BackendProxy.start() was not called (gateway lifespan not run)")
-        return self._pool
 
 
 async def proxy_request(scope: Scope, receive: Receive, send: Send) -> None:

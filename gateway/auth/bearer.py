@@ -21,9 +21,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Container, Iterable, Sequence
 
+from gateway.auth.tokens import AccessClaims
 from gateway.dpop import ALGS_PARAM, DPoP, challenge
 from gateway.errors import InvalidToken, SessionRevoked, Unauthorized
-from gateway.tokens import AccessClaims
 
 __all__ = [
     "CHALLENGE",
@@ -71,7 +71,8 @@ def authenticate(
     ``verify`` checks signature, algorithm, type, issuer, audience and expiry (it raises an
     :class:`~gateway.errors.Unauthorized`); ``revoked`` is the local set of revoked sessions
     (no I/O), checked on every call so a logged-out session's access tokens die at once;
-    ``token_denied(sub, iat)`` is :meth:`gateway.epochs.UserEpochs.token_denied` (no I/O either).
+    ``token_denied(sub, iat)`` is :meth:`gateway.sessions.epochs.UserEpochs.token_denied` (no I/O
+    either).
     """
     token = bearer_token(headers)
     try:

@@ -4,7 +4,8 @@ A client sends the same access token on every request for its lifetime, and veri
 JOSE parsing, claim checks) costs about 50 µs of CPU each time, a tenth of what the gateway spends
 on a proxied request. The memo maps the exact token string to its verified claims:
 
-- only a token that passed :meth:`gateway.tokens.TokenService.verify_access` is stored, keyed by
+- only a token that passed :meth:`gateway.auth.tokens.TokenService.verify_access` is stored, keyed
+by
   its full text, so a hit means "these exact bytes were verified by this process";
 - expiry is checked again on every hit, so a memoised token dies exactly when it would have;
 - revocation is not memoised: the proxy checks the session against the revoked set on every
@@ -18,8 +19,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from gateway.auth.tokens import AccessClaims
 from gateway.errors import InvalidToken
-from gateway.tokens import AccessClaims
 
 DEFAULT_SIZE = 10_000
 

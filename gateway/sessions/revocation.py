@@ -24,7 +24,8 @@ re-pushes everything it knows to the sorted set, so the set is whole again for t
 to start.
 
 The same connection follows the per-user epoch channel (``<prefix>epochs``, see
-:mod:`gateway.epochs`); after every (re)connect the epochs are reloaded from the backend, which
+:mod:`gateway.sessions.epochs`); after every (re)connect the epochs are reloaded from the backend,
+which
 holds them durably.
 """
 
@@ -42,7 +43,7 @@ from servicekit import epochs as epoch_messages
 from servicekit.logs import log_event
 
 from gateway import metrics
-from gateway.epochs import UserEpochs
+from gateway.sessions.epochs import UserEpochs
 
 logger = logging.getLogger("gateway.revocation")
 

@@ -1,5 +1,5 @@
 """The gateway prunes its own ledger: every ``REFRESH_LEDGER_PRUNE_INTERVAL`` seconds, in the
-background, a :meth:`gateway.sessions.Ledger.prune` pass deletes the families that ended over
+background, a :meth:`gateway.sessions.ledger.Ledger.prune` pass deletes the families that ended over
 ``REFRESH_LEDGER_RETENTION`` ago.
 
 Every instance runs the schedule; the prune's transaction-scoped advisory lock lets one of them
@@ -18,7 +18,7 @@ import time
 
 from servicekit.logs import log_event
 
-from gateway.sessions import Ledger
+from gateway.sessions.ledger import Ledger
 
 logger = logging.getLogger("gateway.ledger")
 

@@ -4,7 +4,8 @@
   iat exp`` with ``typ = "access"``.
 - Refresh token: JOSE header ``typ: refresh+jwt``, claims ``iss aud sub sid typ jti iat exp gen
   sec`` with ``typ = "refresh"``. ``gen`` is the token's generation in its family and ``sec`` a
-  random secret part whose digest only the ledger holds (``gateway.sessions``): a signature alone,
+  random secret part whose digest only the ledger holds (``gateway.sessions.ledger``): a signature
+  alone,
   even made with a leaked ``JWT_REFRESH_SECRET``, does not make a token the ledger accepts. Tokens
   issued before issue 14 carry neither claim; they are still verified (their ``jti`` plays the
   secret part, generation 0) and the ledger moves their family to the new form at the next rotation.

@@ -26,9 +26,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway import bearer, metrics
-from gateway.backend_client import BackendUser
-from gateway.cookies import (
+from gateway import metrics
+from gateway.auth import bearer
+from gateway.auth.backend_client import BackendUser
+from gateway.auth.cookies import (
     check_login_origin,
     check_origin,
     clear_refresh_cookie,
@@ -37,8 +38,9 @@ from gateway.cookies import (
     request_origin,
     set_refresh_cookie,
 )
+from gateway.auth.ratelimit import account_key
+from gateway.auth.tokens import AccessClaims
 from gateway.dpop import InvalidDPoPProof
-from gateway.epochs import wait_until_past
 from gateway.errors import (
     Forbidden,
     InvalidToken,
@@ -46,10 +48,9 @@ from gateway.errors import (
     SessionRevoked,
     ValidationFailed,
 )
-from gateway.ratelimit import account_key
-from gateway.sessions import IssuedRefresh, Outcome
+from gateway.sessions.epochs import wait_until_past
+from gateway.sessions.ledger import IssuedRefresh, Outcome
 from gateway.state import gateway_state
-from gateway.tokens import AccessClaims
 
 logger = logging.getLogger("gateway.auth")
 

@@ -55,8 +55,8 @@ import asyncpg
 from servicekit.db import Database
 from servicekit.logs import log_event
 
+from gateway.auth.tokens import RefreshClaims, new_jti
 from gateway.errors import ServiceUnavailable
-from gateway.tokens import RefreshClaims, new_jti
 
 logger = logging.getLogger("gateway.ledger")
 
@@ -116,7 +116,7 @@ class IssuedRefresh:
     sec: str | None = field(default=None, repr=False)
 
     def as_claims(self) -> RefreshClaims:
-        """The refresh token's claims: what :meth:`gateway.tokens.TokenService.encode_refresh`
+        """The refresh token's claims: what :meth:`gateway.auth.tokens.TokenService.encode_refresh`
         signs, and what :meth:`Ledger.rotate` takes when the client presents it back."""
         return RefreshClaims(
             sub=self.sub,
