@@ -19,7 +19,8 @@ logger = logging.getLogger("backend.audit")
 
 
 def credential_check(outcome: str, *, user_id: str | None = None) -> None:
-    """``outcome`` is ``success``, ``failure`` or ``disabled``."""
+    """``outcome`` is ``success``, ``failure``, ``disabled`` or ``superseded`` (the right
+    password, but another one was set while it was being checked: refused)."""
     level = logging.INFO if outcome == "success" else logging.WARNING
     log_event(logger, "credential_check", level, outcome=outcome, user_id=user_id)
 

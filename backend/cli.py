@@ -196,11 +196,11 @@ def _users_set_password(args: argparse.Namespace) -> int:
         return 1
 
     async def change(store: UserStore) -> User | None:
-        user = await store.by_email(args.email)
-        if user is None:
-            return None
+        # one statement by email, reading no hash: the operator's password replaces whatever
+        # is there, and a login's rehash of the old one cannot come back over it (it is
+        # conditional on the hash it read: backend.users)
         password_hash = await Passwords(params_from_env(config.environ())).hash(password)
-        return await store.set_password(user.id, password_hash)
+        return await store.set_password(args.email, password_hash)
 
     return _run_change(args, "set-password", "password_changed", change)
 

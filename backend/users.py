@@ -54,13 +54,27 @@ UPDATE users SET roles = $2,
 WHERE email_normal = $1
 RETURNING id, email, roles, created_at, disabled_at, session_epoch, token_epoch
 """
+# Every hash write that depends on a hash read earlier is conditional on that hash still being
+# there (issue 22, item 7): between the read and the write sits a whole argon2 run, and another
+# change may commit meanwhile. Under READ COMMITTED a conditional UPDATE that waited for a
+# concurrent one re-reads the row once that commits (PostgreSQL's EvalPlanQual), so of two
+# changes from the same hash exactly one matches. The operator's set-password reads no hash: it
+# replaces whatever is there, by email, in one statement.
 _SET_PASSWORD = """
 UPDATE users SET password_hash = $2,
     session_epoch = greatest(session_epoch, ceil(extract(epoch FROM clock_timestamp()))::bigint),
     token_epoch = greatest(token_epoch, ceil(extract(epoch FROM clock_timestamp()))::bigint)
-WHERE id = $1
+WHERE email_normal = $1
 RETURNING id, email, roles, created_at, disabled_at, session_epoch, token_epoch
 """
+_CHANGE_PASSWORD = """
+UPDATE users SET password_hash = $3,
+    session_epoch = greatest(session_epoch, ceil(extract(epoch FROM clock_timestamp()))::bigint),
+    token_epoch = greatest(token_epoch, ceil(extract(epoch FROM clock_timestamp()))::bigint)
+WHERE id = $1 AND password_hash = $2 AND disabled_at IS NULL
+RETURNING id, email, roles, created_at, disabled_at, session_epoch, token_epoch
+"""
+_REHASH = "UPDATE users SET password_hash = $3 WHERE id = $1 AND password_hash = $2"
 _END_SESSIONS = """
 UPDATE users SET
     session_epoch = greatest(session_epoch, ceil(extract(epoch FROM clock_timestamp()))::bigint),
@@ -177,11 +191,12 @@ class UserStore:
             total = await conn.fetchval("SELECT count(*) FROM users")
         return [_user(r) for r in rows], int(total)
 
-    async def set_password_hash(self, user_id: uuid.UUID, password_hash: str) -> None:
-        """A rehash with new parameters: the same password, so no session ends."""
-        await self._pool.execute(
-            "UPDATE users SET password_hash = $2 WHERE id = $1", user_id, password_hash
-        )
+    async def rehash(self, user_id: uuid.UUID, *, read: str, new_hash: str) -> bool:
+        """Replace ``read`` (an old-parameter hash of the same password) by ``new_hash``; no
+        session ends. False when the hash is no longer ``read``: someone set another password
+        since, and a rehash of the old one must not bring it back."""
+        status = await self._pool.execute(_REHASH, user_id, read, new_hash)
+        return bool(status == "UPDATE 1")
 
     async def _update(self, query: str, *args: object) -> User | None:
         row = await self._pool.fetchrow(query, *args)
@@ -201,9 +216,16 @@ class UserStore:
         check_roles(roles)
         return await self._update(_SET_ROLES, normalise_email(email), list(roles))
 
-    async def set_password(self, user_id: uuid.UUID, password_hash: str) -> User | None:
-        """A new password ends every session of the user, in the same statement."""
-        return await self._update(_SET_PASSWORD, user_id, password_hash)
+    async def set_password(self, email: str, password_hash: str) -> User | None:
+        """The operator's new password, whatever the old one was; it ends every session of the
+        user in the same statement. ``None`` if there is no user with this email."""
+        return await self._update(_SET_PASSWORD, normalise_email(email), password_hash)
+
+    async def change_password(self, user_id: uuid.UUID, *, read: str, new_hash: str) -> User | None:
+        """A user's own change, from the hash ``read`` whose password they proved: ends every
+        session in the same statement. ``None`` when the hash is no longer ``read`` (another
+        change committed first) or the account was disabled meanwhile."""
+        return await self._update(_CHANGE_PASSWORD, user_id, read, new_hash)
 
     async def end_sessions(self, email: str) -> User | None:
         """An operator's "log this user out everywhere"."""
@@ -248,7 +270,14 @@ async def check_credentials(
     if stored_hash is None:  # only a disabled or unknown user has none; both refused above
         raise InvalidCredentials()
     if passwords.needs_rehash(stored_hash):
-        await users.set_password_hash(user.id, await passwords.hash(password))
+        new_hash = await passwords.hash(password)
+        upgraded = await users.rehash(user.id, read=stored_hash, new_hash=new_hash)
+        if not upgraded:
+            # The password changed (an operator's set-password, the user's own change) between
+            # the read and now: the one just verified is no longer this account's, so the
+            # login fails closed instead of opening a session the change was meant to end.
+            audit.credential_check("superseded", user_id=str(user.id))
+            raise InvalidCredentials()
     audit.credential_check("success", user_id=str(user.id))
     return user
 
@@ -265,12 +294,18 @@ async def change_password(
     found = await users.hash_of(user_id)
     user, stored_hash = found if found else (None, None)
     ok = await passwords.verify(stored_hash, current[:MAX_PASSWORD_LENGTH])
-    if user is None or not ok or user.disabled_at is not None:
+    if user is None or stored_hash is None or not ok or user.disabled_at is not None:
         audit.password_change_refused(user_id=str(user_id))
         raise WrongPassword()
     check_password_policy(new)
-    updated = await users.set_password(user.id, await passwords.hash(new))
+    updated = await users.change_password(
+        user.id, read=stored_hash, new_hash=await passwords.hash(new)
+    )
     if updated is None:
+        # Lost the race: another change from the same current password committed first (or
+        # the account was disabled meanwhile). The password given is no longer the current
+        # one, so the answer is the one a wrong current password gets (docs/SECURITY.md).
+        audit.password_change_refused(user_id=str(user_id))
         raise WrongPassword()
     audit.account_changed("password_changed", user_id=str(user.id), actor="user")
     return updated

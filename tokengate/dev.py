@@ -166,7 +166,8 @@ async def ensure_demo_user(dsn: str, email: str, password: str | None) -> str | 
             if password is None:
                 return None
             check_password_policy(password)
-            await store.set_password_hash(existing[0].id, await passwords.hash(password))
+            # the demo user's reset is the operator's set-password (sessions end with it)
+            await store.set_password(email, await passwords.hash(password))
             return password
         chosen = password or secrets.token_urlsafe(12)
         check_password_policy(chosen)
