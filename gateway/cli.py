@@ -20,6 +20,7 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 from servicekit.config import ConfigError
+from servicekit.terminal import printable
 
 from gateway.sessions.ledger import PRUNE_BATCH, Ledger
 from gateway.sessions.revocation import RevokedSessions
@@ -121,7 +122,7 @@ async def _resolve_user(settings: OperatorSettings, args: argparse.Namespace) ->
         try:
             return str(uuid.UUID(args.user_id))
         except ValueError:
-            raise ConfigError(f"--user-id {args.user_id!r} is not a uuid") from None
+            raise ConfigError(f"--user-id '{printable(args.user_id)}' is not a uuid") from None
     try:
         conn = await asyncpg.connect(settings.users_database_url)
     except (OSError, asyncpg.PostgresError) as exc:
@@ -139,7 +140,7 @@ async def _resolve_user(settings: OperatorSettings, args: argparse.Namespace) ->
     finally:
         await conn.close()
     if user_id is None:
-        raise ConfigError(f"no user with email {args.email!r}")
+        raise ConfigError(f"no user with email '{printable(args.email)}'")
     return str(user_id)
 
 
@@ -161,10 +162,12 @@ def _list(args: argparse.Namespace) -> int:
             await pool.close()
         print(f"{'id':36}  {'created':25}  {'last used':25}  {'ip':15}  user agent")
         for s in sessions:
+            # the User-Agent (and, behind a proxy, the address) is whatever the client sent:
+            # escaped, or its control characters would act on the operator's terminal
             print(
                 f"{s.id:36}  {s.created_at.isoformat(timespec='seconds'):25}  "
-                f"{s.last_used_at.isoformat(timespec='seconds'):25}  {s.ip or '-':15}  "
-                f"{(s.user_agent or '-')[:60]}"
+                f"{s.last_used_at.isoformat(timespec='seconds'):25}  "
+                f"{printable(s.ip or '-'):15}  {printable((s.user_agent or '-')[:60])}"
             )
         return 0
 
@@ -182,7 +185,9 @@ def _revoke(args: argparse.Namespace) -> int:
                 try:
                     sid = str(uuid.UUID(args.family))
                 except ValueError:
-                    raise ConfigError(f"--family {args.family!r} is not a uuid") from None
+                    raise ConfigError(
+                        f"--family '{printable(args.family)}' is not a uuid"
+                    ) from None
                 sids = await ledger.revoke_families([sid], reason="operator", now=now)
             else:
                 user_id = await _resolve_user(settings, args)

@@ -13,6 +13,7 @@ from collections import defaultdict
 
 import asyncpg
 from servicekit.emails import normalise_email
+from servicekit.terminal import printable
 
 MIGRATION = "003_accounts.sql"
 
@@ -30,8 +31,10 @@ async def backfill(conn: asyncpg.Connection) -> None:
         groups[normalise_email(row["email"])].append(row)
     clashes = {form: members for form, members in groups.items() if len(members) > 1}
     if clashes:
+        # the addresses are what clients registered: escaped for the operator's terminal
         lines = [
-            f"  {form!r}: " + ", ".join(f"{r['id']} ({r['email']!r})" for r in members)
+            f"  '{printable(form)}': "
+            + ", ".join(f"{r['id']} ('{printable(r['email'])}')" for r in members)
             for form, members in sorted(clashes.items())
         ]
         raise EmailCollision(

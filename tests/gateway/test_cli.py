@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from gateway.sessions.ledger import Ledger
+from tests.gateway.conftest import PASSWORD, FakeBackend, Harness
 from tokengate.cli import main
 
 
@@ -113,3 +114,42 @@ def test_revoke_one_family(
 def test_unknown_email_is_a_clear_error(cli_env: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["sessions", "list", "--email", "nobody@example.test"]) == 2
     assert "no user with email" in capsys.readouterr().err
+
+
+# ANSI "clear screen" and "set window title" (C0 ESC, BEL), a C1 CSI (one byte 0x9b, read as
+# U+009B), a UTF-8 right-to-left override as the gateway decodes it (Latin-1: U+00E2 U+0080 U+00AE),
+# and a forged second line. Nothing in it may reach the operator's terminal as itself.
+HOSTILE_UA = b"ua\x1b[2J\x1b]0;owned\x07\x9b31m\xe2\x80\xae\r\nforged"
+
+
+def test_sessions_list_escapes_a_hostile_user_agent_stored_through_a_login(
+    gateway: Harness,
+    backend: FakeBackend,
+    env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Issue 22, item 9: a client-chosen User-Agent, stored by a real login, printed raw by
+    ``tokengate sessions list``, drove the operator's terminal."""
+    email = backend.add_user()
+
+    async def log_in() -> None:
+        async with gateway(env) as client:
+            response = await client.post(
+                "/api/v1/auth/login",
+                json={"email": email, "password": PASSWORD},
+                headers={"User-Agent": HOSTILE_UA},
+            )
+            assert response.status_code == 200, response.text
+
+    asyncio.run(log_in())
+    monkeypatch.setenv("DATABASE_URL", env["DATABASE_URL"])
+    monkeypatch.setenv("REDIS_URL", env["REDIS_URL"])
+    monkeypatch.setenv("REDIS_KEY_PREFIX", env["REDIS_KEY_PREFIX"])
+    monkeypatch.delenv("BACKEND_DATABASE_URL", raising=False)
+    assert main(["sessions", "list", "--user-id", backend.user_id(email)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert len(lines) == 2, out  # the header and one session: no forged line
+    assert not [c for c in out if c != "\n" and not c.isprintable()], ascii(out)
+    assert "ua\\x1b[2J\\x1b]0;owned\\x07\\x9b31m\u00e2\\x80\u00ae\\x0d\\x0aforged" in lines[1]
