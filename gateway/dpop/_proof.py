@@ -41,6 +41,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -207,15 +208,35 @@ class Proof:
     iat: int
 
 
+# The characters RFC 3986 §2 lets a URI hold (unreserved, reserved, "%"). urlsplit() silently
+# strips surrounding spaces and C0 controls and deletes tab, CR and LF anywhere (bpo-43882), so an
+# htu of "https://gw/path\n" used to match "https://gw/path": anything outside this set is not
+# the URI the proof was made for.
+_URI_CHARS = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+")
+# A port is a decimal number without leading zeros (":0443" is not how anyone spells 443), and
+# not 0; an empty port (RFC 3986 §6.2.3) means the default.
+_PORT = re.compile(r"(?:[1-9][0-9]{0,4})?")
+
+
 def normalise_htu(value: str) -> str | None:
     """``scheme://host[:port]/path`` lower-cased where RFC 3986 §6.2.2-6.2.3 allows, default port
-    dropped, query and fragment removed (RFC 9449 §4.3 check 9); ``None`` if it is not a URL."""
+    dropped, query and fragment removed (RFC 9449 §4.3 check 9); ``None`` if it is not a URL, or
+    if it carries anything a normalisation would have to guess at: userinfo, a port with leading
+    zeros, a character a URI cannot hold."""
+    if not _URI_CHARS.fullmatch(value):
+        return None
     try:
         parts = urlsplit(value)
         port = parts.port
     except ValueError:
         return None
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return None
+    # userinfo: the origin the client names is the host after it, and a proof with one is not
+    # for the URL the request came in on (RFC 9110 §4.2.4 deprecates userinfo in http(s) URIs)
+    if "@" in parts.netloc:
+        return None
+    if not _PORT.fullmatch(parts.netloc.rpartition("]")[2].partition(":")[2]):
         return None
     scheme = parts.scheme.lower()
     host = parts.hostname.lower()

@@ -189,6 +189,41 @@ def test_htu_ignores_query_fragment_case_and_default_port() -> None:
         )
 
 
+@pytest.mark.parametrize(
+    "htu",
+    [
+        "https://user@gateway.test/api/v1/auth/sessions",  # userinfo
+        "https://user:secret@gateway.test/api/v1/auth/sessions",
+        "https://evil.example@gateway.test/api/v1/auth/sessions",
+        "https://gateway.test:0443/api/v1/auth/sessions",  # a port with a leading zero
+        "https://gateway.test:00443/api/v1/auth/sessions",
+        "https://gateway.test:0/api/v1/auth/sessions",  # port 0 was dropped like a default
+        f"{SESSIONS}\n",  # urlsplit() deletes CR, LF and tab, strips surrounding blanks
+        f"{SESSIONS}\r\n",
+        "https://gateway.test/api/v1/auth/\tsessions",
+        f" {SESSIONS}",
+        f"{SESSIONS}\x00",
+        "https://gateway.test/api/v1/auth/sessions\u00e9",  # not a URI character
+    ],
+)
+def test_htu_with_userinfo_a_zero_padded_port_or_stray_characters_is_refused(htu: str) -> None:
+    """Issue 22: each of these normalised to the gateway's own URL and matched (RFC 9449 §4.3
+    check 9 wants the request's URI; RFC 3986 §6.2 normalises none of these away)."""
+    from gateway.dpop import normalise_htu
+
+    assert normalise_htu(htu) is None
+    with pytest.raises(ProofError, match="htu"):
+        _verifier().verify(
+            ProofKey("EdDSA").proof("GET", htu), method="GET", path="/api/v1/auth/sessions"
+        )
+
+
+def test_htu_with_an_empty_or_explicit_port_still_matches() -> None:
+    v = _verifier()
+    for htu in ("https://gateway.test:/api/v1/auth/sessions", SESSIONS):
+        v.verify(ProofKey("EdDSA").proof("GET", htu), method="GET", path="/api/v1/auth/sessions")
+
+
 def test_proofs_are_refused_when_public_origin_is_unset() -> None:
     v = ProofVerifier(public_origins=[], iat_window=60, nonces=None)
     with pytest.raises(ProofError, match="dpop_disabled"):
