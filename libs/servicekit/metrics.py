@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -36,6 +35,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from prometheus_client.registry import Collector
 
 from servicekit.config import ConfigError, get_int, get_str
+from servicekit.terminal import printable
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -193,23 +193,47 @@ def multiprocess_dir() -> str | None:
     return os.environ.get(MULTIPROC_ENV) or None
 
 
+# The files prometheus-client's multiprocess mode writes: one per metric type (and gauge mode)
+# and process id. Nothing else is ours to delete.
+_OUR_FILE = re.compile(
+    r"(?:counter|histogram|summary"
+    r"|gauge_(?:live)?(?:all|min|max|sum|mostrecent))_[0-9]{1,10}\.db"
+)
+
+
 def prepare_multiprocess_dir() -> tuple[str, bool]:
     """Create (or empty) the folder workers write their metric files to, and export it.
 
     Called by the parent before any worker starts. The operator's folder is used when one was
     given (and emptied: files of an earlier run would be added to this one's totals); otherwise
     a private temporary folder. Returns the folder and whether it was made here (to remove).
+
+    The operator's folder is emptied only of our own metric files: one that holds anything
+    else (a subfolder, a symbolic link, a file of another name) is refused as a configuration
+    error before anything is deleted. ``PROMETHEUS_MULTIPROC_DIR=/var/lib/app`` by mistake used
+    to delete that folder's contents recursively.
     """
     path, made = requested_dir, False
     if path is None:
         path, made = tempfile.mkdtemp(prefix="tokengate-metrics-"), True
     folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
-    for entry in folder.iterdir():
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        entries = list(folder.iterdir())
+    except OSError as exc:
+        raise ConfigError(f"{MULTIPROC_ENV}: cannot use {folder} ({exc.strerror})") from None
+    foreign = [
+        e for e in entries if e.is_symlink() or not e.is_file() or not _OUR_FILE.fullmatch(e.name)
+    ]
+    if foreign:
+        example = printable(foreign[0].name)
+        raise ConfigError(
+            f"{MULTIPROC_ENV}: {folder} holds {len(foreign)} entr"
+            f"{'y' if len(foreign) == 1 else 'ies'} that are not metric files of ours (such as"
+            f" '{example}'); give it an empty folder used for nothing else"
+        )
+    for entry in entries:
+        entry.unlink()
     os.environ[MULTIPROC_ENV] = str(folder)
     return str(folder), made
 

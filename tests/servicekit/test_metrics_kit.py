@@ -46,8 +46,8 @@ def test_metrics_settings() -> None:
 def test_prepare_empties_the_operators_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (tmp_path / "counter_123.db").write_bytes(b"old")
-    (tmp_path / "sub").mkdir()
+    for name in ("counter_123.db", "gauge_livesum_123.db", "histogram_9.db", "gauge_all_4.db"):
+        (tmp_path / name).write_bytes(b"old")
     monkeypatch.setattr(metrics, "requested_dir", str(tmp_path))
     # set, then removed: monkeypatch restores the variable's absence at teardown
     monkeypatch.setenv(metrics.MULTIPROC_ENV, "unused")
@@ -56,6 +56,57 @@ def test_prepare_empties_the_operators_folder(
     assert (folder, made) == (str(tmp_path), False)
     assert list(tmp_path.iterdir()) == []
     assert os.environ[metrics.MULTIPROC_ENV] == str(tmp_path)
+
+
+@pytest.mark.parametrize("foreign", ["notes.txt", "sub", "link", "counter_1.db.bak", "sub.db"])
+def test_prepare_refuses_a_folder_that_holds_anything_not_ours(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, foreign: str
+) -> None:
+    """Issue 22: the folder was emptied recursively, whatever it was (a mistyped
+    PROMETHEUS_MULTIPROC_DIR=/var/lib/app lost that folder). Now anything but our metric files
+    is a configuration error, and nothing is deleted."""
+    (tmp_path / "counter_123.db").write_bytes(b"old")
+    target = tmp_path / foreign
+    if foreign == "link":
+        (tmp_path.parent / f"{tmp_path.name}-elsewhere").write_text("keep")
+        target.symlink_to(tmp_path.parent / f"{tmp_path.name}-elsewhere")
+    elif foreign.startswith("sub"):
+        target.mkdir()
+        (target / "data").write_text("keep")
+    else:
+        target.write_text("keep")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    monkeypatch.setattr(metrics, "requested_dir", str(tmp_path))
+    with pytest.raises(ConfigError, match=metrics.MULTIPROC_ENV) as refused:
+        metrics.prepare_multiprocess_dir()
+    assert foreign in str(refused.value)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_a_foreign_multiprocess_folder_stops_the_service_with_exit_2(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from internal_auth import generate_private_key
+
+    (tmp_path / "precious.txt").write_text("keep")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("JWT_", "INTERNAL_JWT"))}
+    done = subprocess.run(
+        [sys.executable, "-m", "tokengate.cli", "backend", "--port", "1", "--workers", "2"],
+        env={
+            **environ,
+            "DATABASE_URL": "postgresql://postgres@127.0.0.1/postgres",
+            "INTERNAL_JWT_PUBLIC_KEY": generate_private_key().public_pem(),
+            metrics.MULTIPROC_ENV: str(tmp_path),
+        },
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert metrics.MULTIPROC_ENV in done.stderr and "precious.txt" in done.stderr
+    assert (tmp_path / "precious.txt").read_text() == "keep"
 
 
 def test_otel_endpoint_setting() -> None:
