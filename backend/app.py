@@ -51,9 +51,20 @@ from backend.passwords import Passwords
 from backend.settings import Settings
 from backend.state import BackendState, backend_state
 from backend.users import UserStore, WrongPassword, change_password, check_credentials
-from backend.validation import int_param, json_object, required_string, string_field, uuid_path
+from backend.validation import (
+    cursor,
+    cursor_param,
+    int_param,
+    json_object,
+    required_string,
+    string_field,
+    uuid_path,
+)
 
 logger = logging.getLogger("backend.app")
+
+#: the most accounts one page of ``/internal/lifecycle/epochs`` holds
+EPOCHS_PAGE_MAX = 10_000
 
 
 def _principal_user_id(request: Request) -> tuple[Principal, uuid.UUID]:
@@ -110,15 +121,24 @@ async def lifecycle(request: Request) -> Response:
 
 async def lifecycle_epochs(request: Request) -> Response:
     """Every account whose token epoch is at or after ``since``: a gateway that starts, or
-    reconnects to Redis, rebuilds what the broadcasts it missed would have told it."""
+    reconnects to Redis, rebuilds what the broadcasts it missed would have told it.
+
+    One page of at most ``limit`` accounts; ``next`` is the cursor of the following page (pass
+    it as ``after``), ``null`` on the last one. Before paging, everything past 10,000 accounts
+    was silently left out, and a gateway started then let their old access tokens through."""
     since = int_param(request, "since", default=0, low=0, high=2**62)
-    users = await backend_state(request).users.epochs_since(since)
+    # the default is the old single answer's size, for a gateway that does not page yet
+    limit = int_param(request, "limit", default=EPOCHS_PAGE_MAX, low=1, high=EPOCHS_PAGE_MAX)
+    after = cursor_param(request, "after")
+    users = await backend_state(request).users.epochs_since(since, limit=limit, after=after)
+    last = users[-1] if len(users) == limit else None
     return JSONResponse(
         {
             "epochs": [
                 {"id": str(u.id), "session_epoch": u.session_epoch, "token_epoch": u.token_epoch}
                 for u in users
-            ]
+            ],
+            "next": cursor(last.token_epoch, last.id) if last is not None else None,
         }
     )
 

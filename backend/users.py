@@ -231,13 +231,22 @@ class UserStore:
         """An operator's "log this user out everywhere"."""
         return await self._update(_END_SESSIONS, normalise_email(email))
 
-    async def epochs_since(self, since: int, *, limit: int = 10_000) -> list[User]:
-        """Users whose token epoch is at or after ``since`` (a gateway rebuilding its view)."""
+    async def epochs_since(
+        self, since: int, *, limit: int, after: tuple[int, uuid.UUID] | None = None
+    ) -> list[User]:
+        """Users whose token epoch is at or after ``since`` (a gateway rebuilding its view), one
+        page of at most ``limit`` in (token epoch, id) order, starting after the cursor
+        ``after``: keyset paging, so a page costs the same however deep it is, and a user whose
+        epoch moves meanwhile moves forward, past the cursor, and is read on a later page."""
+        epoch, user_id = after if after is not None else (-1, uuid.UUID(int=0))
         rows = await self._pool.fetch(
             "SELECT id, email, roles, created_at, disabled_at, session_epoch, token_epoch"
             " FROM users WHERE token_epoch >= $1 AND token_epoch > 0"
-            " ORDER BY token_epoch DESC LIMIT $2",
+            " AND (token_epoch, id) > ($2, $3)"
+            " ORDER BY token_epoch, id LIMIT $4",
             since,
+            epoch,
+            user_id,
             limit,
         )
         return [_user(r) for r in rows]

@@ -67,3 +67,21 @@ def uuid_path(request: Request, name: str) -> uuid.UUID:
     except ValueError:
         # a malformed id names nothing, exactly like an id that does not exist
         raise NotFound() from None
+
+
+def cursor_param(request: Request, name: str) -> tuple[int, uuid.UUID] | None:
+    """A keyset cursor ``<whole number>.<uuid>`` (as :func:`cursor` writes it), or ``None``."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return None
+    number, _, rest = raw.partition(".")
+    try:
+        if len(raw) > 64 or not _WHOLE_NUMBER.fullmatch(number):
+            raise ValueError(name)
+        return int(number), uuid.UUID(rest)
+    except ValueError:
+        raise ValidationFailed(f"{name}: not a cursor this service wrote") from None
+
+
+def cursor(number: int, key: uuid.UUID) -> str:
+    return f"{number}.{key}"

@@ -218,7 +218,12 @@ def create_app(
         state.revoked = revoked
         state.epochs = epochs
         state.ledger = ledger
-        backend = BackendClient(http, minter, gateway_id=settings.gateway_id)
+        backend = BackendClient(
+            http,
+            minter,
+            gateway_id=settings.gateway_id,
+            epochs_page_size=settings.epoch_reload_page_size,
+        )
         state.backend = backend
         state.ratelimits = RateLimits(settings)
         dpop = state.dpop = DPoP.from_settings(settings, redis_client)

@@ -59,6 +59,17 @@ def _secret(environ: Mapping[str, str], name: str, *, required: bool) -> str | N
     return value
 
 
+#: The backend's largest page of ``/internal/lifecycle/epochs`` (``backend.app.EPOCHS_PAGE_MAX``).
+EPOCH_PAGE_MAX = 10_000
+
+
+def _epoch_page_size(environ: Mapping[str, str]) -> int:
+    size = get_int(environ, "EPOCH_RELOAD_PAGE_SIZE", 1000, minimum=1)
+    if size > EPOCH_PAGE_MAX:
+        raise ConfigError(f"EPOCH_RELOAD_PAGE_SIZE must be at most {EPOCH_PAGE_MAX}, got {size}")
+    return size
+
+
 def _rate(environ: Mapping[str, str], name: str, default: str) -> str:
     value = environ.get(name, default).strip()
     if not value:
@@ -157,6 +168,7 @@ class Settings:
     proxy_connect_timeout: float = 2.0
     proxy_read_timeout: float = 30.0
     epoch_reload_interval: float = 30.0
+    epoch_reload_page_size: int = 1000
     log_level: str = "INFO"
     log_format: str = "json"
     otel_endpoint: str | None = None
@@ -239,6 +251,7 @@ class Settings:
             proxy_connect_timeout=get_float(environ, "PROXY_CONNECT_TIMEOUT", 2.0),
             proxy_read_timeout=get_float(environ, "PROXY_READ_TIMEOUT", 30.0),
             epoch_reload_interval=get_float(environ, "EPOCH_RELOAD_INTERVAL", 30.0),
+            epoch_reload_page_size=_epoch_page_size(environ),
             log_level=level,
             log_format=log_format_from_env(environ),
             otel_endpoint=otel.endpoint_from_env(environ),

@@ -90,10 +90,12 @@ class BackendClient:
         minter: Minter,
         *,
         gateway_id: str,
+        epochs_page_size: int = 1000,
     ) -> None:
         self._client = client
         self._minter = minter
         self._gateway_id = gateway_id
+        self._epochs_page_size = epochs_page_size
 
     async def _call(
         self,
@@ -174,25 +176,41 @@ class BackendClient:
         return user
 
     async def epochs_since(self, since: int) -> list[EpochUpdate]:
-        """Every account whose epochs moved at or after ``since`` (Unix seconds)."""
-        response = await self._call(
-            "GET",
-            EPOCHS_PATH,
-            TokenScope.REFRESH_LIFECYCLE,
-            params={"since": str(max(since, 0))},
-            unavailable="the account service is unavailable",
-        )
-        if response.status_code != 200:
-            raise self._rejected(response)
-        try:
-            return [
-                EpochUpdate(
-                    str(item["id"]), _epoch(item["session_epoch"]), _epoch(item["token_epoch"])
-                )
-                for item in self._json(response)["epochs"]
-            ]
-        except (KeyError, TypeError):
-            raise BadGateway() from None
+        """Every account whose epochs moved at or after ``since`` (Unix seconds), page by page
+        (``EPOCH_RELOAD_PAGE_SIZE`` accounts each), following the backend's cursor to the end."""
+        updates: list[EpochUpdate] = []
+        after: str | None = None
+        while True:
+            params = {"since": str(max(since, 0)), "limit": str(self._epochs_page_size)}
+            if after is not None:
+                params["after"] = after
+            response = await self._call(
+                "GET",
+                EPOCHS_PATH,
+                TokenScope.REFRESH_LIFECYCLE,
+                params=params,
+                unavailable="the account service is unavailable",
+            )
+            if response.status_code != 200:
+                raise self._rejected(response)
+            data = self._json(response)
+            try:
+                page = [
+                    EpochUpdate(
+                        str(item["id"]), _epoch(item["session_epoch"]), _epoch(item["token_epoch"])
+                    )
+                    for item in data["epochs"]
+                ]
+                following = data.get("next")
+            except (AttributeError, KeyError, TypeError):
+                raise BadGateway() from None
+            updates.extend(page)
+            if following is None:  # the last page (a backend that does not page sends none)
+                return updates
+            # a cursor must move on, or a broken backend would keep this loop going for ever
+            if not isinstance(following, str) or following == after or not page:
+                raise BadGateway()
+            after = following
 
     async def change_password(self, user_id: str, current: str, new: str) -> BackendUser:
         """Raises :class:`Forbidden` when the current password is wrong (and nothing more)."""

@@ -155,6 +155,40 @@ def test_epoch_list_holds_recent_changes_only(backend: Backend) -> None:
     assert backend.client.get(f"{path}?since=-1", headers=headers()).status_code == 422
 
 
+def test_epoch_list_pages_with_a_cursor(backend: Backend) -> None:
+    """Issue 22: the list stopped at 10,000 accounts. Pages of ``limit`` now follow ``next``
+    to the end: every account once, in (token epoch, id) order."""
+    store = _store(backend)
+    emails = [_email() for _ in range(5)]
+    ids = {backend.create_user(email, PASSWORD) for email in emails}
+    since = min(_run(backend, store.end_sessions, email).token_epoch for email in emails)
+    path = "/internal/lifecycle/epochs"
+
+    def page(query: str) -> httpx.Response:
+        headers = backend.token(GATEWAY_ID, method="GET", path=path, scope=Scope.REFRESH_LIFECYCLE)
+        return backend.client.get(f"{path}?since={since}&{query}", headers=headers)
+
+    seen: list[tuple[int, str]] = []
+    query, pages = "limit=2", 0
+    while True:
+        response = page(query)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert len(body["epochs"]) <= 2
+        seen += [(e["token_epoch"], e["id"]) for e in body["epochs"]]
+        pages += 1
+        if body["next"] is None:
+            break
+        query = f"limit=2&after={body['next']}"
+    assert ids <= {i for _, i in seen}
+    assert len(seen) == len(set(seen)) and pages >= 3
+    assert seen == sorted(seen, key=lambda e: (e[0], uuid.UUID(e[1])))
+    for bad in ("limit=0", "limit=10001", "after=x", "after=1.not-a-uuid", f"after={'9' * 13}.x"):
+        refused = page(bad)
+        assert refused.status_code == 422, bad
+        assert refused.json()["error"]["code"] == "validation_error"
+
+
 def _change(backend: Backend, user_id: str, current: str, new: str, **extra: str) -> httpx.Response:
     path = "/internal/auth/password"
     headers = backend.token(GATEWAY_ID, method="POST", path=path, scope=Scope.AUTH_VALIDATE)
