@@ -16,7 +16,9 @@ How a change reaches every gateway:
   ``EPOCH_RELOAD_INTERVAL`` seconds, the gateway asks the backend for every epoch that moved
   within one access-token lifetime (older moves can no longer matter: every token issued before
   them has expired). A gateway started after Redis was flushed therefore still refuses the
-  access tokens of a user disabled a minute ago.
+  access tokens of a user disabled a minute ago. The backend answers in pages
+  (``EPOCH_RELOAD_PAGE_SIZE`` accounts) that the loader follows to the end
+  (:meth:`gateway.auth.backend_client.BackendClient.epochs_since`), however many changed.
 
 Epochs only move forward here (the larger value wins), so a replayed or stale message can never
 revive a token.
