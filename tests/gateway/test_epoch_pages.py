@@ -81,3 +81,28 @@ def test_epoch_reload_page_size_setting(env: dict[str, str]) -> None:
     for bad in ("0", "10001", "many"):
         with pytest.raises(ConfigError, match="EPOCH_RELOAD_PAGE_SIZE"):
             Settings.from_env({**env, "EPOCH_RELOAD_PAGE_SIZE": bad})
+
+
+async def test_a_cursor_that_does_not_move_on_is_a_bad_gateway(internal_key: PrivateKey) -> None:
+    """A broken backend answering the same ``next`` for ever must not keep the reload looping."""
+    from internal_auth import Minter
+
+    from gateway.auth.backend_client import BackendClient
+    from gateway.errors import BadGateway
+
+    calls = 0
+
+    def stuck(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        item = {"id": "u", "session_epoch": 1, "token_epoch": 1}
+        return httpx.Response(200, json={"epochs": [item], "next": "1.same"})
+
+    minter = Minter(internal_key, issuer="tokengate-gateway", audience="tokengate-backend")
+    async with httpx.AsyncClient(
+        transport=httpx.MockTransport(stuck), base_url="http://backend.internal"
+    ) as http:
+        client = BackendClient(http, minter, gateway_id="tokengate-gateway", epochs_page_size=1)
+        with pytest.raises(BadGateway):
+            await client.epochs_since(0)
+    assert calls == 2
