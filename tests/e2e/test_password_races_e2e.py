@@ -44,6 +44,9 @@ def stack(migrated_dsn: str, redis_url: str, redis_prefix: str) -> Iterator[Stac
             "DATABASE_URL": as_role(migrated_dsn, "tokengate_backend"),
             "ARGON2_TIME_COST": str(ARGON2.time_cost),
             "ARGON2_MEMORY_KIB": str(ARGON2.memory_kib),
+            # the first write waits on the test's lock while the others run argon2, one at a
+            # time: room for a loaded machine before the statement timeout answers 503
+            "DB_COMMAND_TIMEOUT": "30",
         },
         gateway_env={
             "DATABASE_URL": as_role(migrated_dsn, "tokengate_gateway"),
