@@ -180,6 +180,7 @@ class BackendClient:
         (``EPOCH_RELOAD_PAGE_SIZE`` accounts each), following the backend's cursor to the end."""
         updates: list[EpochUpdate] = []
         after: str | None = None
+        last: tuple[int, str] | None = None
         while True:
             params = {"since": str(max(since, 0)), "limit": str(self._epochs_page_size)}
             if after is not None:
@@ -202,13 +203,23 @@ class BackendClient:
                     for item in data["epochs"]
                 ]
                 following = data.get("next")
+                paged = "next" in data
             except (AttributeError, KeyError, TypeError):
                 raise BadGateway() from None
+            if not paged:  # a backend from before paging: one answer, newest first
+                return updates + page
+            # Pages come in (token epoch, id) order: each account must follow the one before,
+            # across pages too, or a broken backend (a cursor that repeats or goes back) could
+            # keep this loop going for ever.
+            for update in page:
+                key = (update.token_epoch, update.user_id)
+                if last is not None and key <= last:
+                    raise BadGateway()
+                last = key
             updates.extend(page)
-            if following is None:  # the last page (a backend that does not page sends none)
+            if following is None:  # the last page
                 return updates
-            # a cursor must move on, or a broken backend would keep this loop going for ever
-            if not isinstance(following, str) or following == after or not page:
+            if not isinstance(following, str) or not page:
                 raise BadGateway()
             after = following
 

@@ -83,8 +83,18 @@ def test_epoch_reload_page_size_setting(env: dict[str, str]) -> None:
             Settings.from_env({**env, "EPOCH_RELOAD_PAGE_SIZE": bad})
 
 
-async def test_a_cursor_that_does_not_move_on_is_a_bad_gateway(internal_key: PrivateKey) -> None:
-    """A broken backend answering the same ``next`` for ever must not keep the reload looping."""
+@pytest.mark.parametrize(
+    "second_page",
+    [
+        [{"id": "b", "session_epoch": 5, "token_epoch": 5}],  # the same page again
+        [{"id": "a", "session_epoch": 5, "token_epoch": 5}],  # back before the cursor
+        [{"id": "c", "session_epoch": 4, "token_epoch": 4}],
+    ],
+)
+async def test_a_cursor_that_does_not_move_on_is_a_bad_gateway(
+    internal_key: PrivateKey, second_page: list[dict[str, object]]
+) -> None:
+    """A broken backend whose pages repeat or go back must not keep the reload looping."""
     from internal_auth import Minter
 
     from gateway.auth.backend_client import BackendClient
@@ -92,15 +102,17 @@ async def test_a_cursor_that_does_not_move_on_is_a_bad_gateway(internal_key: Pri
 
     calls = 0
 
-    def stuck(request: httpx.Request) -> httpx.Response:
+    def scripted(request: httpx.Request) -> httpx.Response:
         nonlocal calls
         calls += 1
-        item = {"id": "u", "session_epoch": 1, "token_epoch": 1}
-        return httpx.Response(200, json={"epochs": [item], "next": "1.same"})
+        first = [{"id": "b", "session_epoch": 5, "token_epoch": 5}]
+        return httpx.Response(
+            200, json={"epochs": first if calls == 1 else second_page, "next": "5.b"}
+        )
 
     minter = Minter(internal_key, issuer="tokengate-gateway", audience="tokengate-backend")
     async with httpx.AsyncClient(
-        transport=httpx.MockTransport(stuck), base_url="http://backend.internal"
+        transport=httpx.MockTransport(scripted), base_url="http://backend.internal"
     ) as http:
         client = BackendClient(http, minter, gateway_id="tokengate-gateway", epochs_page_size=1)
         with pytest.raises(BadGateway):
