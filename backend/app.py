@@ -12,12 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import uuid
 from collections.abc import AsyncIterator
 
 from internal_auth import (
     InternalAuthMiddleware,
+    KeySet,
     Principal,
+    RemoteKeySet,
     ReplayCache,
     TokenScope,
     Verifier,
@@ -25,6 +28,7 @@ from internal_auth import (
 )
 from servicekit import db, otel
 from servicekit.bodies import BodyError, refuse_foreign_body
+from servicekit.config import ConfigError
 from servicekit.http_errors import body_error, error_response, http_exception
 from servicekit.logs import configure_logging, log_event
 from servicekit.metrics import RequestCounter, RouteTemplates, mark_worker_stopped, postgres_error
@@ -240,11 +244,45 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
     return error_response(500, "internal_error", "internal error")
 
 
+def _trusted_keys(settings: Settings) -> KeySet:
+    """The pinned keys, or (INTERNAL_JWKS_URL) the pinned keys plus the gateway's published set,
+    each fetched set checked against the keys already trusted (internal_auth.remote)."""
+    metrics.jwks_known(settings.public_keys.kids)
+    if settings.jwks_url is None:
+        return settings.public_keys
+    known: list[str] = list(settings.public_keys.kids)
+
+    def fetched(outcome: str) -> None:
+        metrics.jwks_fetched(outcome)
+        if outcome == "ok":
+            metrics.jwks_known(remote.kids, before=known)
+            known[:] = remote.kids
+
+    ssl_context = None
+    if settings.jwks_ca_file is not None:
+        # only the pinned CA: with cafile given, the system store is not loaded
+        try:
+            ssl_context = ssl.create_default_context(cafile=settings.jwks_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"INTERNAL_JWKS_CA_FILE: cannot load it ({exc})") from None
+        ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
+    remote = RemoteKeySet(
+        settings.public_keys,
+        settings.jwks_url,
+        refresh_interval=settings.jwks_refresh_interval,
+        cooldown=settings.jwks_cooldown,
+        ssl_context=ssl_context,
+        on_fetch=fetched,
+    )
+    return remote
+
+
 def create_app(settings: Settings, *, passwords: Passwords | None = None) -> Starlette:
     """Build the backend. ``passwords`` lets tests use cheaper argon2 parameters."""
     configure_logging(settings.log_level, settings.log_format)
+    keys = _trusted_keys(settings)
     verifier = Verifier(
-        settings.public_keys,
+        keys,
         issuer=settings.gateway_id,
         audience=settings.backend_id,
         leeway=settings.leeway,
@@ -266,12 +304,16 @@ def create_app(settings: Settings, *, passwords: Passwords | None = None) -> Sta
         state.users = UserStore(pool)
         state.notes = NoteStore(pool)
         state.passwords = hasher
+        if isinstance(keys, RemoteKeySet):
+            await keys.start()
         log_event(logger, "backend_started")
         try:
             yield
         finally:
             mark_worker_stopped()
             otel.shutdown()
+            if isinstance(keys, RemoteKeySet):
+                await keys.close()
             await pool.close()
 
     routes = [

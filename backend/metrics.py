@@ -7,10 +7,14 @@
 - ``password_verifications_running`` / ``password_verifications_waiting`` (summed over workers)
   and ``password_verification_seconds``: argon2 checks, which are the backend's costliest work
   and are capped per process (``ARGON2_MAX_CONCURRENT``);
+- ``internal_jwks_fetches_total{outcome}`` and ``internal_jwks_keys{kid}`` (1 trusted now, 0
+  trusted before): the gateway's key set as this service sees it (``tokengate keys status``);
 - PostgreSQL failures: ``tokengate_postgres_errors_total{service="backend"}``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from internal_auth import Reason
 from prometheus_client import Counter, Gauge, Histogram
@@ -41,8 +45,35 @@ PASSWORD_SECONDS = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5),
 )
 
+JWKS_FETCHES = Counter(
+    "tokengate_backend_internal_jwks_fetches_total",
+    "Fetches of the gateway's published key set: ok, unchanged, refused (not signed by a "
+    "trusted key, malformed), failed (unreachable).",
+    ["outcome"],
+)
+JWKS_KEYS = Gauge(
+    "tokengate_backend_internal_jwks_keys",
+    "Keys this service trusts for internal tokens, by kid: 1 known now, 0 known before.",
+    ["kid"],
+    multiprocess_mode="liveall",
+)
+
 _REJECTED = {reason: TOKEN_REJECTIONS.labels(reason.value) for reason in Reason}
 
 
 def token_rejected(reason: Reason) -> None:
     _REJECTED[reason].inc()
+
+
+def jwks_fetched(outcome: str) -> None:
+    JWKS_FETCHES.labels(outcome).inc()
+
+
+def jwks_known(known: Iterable[str], before: Iterable[str] = ()) -> None:
+    """Mark ``known`` kids 1 and the ``before`` ones no longer known 0 (a multiprocess gauge
+    cannot drop a label value, so a dropped key reads 0 rather than vanishing)."""
+    known = set(known)
+    for kid in set(before) - known:
+        JWKS_KEYS.labels(kid).set(0)
+    for kid in known:
+        JWKS_KEYS.labels(kid).set(1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from internal_auth import KeyLoadError, KeySet, load_public_keys
 from internal_auth.replay import DEFAULT_MAX_ENTRIES
@@ -30,6 +31,14 @@ class Settings:
     otel_endpoint: str | None = None
     argon2: Argon2Params = field(default_factory=Argon2Params)
     argon2_max_concurrent: int = field(default_factory=default_max_concurrent)
+    #: the gateway's published key set (INTERNAL_JWKS_URL); None: the pinned keys only
+    jwks_url: str | None = None
+    #: seconds between scheduled fetches; None: the answer's Cache-Control max-age
+    jwks_refresh_interval: float | None = None
+    #: at most one fetch for unknown kids per this many seconds
+    jwks_cooldown: float = 5.0
+    #: the CA of an https:// key set URL (the system store is never used)
+    jwks_ca_file: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -40,7 +49,19 @@ class Settings:
         except KeyLoadError as exc:
             # The backend must never hold signing material; load_public_keys refuses it.
             raise ConfigError(f"INTERNAL_JWT_PUBLIC_KEY: {exc}") from None
+        jwks_url = env.get("INTERNAL_JWKS_URL", "").strip() or None
+        jwks_ca_file = env.get("INTERNAL_JWKS_CA_FILE", "").strip() or None
+        _check_jwks_url(jwks_url, jwks_ca_file)
+        refresh = env.get("INTERNAL_JWKS_REFRESH_INTERVAL", "").strip()
         return cls(
+            jwks_url=jwks_url,
+            jwks_ca_file=jwks_ca_file,
+            jwks_refresh_interval=(
+                config.get_float(env, "INTERNAL_JWKS_REFRESH_INTERVAL", 300.0, minimum=0.1)
+                if refresh
+                else None
+            ),
+            jwks_cooldown=config.get_float(env, "INTERNAL_JWKS_COOLDOWN", 5.0, minimum=0.1),
             database_url=config.get_str(env, "DATABASE_URL"),
             public_keys=keys,
             gateway_id=config.get_str(env, "GATEWAY_ID", "tokengate-gateway"),
@@ -57,4 +78,26 @@ class Settings:
             argon2_max_concurrent=config.get_int(
                 env, "ARGON2_MAX_CONCURRENT", default_max_concurrent(), minimum=1
             ),
+        )
+
+
+def _check_jwks_url(url: str | None, ca_file: str | None) -> None:
+    if url is None:
+        if ca_file is not None:
+            raise ConfigError("INTERNAL_JWKS_CA_FILE is set but INTERNAL_JWKS_URL is not")
+        return
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError("INTERNAL_JWKS_URL must be an http:// or https:// URL with a host")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ConfigError("INTERNAL_JWKS_URL must carry no credentials, query or fragment")
+    if parts.scheme == "http" and not parts.path.endswith(".json"):
+        raise ConfigError(
+            "INTERNAL_JWKS_URL over http:// must name the .../jwks.json document (its signed "
+            "copy .../jwks.jws beside it is what is fetched and checked)"
+        )
+    if parts.scheme == "https" and ca_file is None:
+        raise ConfigError(
+            "INTERNAL_JWKS_URL is https:// but INTERNAL_JWKS_CA_FILE is not set (the system "
+            "store is never used for the internal network)"
         )

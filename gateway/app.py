@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import redis.asyncio as aioredis
-from internal_auth import KeyLoadError, Minter, load_private_key
+from internal_auth import KeyHolder, Minter
 from servicekit import db, otel
 from servicekit.bodies import BodyError
 from servicekit.config import ConfigError
@@ -35,7 +35,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
-from gateway import gauges, metrics, openapi
+from gateway import gauges, metrics, openapi, signing
 from gateway.auth import routes as auth_routes
 from gateway.auth.backend_client import BackendClient
 from gateway.auth.ratelimit import RateLimits
@@ -141,15 +141,10 @@ async def readyz(request: Request) -> Response:
     )
 
 
-def _load_minter(settings: Settings) -> Minter:
-    try:
-        key = load_private_key(settings.internal_jwt_private_key)
-    except KeyLoadError:
-        raise ConfigError(
-            "INTERNAL_JWT_PRIVATE_KEY is not a valid Ed25519 private key (PEM)"
-        ) from None
-    return Minter(
-        key,
+def _load_minter(settings: Settings) -> tuple[KeyHolder, Minter]:
+    keys = signing.load_keys(settings)
+    return keys, Minter(
+        keys,
         issuer=settings.gateway_id,
         audience=settings.backend_id,
         ttl=settings.internal_token_ttl,
@@ -175,7 +170,7 @@ def create_app(
     if "*" in settings.cors_allowed_origins:
         raise ConfigError("CORS_ALLOWED_ORIGINS must not contain '*' (credentials are allowed)")
     tokens = TokenService(settings)
-    minter = _load_minter(settings)
+    signing_keys, minter = _load_minter(settings)
     # app.state, typed; installed below before any request or lifespan can read it
     state = GatewayState()
 
@@ -248,10 +243,20 @@ def create_app(
             epochs_loaded=epochs.loaded,
         )
         sampler = asyncio.create_task(gauges.sample_gauges(state), name="metrics-sampler")
+        key_watch = (
+            asyncio.create_task(
+                signing.watch_key_file(signing_keys, settings.gateway_config_reload_interval),
+                name="signing-keys-watch",
+            )
+            if signing_keys.path is not None
+            else None
+        )
         try:
             yield
         finally:
             sampler.cancel()
+            if key_watch is not None:
+                key_watch.cancel()
             mark_worker_stopped()
             otel.shutdown()
             await pruner.stop()
@@ -295,4 +300,5 @@ def create_app(
     state.db_outages = db.Outages(logger, on_record=postgres_error("gateway"))
     state.tokens = tokens
     state.minter = minter
+    state.signing_keys = signing_keys
     return app

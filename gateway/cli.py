@@ -96,6 +96,7 @@ def _run_gateway(args: argparse.Namespace) -> int:
     from servicekit.serve import check_workers, serve
 
     from gateway.app import create_app
+    from gateway.signing import start_internal_listener
 
     # Everything is validated here, once, before any worker starts: the settings, the keys
     # and the metrics listener's address.
@@ -107,14 +108,21 @@ def _run_gateway(args: argparse.Namespace) -> int:
     create_app(dataclasses.replace(settings, otel_endpoint=None))
     # proxy_headers off: the client IP is decided by TRUSTED_PROXIES in gateway.auth.ratelimit,
     # never by a header uvicorn would trust on its own.
-    return serve(
-        "gateway.cli:app_from_env",
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        metrics=metrics,
-        proxy_headers=False,
-    )
+    # The published key set: one listener per gateway, here in the parent (never a worker, never
+    # the public port), like the metrics listener.
+    listener = start_internal_listener(settings)
+    try:
+        return serve(
+            "gateway.cli:app_from_env",
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            metrics=metrics,
+            proxy_headers=False,
+        )
+    finally:
+        if listener is not None:
+            listener.stop()
 
 
 async def _resolve_user(settings: OperatorSettings, args: argparse.Namespace) -> str:

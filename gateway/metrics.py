@@ -19,6 +19,7 @@ Names (all prefixed ``tokengate_gateway_``):
   worker shows), ``revoked_sessions`` (the local revoked set), ``db_pool_connections{state}``
   (``in_use``/``idle``), ``redis_errors_total{operation}``; PostgreSQL failures are
   ``tokengate_postgres_errors_total{service="gateway"}`` (:mod:`servicekit.metrics`).
+- ``signing_keys_reloads_total{outcome}``: key file re-reads that changed the set or failed.
 - ``dpop_proofs_total{outcome}``: DPoP proofs accepted (``ok``) or refused, by the check that
   refused them (``replay``, ``htu``, ``iat_window``, ``ath``, ``jkt``, ``nonce``, ...);
   ``dpop_replay_round_trips_total`` and ``dpop_replay_claims_total``: Redis round trips of the
@@ -160,6 +161,18 @@ def _child(table: dict[str, Any], counter: Counter, value: str) -> Any:
 
 
 # -- the calls the rest of the gateway makes ---------------------------------------------------
+
+
+SIGNING_KEY_RELOADS = Counter(
+    "tokengate_gateway_signing_keys_reloads_total",
+    "Re-reads of the signing key file that changed the key set (changed) or were refused and "
+    "kept the last good set (failed).",
+    ["outcome"],
+)
+
+
+def signing_keys_reload(outcome: str) -> None:
+    SIGNING_KEY_RELOADS.labels(outcome).inc()
 
 
 def refresh_outcome(outcome: str) -> None:

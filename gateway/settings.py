@@ -134,6 +134,37 @@ def _public_origins(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+_SINGLE_KEY = ("INTERNAL_JWT_PRIVATE_KEY", "INTERNAL_JWT_PRIVATE_KEY_FILE")
+_KEY_BUNDLE = ("INTERNAL_JWT_PRIVATE_KEYS", "INTERNAL_JWT_PRIVATE_KEYS_FILE")
+
+
+def _signing_keys(environ: Mapping[str, str]) -> tuple[str, str | None]:
+    """The signing keys' text (one PEM key or a key file, docs/SECURITY.md) and the path to
+    re-read, if they came from a file."""
+    single = [name for name in _SINGLE_KEY if environ.get(name)]
+    bundle = [name for name in _KEY_BUNDLE if environ.get(name)]
+    if single and bundle:
+        raise ConfigError(
+            f"{' and '.join(single)} and {' and '.join(bundle)} are both set: give the signing "
+            "key once, either as one key (INTERNAL_JWT_PRIVATE_KEY[_FILE]) or as a key file "
+            "(INTERNAL_JWT_PRIVATE_KEYS[_FILE])"
+        )
+    name = "INTERNAL_JWT_PRIVATE_KEYS" if bundle else "INTERNAL_JWT_PRIVATE_KEY"
+    text = env_or_file(environ, name, required=True)
+    path = environ.get(f"{name}_FILE") or None
+    return text, path
+
+
+def _port(environ: Mapping[str, str], name: str) -> int | None:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return None
+    port = get_int(environ, name, 0, minimum=1)
+    if port > 65535:
+        raise ConfigError(f"{name} must be a port number from 1 to 65535, got {port}")
+    return port
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str
@@ -157,6 +188,15 @@ class Settings:
     #: seconds between the gateway's own prune passes (0: only ``tokengate ledger prune``)
     refresh_ledger_prune_interval: int = 3600
     internal_token_ttl: int = 30
+    #: the key file the gateway re-reads (INTERNAL_JWT_PRIVATE_KEY[S]_FILE); None: keys from
+    #: the environment, fixed for the process's life
+    internal_jwt_private_keys_file: str | None = None
+    #: seconds between two reads of the key file (GATEWAY_CONFIG_RELOAD_INTERVAL)
+    gateway_config_reload_interval: float = 5.0
+    #: the internal listener of the published key set (off unless a port is set)
+    internal_listen_host: str = "127.0.0.1"
+    internal_listen_port: int | None = None
+    internal_jwks_max_age: int = 300
     cors_allowed_origins: tuple[str, ...] = ()
     cookie_secure: bool = True
     trusted_proxies: tuple[Network, ...] = ()
@@ -197,7 +237,7 @@ class Settings:
                 "JWT_ACCESS_SECRET and JWT_REFRESH_SECRET (and their _PREVIOUS values) "
                 "must all be different"
             )
-        private_key = env_or_file(environ, "INTERNAL_JWT_PRIVATE_KEY", required=True)
+        private_key, keys_file = _signing_keys(environ)
         prefix = environ.get("REDIS_KEY_PREFIX", "tokengate:")
         if not prefix:
             raise ConfigError("REDIS_KEY_PREFIX must not be empty")
@@ -227,6 +267,13 @@ class Settings:
             jwt_access_secret_previous=access_prev,
             jwt_refresh_secret_previous=refresh_prev,
             internal_jwt_private_key=private_key,
+            internal_jwt_private_keys_file=keys_file,
+            gateway_config_reload_interval=get_float(
+                environ, "GATEWAY_CONFIG_RELOAD_INTERVAL", 5.0, minimum=0.1
+            ),
+            internal_listen_host=get_str(environ, "INTERNAL_LISTEN_HOST", "127.0.0.1"),
+            internal_listen_port=_port(environ, "INTERNAL_LISTEN_PORT"),
+            internal_jwks_max_age=get_int(environ, "INTERNAL_JWKS_MAX_AGE", 300, minimum=1),
             redis_key_prefix=prefix,
             gateway_id=get_str(environ, "GATEWAY_ID", "tokengate-gateway"),
             backend_id=get_str(environ, "BACKEND_ID", "tokengate-backend"),

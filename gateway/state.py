@@ -8,7 +8,7 @@ to it once, where a request starts using it.
 from __future__ import annotations
 
 import redis.asyncio as aioredis
-from internal_auth import Minter
+from internal_auth import KeyHolder, Minter
 from servicekit import db
 from servicekit.state import TypedState, app_state
 from starlette.requests import HTTPConnection
@@ -29,9 +29,9 @@ from gateway.settings import Settings
 class GatewayState(TypedState):
     """What the gateway keeps on ``app.state``.
 
-    ``create_app`` sets ``settings``, ``tokens``, ``minter`` and ``db_outages``; everything else
-    is opened in the lifespan and exists only after start-up (reading it before raises
-    ``AttributeError``, as Starlette's ``State`` does).
+    ``create_app`` sets ``settings``, ``tokens``, ``minter``, ``signing_keys`` and
+    ``db_outages``; everything else is opened in the lifespan and exists only after start-up
+    (reading it before raises ``AttributeError``, as Starlette's ``State`` does).
     """
 
     settings: Settings
@@ -39,6 +39,8 @@ class GatewayState(TypedState):
     tokens: TokenService
     #: internal tokens: issuer GATEWAY_ID, audience BACKEND_ID
     minter: Minter
+    #: the signing keys every minter signs with, re-read from the key file (gateway.signing)
+    signing_keys: KeyHolder
     #: the database-outage 503 handler (:func:`servicekit.db.exception_handlers`) counts here
     db_outages: db.Outages
 

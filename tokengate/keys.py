@@ -18,13 +18,15 @@ from typing import Any
 
 from internal_auth import PrivateKey, generate_private_key
 
+from tokengate import key_rotation
+
 PRIVATE_KEY_FILE = "internal_jwt_private_key.pem"
 PUBLIC_KEY_FILE = "internal_jwt_public_key.pem"
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    """Add ``keys generate`` to the ``tokengate`` command."""
-    keys = sub.add_parser("keys", help="generate key material and secrets")
+    """Add ``keys generate``, ``keys rotate`` and ``keys status`` to the ``tokengate`` command."""
+    keys = sub.add_parser("keys", help="generate, rotate and inspect key material and secrets")
     actions = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     generate = actions.add_parser(
         "generate",
@@ -42,6 +44,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "--force", action="store_true", help="overwrite key files that already exist in DIR"
     )
     generate.set_defaults(func=generate_command)
+    key_rotation.register(actions)
 
 
 def generate_command(args: argparse.Namespace) -> int:

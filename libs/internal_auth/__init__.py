@@ -24,6 +24,8 @@ import warnings
 from typing import Any
 
 from .errors import InternalAuthError, KeyLoadError, Reason
+from .jwks import JWKS_CONTENT_TYPE, key_set_document, signed_key_set, verify_signed_key_set
+from .keyfile import KeyHolder, SigningKey, SigningKeys, write_key_file
 from .keys import (
     KeySet,
     PrivateKey,
@@ -35,15 +37,18 @@ from .keys import (
     load_public_keys_file,
 )
 from .middleware import InternalAuthMiddleware, RejectHook, get_principal
+from .remote import RemoteKeySet
 from .replay import ReplayCache
 from .scopes import TokenScope
 from .tokens import HEADER, MAX_TTL, Minter, Principal, Verifier
 
 __all__ = [
     "HEADER",
+    "JWKS_CONTENT_TYPE",
     "MAX_TTL",
     "InternalAuthError",
     "InternalAuthMiddleware",
+    "KeyHolder",
     "KeyLoadError",
     "KeySet",
     "Minter",
@@ -52,15 +57,22 @@ __all__ = [
     "PublicKey",
     "Reason",
     "RejectHook",
+    "RemoteKeySet",
     "ReplayCache",
+    "SigningKey",
+    "SigningKeys",
     "TokenScope",
     "Verifier",
     "generate_private_key",
     "get_principal",
+    "key_set_document",
     "load_private_key",
     "load_private_key_file",
     "load_public_keys",
     "load_public_keys_file",
+    "signed_key_set",
+    "verify_signed_key_set",
+    "write_key_file",
 ]
 
 

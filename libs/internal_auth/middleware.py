@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, 
 from typing import Any, Protocol
 
 from .errors import InternalAuthError, Reason
+from .remote import RemoteKeySet, token_kid
 from .scopes import TokenScope
 from .tokens import HEADER, Principal, Verifier
 
@@ -105,7 +106,14 @@ class InternalAuthMiddleware:
             await send({"type": "websocket.close", "code": 1008})
             return
         try:
-            principal = self._authenticate(scope)
+            try:
+                principal = self._authenticate(scope)
+            except InternalAuthError as exc:
+                # A key set fetched from the gateway may not know a key it just staged or
+                # promoted: wait (not block) for one single-flight fetch, then verify once more.
+                if exc.reason is not Reason.UNKNOWN_KID or not await self._learn_kid(scope):
+                    raise
+                principal = self._authenticate(scope)
         except InternalAuthError as exc:
             self._report(exc.reason, scope, exc.iss)
             await self._send_error(send, exc.reason)
@@ -127,6 +135,14 @@ class InternalAuthMiddleware:
             # Two tokens: intermediaries may pick different ones, so accept neither.
             raise InternalAuthError(Reason.MALFORMED, "more than one internal token")
         return self._verifier.verify(values[0], scope=required, htm=scope["method"], htu=path)
+
+    async def _learn_kid(self, scope: ASGIScope) -> bool:
+        keys = self._verifier.keys
+        if not isinstance(keys, RemoteKeySet):
+            return False
+        values = [value for name, value in scope["headers"] if name.lower() == _HEADER_NAME]
+        kid = token_kid(values[0]) if len(values) == 1 else None
+        return kid is not None and await keys.learn(kid)
 
     def _report(self, reason: Reason, scope: ASGIScope, iss: str | None) -> None:
         if self._on_reject is not None:

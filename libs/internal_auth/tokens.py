@@ -20,6 +20,7 @@ from joserfc.errors import JoseError
 
 from ._jws import ALGORITHM, REGISTRY, TOKEN_TYPE, b64url_decode, encode_header, sign_compact
 from .errors import InternalAuthError, Reason
+from .keyfile import KeyHolder
 from .keys import KeySet, PrivateKey, PublicKey
 from .replay import ReplayCache
 from .scopes import TokenScope
@@ -74,17 +75,32 @@ class Minter:
     The header segment is encoded once here; :meth:`mint` only serialises the claims and signs.
     """
 
-    __slots__ = ("_audience", "_clock", "_header_segment", "_issuer", "_sign", "_ttl", "kid")
+    __slots__ = (
+        "_audience",
+        "_clock",
+        "_header_segment",
+        "_holder",
+        "_issuer",
+        "_key",
+        "_sign",
+        "_ttl",
+        "kid",
+    )
 
     def __init__(
         self,
-        private_key: PrivateKey,
+        private_key: PrivateKey | KeyHolder,
         *,
         issuer: str,
         audience: str,
         ttl: int = 30,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        # A KeyHolder: the signer is read on every mint, so a reloaded key file takes effect
+        # at the next token with no new Minter (docs/SECURITY.md, key rotation).
+        self._holder = private_key if isinstance(private_key, KeyHolder) else None
+        if self._holder is not None:
+            private_key = self._holder.signer
         if not isinstance(private_key, PrivateKey):
             raise TypeError("Minter needs a PrivateKey (load_private_key / generate_private_key)")
         if not isinstance(ttl, int) or isinstance(ttl, bool) or not 1 <= ttl <= MAX_TTL:
@@ -95,12 +111,14 @@ class Minter:
         self._audience = audience
         self._ttl = ttl
         self._clock = clock
-        self._sign = private_key._sign
-        #: ``kid`` header of every token this minter signs.
-        self.kid: str = private_key.kid
-        self._header_segment = encode_header(
-            {"alg": ALGORITHM, "typ": TOKEN_TYPE, "kid": private_key.kid}
-        )
+        self._use(private_key)
+
+    def _use(self, key: PrivateKey) -> None:
+        self._key = key
+        self._sign = key._sign
+        #: ``kid`` header of the tokens this minter signs now.
+        self.kid: str = key.kid
+        self._header_segment = encode_header({"alg": ALGORITHM, "typ": TOKEN_TYPE, "kid": key.kid})
 
     def mint(
         self,
@@ -122,6 +140,8 @@ class Minter:
             raise ValueError("htu must be the request path only, starting with '/'")
         if isinstance(roles, str):
             raise TypeError("roles must be a sequence of role names, not one string")
+        if self._holder is not None and self._holder.signer is not self._key:
+            self._use(self._holder.signer)
         now = int(self._clock())
         claims: dict[str, Any] = {
             "iss": self._issuer,
@@ -191,6 +211,11 @@ class Verifier:
         self.replay_cache: ReplayCache | None = (
             ReplayCache(clock=clock) if isinstance(replay_cache, _Default) else replay_cache
         )
+
+    @property
+    def keys(self) -> KeySet:
+        """The trusted keys (a :class:`internal_auth.RemoteKeySet` when they are fetched)."""
+        return self._keys
 
     def verify(self, token: str | bytes, *, scope: TokenScope, htm: str, htu: str) -> Principal:
         """Verify ``token`` for a request ``htm htu`` on a route that needs ``scope``."""

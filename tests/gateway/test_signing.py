@@ -1,0 +1,140 @@
+"""The gateway's signing keys: one key or a key file, never both; a key file re-read by every
+worker, a bad one keeping the last good set (logged, counted); the internal listener."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import httpx
+import pytest
+from internal_auth import (
+    KeyHolder,
+    KeySet,
+    SigningKey,
+    SigningKeys,
+    TokenScope,
+    Verifier,
+    generate_private_key,
+    verify_signed_key_set,
+    write_key_file,
+)
+from prometheus_client import REGISTRY
+from servicekit.config import ConfigError
+
+from gateway.app import create_app
+from gateway.settings import Settings
+from gateway.signing import InternalListener, load_keys, reload_once
+
+
+@pytest.mark.parametrize(
+    ("single", "bundle"),
+    [
+        ("INTERNAL_JWT_PRIVATE_KEY", "INTERNAL_JWT_PRIVATE_KEYS"),
+        ("INTERNAL_JWT_PRIVATE_KEY", "INTERNAL_JWT_PRIVATE_KEYS_FILE"),
+        ("INTERNAL_JWT_PRIVATE_KEY_FILE", "INTERNAL_JWT_PRIVATE_KEYS"),
+    ],
+)
+def test_one_key_and_a_key_file_together_are_refused_naming_both(
+    env: dict[str, str], tmp_path: Path, single: str, bundle: str
+) -> None:
+    path = tmp_path / "k.pem"
+    path.write_text(generate_private_key().private_pem())
+    values = {
+        name: str(path) if name.endswith("_FILE") else path.read_text() for name in (single, bundle)
+    }
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(
+            {**{k: v for k, v in env.items() if not k.startswith("INTERNAL_JWT")}, **values}
+        )
+    assert single in str(caught.value) and bundle in str(caught.value)
+
+
+def test_a_key_file_with_roles_signs_with_its_active_key(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    active, upcoming = generate_private_key(), generate_private_key()
+    path = tmp_path / "keys.pem"
+    write_key_file(path, SigningKeys((SigningKey(upcoming, "next"), SigningKey(active, "active"))))
+    settings = Settings.from_env(
+        {
+            **{k: v for k, v in env.items() if not k.startswith("INTERNAL_JWT")},
+            "INTERNAL_JWT_PRIVATE_KEYS_FILE": str(path),
+        }
+    )
+    assert settings.internal_jwt_private_keys_file == str(path)
+    app = create_app(settings)
+    minter = app.state.minter
+    token = minter.mint(sub="u", scope=TokenScope.USER_REQUEST, htm="GET", htu="/v1/me")
+    verifier = Verifier(
+        KeySet([active.public_key]), issuer=settings.gateway_id, audience=settings.backend_id
+    )
+    assert verifier.verify(token, scope=TokenScope.USER_REQUEST, htm="GET", htu="/v1/me").sub == "u"
+
+
+def test_a_bad_key_in_the_environment_is_refused_at_start_up(env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError, match="INTERNAL_JWT_PRIVATE_KEY"):
+        create_app(Settings.from_env({**env, "INTERNAL_JWT_PRIVATE_KEY": "role: boss\nnot a key"}))
+
+
+def failed_reloads() -> float:
+    return (
+        REGISTRY.get_sample_value(
+            "tokengate_gateway_signing_keys_reloads_total", {"outcome": "failed"}
+        )
+        or 0.0
+    )
+
+
+def test_a_broken_key_file_keeps_the_last_good_set_logged_and_counted(
+    env: dict[str, str], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = generate_private_key()
+    path = tmp_path / "keys.pem"
+    write_key_file(path, SigningKeys.single(key))
+    settings = Settings.from_env(
+        {
+            **{k: v for k, v in env.items() if not k.startswith("INTERNAL_JWT")},
+            "INTERNAL_JWT_PRIVATE_KEY_FILE": str(path),
+        }
+    )
+    holder = load_keys(settings)
+    assert reload_once(holder) is False
+    before = failed_reloads()
+    path.write_text(key.private_pem()[:60])  # half written
+    with caplog.at_level(logging.ERROR, logger="gateway.signing"):
+        assert reload_once(holder) is False
+    assert holder.signer.kid == key.kid
+    assert failed_reloads() == before + 1
+    assert any(
+        "signing_keys_reload_failed" in r.getMessage()
+        or getattr(r, "event", "") == "signing_keys_reload_failed"
+        for r in caplog.records
+    )
+    assert key.private_pem().splitlines()[1] not in caplog.text
+    other = generate_private_key()
+    write_key_file(path, SigningKeys.single(other))
+    assert reload_once(holder) is True and holder.signer.kid == other.kid
+
+
+def test_the_listener_publishes_every_key_and_follows_the_file(tmp_path: Path) -> None:
+    active, upcoming = generate_private_key(), generate_private_key()
+    path = tmp_path / "keys.pem"
+    write_key_file(path, SigningKeys.single(active))
+    listener = InternalListener(KeyHolder.from_file(path), host="127.0.0.1", port=0, max_age=7)
+    listener.start()
+    try:
+        base = f"http://127.0.0.1:{listener.port}"
+        write_key_file(
+            path, SigningKeys((SigningKey(active, "active"), SigningKey(upcoming, "next")))
+        )
+        plain = httpx.get(base + "/.well-known/jwks.json")
+        assert plain.headers["cache-control"] == "max-age=7"
+        assert {k["kid"] for k in plain.json()["keys"]} == {active.kid, upcoming.kid}
+        signed = httpx.get(base + "/.well-known/jwks.jws").content
+        for trusted in (active, upcoming):
+            assert len(verify_signed_key_set(signed, KeySet([trusted.public_key]))) == 2
+        assert httpx.get(base + "/").status_code == 404
+        assert httpx.head(base + "/.well-known/jwks.json").status_code == 200
+    finally:
+        listener.stop()
