@@ -70,7 +70,7 @@ def _write_private(path: Path, text: str) -> None:
 
 def load_or_create_secrets(folder: Path) -> Secrets:
     """Read the dev stack's key and secrets from ``folder``, generating any that are missing."""
-    from internal_auth import generate_private_key, load_private_key
+    from internal_auth import SigningKeys, generate_private_key
 
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(folder, 0o700)
@@ -86,7 +86,9 @@ def load_or_create_secrets(folder: Path) -> Secrets:
             _write_private(path, generators[name]())
         os.chmod(path, 0o600)
         values[name] = path.read_text(encoding="utf-8").strip()
-    key = load_private_key(values["internal_jwt_private_key.pem"])
+    # the file may have been rotated into a key file with roles (tokengate keys rotate): the
+    # backend pins the key that signs now
+    key = SigningKeys.parse(values["internal_jwt_private_key.pem"]).signer
     return Secrets(
         private_pem=key.private_pem(),
         public_pem=key.public_key.public_pem(),
@@ -267,7 +269,11 @@ def run(args: argparse.Namespace) -> int:
                 "BACKEND_URL": backend_url,
                 "JWT_ACCESS_SECRET": keys.access_secret,
                 "JWT_REFRESH_SECRET": keys.refresh_secret,
-                "INTERNAL_JWT_PRIVATE_KEY": keys.private_pem,
+                # the file, not its text: the gateway re-reads it, so `tokengate keys rotate
+                # --file .tokengate/secrets/internal_jwt_private_key.pem` works on a running stack
+                "INTERNAL_JWT_PRIVATE_KEY_FILE": str(
+                    data / "secrets" / "internal_jwt_private_key.pem"
+                ),
                 "CORS_ALLOWED_ORIGINS": environ.get("CORS_ALLOWED_ORIGINS", origins),
                 "COOKIE_SECURE": "false",
                 # DPoP proofs name the URL the client used: both spellings of this machine
