@@ -197,6 +197,9 @@ class Settings:
     internal_listen_host: str = "127.0.0.1"
     internal_listen_port: int | None = None
     internal_jwks_max_age: int = 300
+    #: a certificate and key for the internal listener (plain HTTP without them)
+    internal_listen_cert_file: str | None = None
+    internal_listen_key_file: str | None = None
     cors_allowed_origins: tuple[str, ...] = ()
     cookie_secure: bool = True
     trusted_proxies: tuple[Network, ...] = ()
@@ -238,6 +241,13 @@ class Settings:
                 "must all be different"
             )
         private_key, keys_file = _signing_keys(environ)
+        cert_file = environ.get("INTERNAL_LISTEN_CERT_FILE", "").strip() or None
+        key_file = environ.get("INTERNAL_LISTEN_KEY_FILE", "").strip() or None
+        if (cert_file is None) != (key_file is None):
+            raise ConfigError(
+                "INTERNAL_LISTEN_CERT_FILE and INTERNAL_LISTEN_KEY_FILE go together: set both or "
+                "neither"
+            )
         prefix = environ.get("REDIS_KEY_PREFIX", "tokengate:")
         if not prefix:
             raise ConfigError("REDIS_KEY_PREFIX must not be empty")
@@ -274,6 +284,8 @@ class Settings:
             internal_listen_host=get_str(environ, "INTERNAL_LISTEN_HOST", "127.0.0.1"),
             internal_listen_port=_port(environ, "INTERNAL_LISTEN_PORT"),
             internal_jwks_max_age=get_int(environ, "INTERNAL_JWKS_MAX_AGE", 300, minimum=1),
+            internal_listen_cert_file=cert_file,
+            internal_listen_key_file=key_file,
             redis_key_prefix=prefix,
             gateway_id=get_str(environ, "GATEWAY_ID", "tokengate-gateway"),
             backend_id=get_str(environ, "BACKEND_ID", "tokengate-backend"),

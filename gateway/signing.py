@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -95,7 +96,15 @@ def reload_once(holder: KeyHolder) -> bool:
 class InternalListener:
     """The internal listener (see the module docstring): a small threaded HTTP server."""
 
-    def __init__(self, holder: KeyHolder, *, host: str, port: int, max_age: int) -> None:
+    def __init__(
+        self,
+        holder: KeyHolder,
+        *,
+        host: str,
+        port: int,
+        max_age: int,
+        certificate: tuple[str, str] | None = None,
+    ) -> None:
         self.holder = holder
         self.max_age = max_age
         self._lock = threading.Lock()
@@ -121,6 +130,18 @@ class InternalListener:
                 f"INTERNAL_LISTEN_PORT: cannot listen on {host}:{port} ({exc.strerror})"
             ) from None
         self._server.daemon_threads = True
+        if certificate is not None:
+            # TLS 1.2+, the gateway's own certificate: services pin its CA (INTERNAL_JWKS_CA_FILE)
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            try:
+                context.load_cert_chain(*certificate)
+            except (OSError, ssl.SSLError) as exc:
+                self._server.server_close()
+                raise ConfigError(
+                    f"INTERNAL_LISTEN_CERT_FILE/INTERNAL_LISTEN_KEY_FILE: cannot load them ({exc})"
+                ) from None
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="internal-listener", daemon=True
         )
@@ -182,4 +203,9 @@ def start_internal_listener(settings: Settings) -> InternalListener | None:
         host=settings.internal_listen_host,
         port=settings.internal_listen_port,
         max_age=settings.internal_jwks_max_age,
+        certificate=(
+            (settings.internal_listen_cert_file, settings.internal_listen_key_file)
+            if settings.internal_listen_cert_file and settings.internal_listen_key_file
+            else None
+        ),
     ).start()

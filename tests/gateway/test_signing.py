@@ -4,6 +4,7 @@ worker, a bad one keeping the last good set (logged, counted); the internal list
 from __future__ import annotations
 
 import logging
+import ssl
 from pathlib import Path
 
 import httpx
@@ -11,6 +12,7 @@ import pytest
 from internal_auth import (
     KeyHolder,
     KeySet,
+    RemoteKeySet,
     SigningKey,
     SigningKeys,
     TokenScope,
@@ -25,6 +27,7 @@ from servicekit.config import ConfigError
 from gateway.app import create_app
 from gateway.settings import Settings
 from gateway.signing import InternalListener, load_keys, reload_once
+from tests.support.tls_certs import make_ca_and_server
 
 
 @pytest.mark.parametrize(
@@ -138,3 +141,47 @@ def test_the_listener_publishes_every_key_and_follows_the_file(tmp_path: Path) -
         assert httpx.head(base + "/.well-known/jwks.json").status_code == 200
     finally:
         listener.stop()
+
+
+async def test_over_tls_a_service_trusts_the_listener_through_its_pinned_ca(
+    tmp_path: Path,
+) -> None:
+    active, upcoming = generate_private_key(), generate_private_key()
+    path = tmp_path / "keys.pem"
+    write_key_file(path, SigningKeys((SigningKey(active, "active"), SigningKey(upcoming, "next"))))
+    (tmp_path / "good").mkdir()
+    (tmp_path / "other").mkdir()
+    ca, cert, key = make_ca_and_server(tmp_path / "good")
+    other_ca, _, _ = make_ca_and_server(tmp_path / "other")
+    listener = InternalListener(
+        KeyHolder.from_file(path),
+        host="127.0.0.1",
+        port=0,
+        max_age=7,
+        certificate=(str(cert), str(key)),
+    )
+    listener.start()
+    url = f"https://127.0.0.1:{listener.port}/.well-known/jwks.json"
+    pinned = KeySet([active.public_key])
+    try:
+        trusted = RemoteKeySet(pinned, url, ssl_context=ssl.create_default_context(cafile=str(ca)))
+        stranger = RemoteKeySet(
+            pinned, url, ssl_context=ssl.create_default_context(cafile=str(other_ca))
+        )
+        try:
+            assert await trusted.refresh() == "ok" and upcoming.kid in trusted
+            # a listener whose certificate the service's CA did not sign: nothing accepted
+            assert await stranger.refresh() == "failed" and upcoming.kid not in stranger
+        finally:
+            await trusted.close()
+            await stranger.close()
+        # plain HTTP to the TLS listener gets no key set
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{listener.port}/.well-known/jwks.json", timeout=2)
+    finally:
+        listener.stop()
+
+
+def test_a_listener_certificate_without_its_key_is_refused(env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError, match="INTERNAL_LISTEN_KEY_FILE"):
+        Settings.from_env({**env, "INTERNAL_LISTEN_CERT_FILE": "/cert.pem"})
