@@ -10,21 +10,24 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
-from servicekit import epochs
+from servicekit import epochs, redis_url
+from servicekit.config import ConfigError
 
 from backend.users import User
 
 
 async def publish(environ: Mapping[str, str], user: User) -> str | None:
     """Publish the user's epochs on ``REDIS_URL``; return why not, or ``None`` when sent."""
-    url = environ.get("REDIS_URL")
-    if not url:
+    if not environ.get("REDIS_URL"):
         return "REDIS_URL is not set"
+    try:
+        target = redis_url.from_env(environ)
+    except ConfigError as exc:
+        return str(exc)
     prefix = environ.get("REDIS_KEY_PREFIX") or "tokengate:"
     message = epochs.encode(epochs.EpochUpdate(str(user.id), user.session_epoch, user.token_epoch))
-    client = aioredis.from_url(url, socket_connect_timeout=2.0, socket_timeout=2.0)
+    client = redis_url.async_client(target, socket_connect_timeout=2.0, socket_timeout=2.0)
     try:
         await client.publish(epochs.channel(prefix), message)
     except (RedisError, OSError) as exc:

@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import redis.asyncio as aioredis
 from internal_auth import KeyHolder, Minter
-from servicekit import db, otel
+from servicekit import db, otel, redis_url
 from servicekit.bodies import BodyError
 from servicekit.config import ConfigError
 from servicekit.logs import log_event
@@ -118,24 +116,29 @@ async def readyz(request: Request) -> Response:
     state = gateway_state(request)
 
     async def postgres() -> bool:
+        # a standby (the pool reached one, or the primary was demoted) cannot take a write
+        query = "SELECT NOT pg_is_in_recovery()"
         try:
-            return bool(await asyncio.wait_for(state.pool.fetchval("SELECT 1"), 2.0) == 1)
+            return bool(await asyncio.wait_for(state.pool.fetchval(query), 2.0) is True)
         except Exception:
             return False
 
     async def redis_ok() -> bool:
         try:
-            pong = state.redis.ping()
-            # redis-py types each command for its sync client too (bool | Awaitable[bool])
-            return inspect.isawaitable(pong) and bool(await asyncio.wait_for(pong, 2.0))
+            return await asyncio.wait_for(redis_url.is_master(state.redis), 2.0)
         except Exception:
             return False
 
     backend, pg, rd = await asyncio.gather(state.backend.ready(), postgres(), redis_ok())
     checks = {"backend": backend, "postgres": pg, "redis": rd}
     ready = all(checks.values())
+    # which servers: the index into DATABASE_URL's hosts (bounded), the Redis master's address
+    in_use = {
+        "postgres_host": state.pool.host_index,
+        "redis_master": redis_url.current_master(state.redis.connection_pool),
+    }
     return JSONResponse(
-        {"status": "ready" if ready else "unavailable", "checks": checks},
+        {"status": "ready" if ready else "unavailable", "checks": checks, "in_use": in_use},
         status_code=200 if ready else 503,
         headers={} if ready else {"Retry-After": "5"},
     )
@@ -179,8 +182,8 @@ def create_app(
         pool = await db.Database.connect(settings.database_url, settings.pool)
         # health checks make a silently dead pub/sub connection fail (and so reconnect and
         # reload the revocation set) instead of waiting forever for messages
-        redis_client = aioredis.from_url(
-            settings.redis_url,
+        redis_client = redis_url.async_client(
+            settings.redis,
             socket_connect_timeout=1.0,
             socket_timeout=5.0,
             health_check_interval=15,

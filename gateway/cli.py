@@ -18,7 +18,7 @@ import uuid
 from typing import Any
 
 import asyncpg
-import redis.asyncio as aioredis
+from servicekit import redis_url
 from servicekit.config import ConfigError
 from servicekit.terminal import printable
 
@@ -202,7 +202,9 @@ def _revoke(args: argparse.Namespace) -> int:
                 sids = await ledger.revoke_all_for_user(user_id, reason="operator", now=now)
         finally:
             await pool.close()
-        client = aioredis.from_url(settings.redis_url, socket_connect_timeout=2.0)
+        client = redis_url.async_client(
+            settings.redis, socket_connect_timeout=2.0, socket_timeout=2.0
+        )
         revoked = RevokedSessions(
             client, prefix=settings.redis_key_prefix, ttl=settings.access_token_ttl
         )

@@ -1,4 +1,5 @@
-"""Gauges sampled in the background: listener state, revoked-set size, database pool use.
+"""Gauges sampled in the background: listener state, revoked-set size, database pool use, and
+which PostgreSQL host and Redis master are in use.
 
 Apart from :mod:`gateway.metrics` because it reads the app state, and the state's parts count in
 :mod:`gateway.metrics`: a counters module imports no app state.
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+
+from servicekit import redis_url
 
 from gateway import metrics
 from gateway.state import GatewayState
@@ -28,6 +31,11 @@ def sample_once(state: GatewayState) -> None:
         metrics.LISTENER_CONNECTED.set(1 if revoked_set.connected else 0)
         metrics.REVOKED_SESSIONS.set(len(revoked_set))
     database = getattr(state, "pool", None)
+    if database is not None:
+        metrics.postgres_host(database.host_index, len(database.hosts))
+    client = getattr(state, "redis", None)
+    if client is not None:
+        metrics.redis_master(redis_url.current_master(client.connection_pool))
     pool = getattr(database, "pool", None)
     if pool is not None:
         with contextlib.suppress(Exception):

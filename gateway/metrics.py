@@ -115,6 +115,24 @@ DB_POOL = Gauge(
     multiprocess_mode="livesum",
 )
 
+POSTGRES_HOST = Gauge(
+    "tokengate_gateway_postgres_host",
+    "1 for the DATABASE_URL host (its index in the list; -1 unknown) the pool last reached.",
+    ["index"],
+    multiprocess_mode="livemax",
+)
+REDIS_MASTER = Gauge(
+    "tokengate_gateway_redis_master",
+    "1 for the Redis master (host:port) the gateway talks to now; at most "
+    "8 addresses, then 'other'.",
+    ["address"],
+    multiprocess_mode="livemax",
+)
+
+#: REDIS_MASTER's label values, bounded: Sentinel may name any address, a label set must not grow
+MAX_MASTER_LABELS = 8
+_masters: set[str] = set()
+
 _PROXY_GATEWAY = PROXY_DURATION.labels("gateway")
 _PROXY_BACKEND = PROXY_DURATION.labels("backend")
 _FAILURE = {kind: BACKEND_FAILURES.labels(kind) for kind in ("connect", "timeout", "reset")}
@@ -190,6 +208,23 @@ def rate_limited(limit: str) -> None:
 
 def redis_error(operation: str) -> None:
     _child(_REDIS, REDIS_ERRORS, operation).inc()
+
+
+def postgres_host(index: int, listed: int) -> None:
+    """The pool's host now: ``index`` into the ``listed`` hosts (-1: not known yet)."""
+    for i in range(-1, max(listed, 1)):
+        POSTGRES_HOST.labels(str(i)).set(1 if i == index else 0)
+
+
+def redis_master(address: str | None) -> None:
+    """The master in use now (``None``: Sentinel has named none yet)."""
+    if address is not None and address not in _masters:
+        if len(_masters) < MAX_MASTER_LABELS:
+            _masters.add(address)
+        else:
+            address = "other"
+    for known in (*_masters, "other"):
+        REDIS_MASTER.labels(known).set(1 if known == address else 0)
 
 
 def dpop_proof(outcome: str) -> None:

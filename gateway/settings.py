@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from limits import parse as parse_limit
-from servicekit import otel
+from servicekit import otel, pg_url
+from servicekit import redis_url as redis_urls
 from servicekit.config import (
     ConfigError,
     env_or_file,
@@ -222,6 +223,13 @@ class Settings:
     dpop_nonce_required: bool = False
     dpop_nonce_rotation: int = 300
     dpop_nonce_secret: str | None = field(default=None, repr=False)
+    #: the sentinels' own password (``REDIS_SENTINEL_PASSWORD``), never the master's
+    redis_sentinel_password: str | None = field(default=None, repr=False)
+
+    @property
+    def redis(self) -> redis_urls.RedisTarget:
+        """``REDIS_URL`` parsed (validated at start-up by :meth:`from_env`)."""
+        return redis_urls.parse(self.redis_url, sentinel_password=self.redis_sentinel_password)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -268,9 +276,13 @@ class Settings:
         iat_window = get_int(environ, "DPOP_IAT_WINDOW", 60, minimum=1)
         if iat_window > 600:
             raise ConfigError("DPOP_IAT_WINDOW must be at most 600 seconds")
+        database_url = get_str(environ, "DATABASE_URL")
+        pg_url.hosts(database_url)
+        redis = redis_urls.from_env(environ)
         return cls(
-            database_url=get_str(environ, "DATABASE_URL"),
-            redis_url=get_str(environ, "REDIS_URL"),
+            database_url=database_url,
+            redis_url=redis.url,
+            redis_sentinel_password=redis.sentinel_password,
             backend_url=backend_url,
             jwt_access_secret=access,
             jwt_refresh_secret=refresh,
@@ -334,7 +346,7 @@ class OperatorSettings:
     """
 
     database_url: str
-    redis_url: str
+    redis: redis_urls.RedisTarget
     redis_key_prefix: str
     access_token_ttl: int
     users_database_url: str
@@ -342,9 +354,10 @@ class OperatorSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> OperatorSettings:
         database_url = get_str(environ, "DATABASE_URL")
+        pg_url.hosts(database_url)
         return cls(
             database_url=database_url,
-            redis_url=get_str(environ, "REDIS_URL"),
+            redis=redis_urls.from_env(environ),
             redis_key_prefix=get_str(environ, "REDIS_KEY_PREFIX", "tokengate:"),
             access_token_ttl=get_int(environ, "ACCESS_TOKEN_TTL", 600, minimum=1),
             users_database_url=environ.get("BACKEND_DATABASE_URL") or database_url,
@@ -362,8 +375,10 @@ class PruneSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> PruneSettings:
         access_ttl = get_int(environ, "ACCESS_TOKEN_TTL", 600, minimum=1)
+        database_url = get_str(environ, "DATABASE_URL")
+        pg_url.hosts(database_url)
         return cls(
-            database_url=get_str(environ, "DATABASE_URL"),
+            database_url=database_url,
             retention=ledger_retention(environ, access_ttl),
             access_token_ttl=access_ttl,
         )

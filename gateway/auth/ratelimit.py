@@ -29,6 +29,7 @@ from typing import Any
 from limits import RateLimitItem
 from limits import parse as parse_limit
 from redis.exceptions import RedisError
+from servicekit import redis_url
 from servicekit.emails import normalise_email
 from servicekit.forwarded import client_ip, forwarded_for
 from servicekit.logs import log_event
@@ -70,14 +71,20 @@ class RateLimits:
 
     def __init__(self, settings: Settings) -> None:
         # Short socket timeouts: with Redis gone, login must answer 503 quickly, not hang.
+        # servicekit's pool talks to the master only, with or without Sentinel: limits' own
+        # Sentinel storage would read the counts from a replica (use_replicas=True by default),
+        # and a lagging replica's lower count lets a burst of guesses through.
+        self.pool = redis_url.sync_pool(
+            settings.redis, socket_connect_timeout=1.0, socket_timeout=1.0
+        )
         options: dict[str, Any] = {
             "key_prefix": f"{settings.redis_key_prefix}ratelimit",
-            "socket_connect_timeout": 1.0,
-            "socket_timeout": 1.0,
+            "connection_pool": self.pool,
         }
         self._limiter = Limiter(
             key_func=lambda: "unused",
-            storage_uri=settings.redis_url,
+            # only the scheme is read (limits' plain Redis storage): the pool says where
+            storage_uri="redis://",
             storage_options=options,
             strategy="fixed-window",
             swallow_errors=False,

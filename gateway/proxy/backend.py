@@ -44,7 +44,7 @@ class BackendProxy:
         self.traced = settings.otel_endpoint is not None
         self.user_limit = (
             UserLimit(
-                redis_url=settings.redis_url,
+                redis=settings.redis,
                 key_prefix=settings.redis_key_prefix,
                 rate=settings.proxy_rate_limit_user,
             )

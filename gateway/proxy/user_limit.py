@@ -18,6 +18,7 @@ import time
 from limits import RateLimitItem, parse
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import FixedWindowRateLimiter
+from servicekit import redis_url
 from servicekit.logs import log_event
 
 from gateway import metrics
@@ -29,16 +30,18 @@ NAMESPACE = "proxy-user"
 
 
 class UserLimit:
-    def __init__(self, *, redis_url: str, key_prefix: str, rate: str) -> None:
+    def __init__(self, *, redis: redis_url.RedisTarget, key_prefix: str, rate: str) -> None:
         self.item: RateLimitItem = parse(rate)
         # Every key starts with REDIS_KEY_PREFIX so deployments (and test sessions) sharing one
-        # Redis never count each other's requests.
+        # Redis never count each other's requests. The pool is servicekit's: the master only
+        # (through Sentinel or not), so a count is never read from a lagging replica, which
+        # limits' own Sentinel storage does by default (use_replicas=True).
+        self.pool = redis_url.async_pool(redis, socket_connect_timeout=0.5, socket_timeout=0.5)
         self._storage = RedisStorage(
-            f"async+{redis_url}",
+            "async+redis://",  # only the scheme is read: the pool says where
             implementation="redispy",
             key_prefix=f"{key_prefix}limits",
-            socket_connect_timeout=0.5,
-            socket_timeout=0.5,
+            connection_pool=self.pool,  # type: ignore[arg-type]  # limits types **options narrowly
         )
         self._limiter = FixedWindowRateLimiter(self._storage)
 

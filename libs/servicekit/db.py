@@ -16,7 +16,16 @@ load:
   "pool is closing");
 - too slow: :class:`TimeoutError` (pool acquire timeout, ``command_timeout``) and
   ``QueryCanceledError`` (57014, a server-side ``statement_timeout``);
-- :class:`asyncpg.TooManyConnectionsError`.
+- :class:`asyncpg.TooManyConnectionsError`;
+- a failover (``DATABASE_URL`` naming a primary and its standbys, :mod:`servicekit.pg_url`):
+  ``ReadOnlySQLTransactionError`` (25006) from a server that is a standby now, and
+  ``TargetServerAttributeNotMatched`` (an :class:`asyncpg.InternalClientError`) while no listed
+  host accepts writes yet.
+
+On any of these :class:`Database` also expires every pooled connection: after a failover the
+idle ones point at the old primary (dead, or a standby now), and each would otherwise cost one
+more request its 503. The next acquire connects afresh, and asyncpg's
+``target_session_attrs=read-write`` picks the new primary.
 
 Every mapped occurrence is logged at ERROR with its class and counted (:class:`Outages`), so a
 real bug that happens to raise one of these is not silently turned into a stream of 503s.
@@ -31,8 +40,9 @@ requests would queue for a free connection forever.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +50,7 @@ import asyncpg
 from starlette.requests import Request
 from starlette.responses import Response
 
+from servicekit import pg_url
 from servicekit.config import ConfigError, get_float, get_int
 from servicekit.http_errors import error_response
 from servicekit.logs import log_event
@@ -54,6 +65,8 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.TooManyConnectionsError,
     asyncpg.InterfaceError,
     asyncpg.InternalClientError,
+    # a write reached a standby: the primary failed over under this pool
+    asyncpg.ReadOnlySQLTransactionError,
 )
 
 
@@ -149,15 +162,28 @@ class Database:
     """An asyncpg pool whose every wait is bounded: connect, acquire and each statement.
 
     It offers the pool methods the stores use (``acquire``, ``fetch``, ``fetchrow``, ``fetchval``,
-    ``execute``), so a store takes either.
+    ``execute``), so a store takes either. Every use goes through :meth:`acquire`, which expires
+    the whole pool when the database answers with one of :data:`UNAVAILABLE` (see the module
+    docstring), and remembers which listed host the last connection reached
+    (:attr:`host_index`, -1 before the first).
     """
 
-    def __init__(self, pool: asyncpg.Pool, settings: PoolSettings) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        settings: PoolSettings,
+        hosts: tuple[tuple[str, int], ...] = (),
+    ) -> None:
         self.pool = pool
         self.settings = settings
+        self.hosts = hosts
+        self.host_index = -1
+        #: times the pool was expired after a failure (a failover, a restart)
+        self.expirations = 0
 
     @classmethod
     async def connect(cls, dsn: str, settings: PoolSettings) -> Database:
+        hosts = pg_url.hosts(dsn)
         pool = await asyncpg.create_pool(
             dsn,
             min_size=settings.min_size,
@@ -165,10 +191,27 @@ class Database:
             timeout=settings.connect_timeout,
             command_timeout=settings.command_timeout,
         )
-        return cls(pool, settings)
+        return cls(pool, settings, hosts)
 
-    def acquire(self) -> Any:
-        return self.pool.acquire(timeout=self.settings.acquire_timeout)
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[Any]:
+        try:
+            async with self.pool.acquire(timeout=self.settings.acquire_timeout) as conn:
+                # asyncpg's (host, port) of the server this connection reached
+                self.host_index = pg_url.host_index(self.hosts, getattr(conn, "_addr", None))
+                yield conn
+        except BaseException as exc:
+            if is_unavailable(exc) and not isinstance(exc, TimeoutError):
+                # not on a timeout: a stalled server is not a failover, and reconnecting every
+                # connection to it would only add load
+                await self.expire()
+            raise
+
+    async def expire(self) -> None:
+        """Close every pooled connection at its next release; new ones connect afresh."""
+        self.expirations += 1
+        with contextlib.suppress(Exception):
+            await self.pool.expire_connections()
 
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
         async with self.acquire() as conn:
