@@ -541,6 +541,9 @@ class ReplayCache:
             # redis-py leaves make_connection unannotated; it returns the pool's connection class
             pool = self._redis.connection_pool
             connection = self._connection = pool.make_connection()  # type: ignore[no-untyped-call]
+            # connect() itself: with a Sentinel-managed pool it asks Sentinel for the master,
+            # whereas send_packed_command's implicit connect (redis-py 7.4) would not
+            await connection.connect()
         commands = [("SET", key, b"1", "NX", "EX", ttl) for key, ttl in claims]
         await connection.send_packed_command(connection.pack_commands(commands))
         # b"OK" (or "OK" with decode_responses) for a first claim, None when the key existed

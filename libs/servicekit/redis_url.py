@@ -268,8 +268,18 @@ def _sentinel_kwargs(target: RedisTarget, options: Mapping[str, Any]) -> dict[st
     return out
 
 
+#: where a Sentinel-managed connection points before Sentinel named the master. redis-py 7.4's
+#: asyncio ``send_packed_command`` connects a disconnected connection itself, bypassing
+#: ``SentinelManagedConnection.connect`` (which asks Sentinel): left at redis-py's default
+#: (localhost:6379) that would silently talk to whatever Redis runs on the machine. A name that
+#: cannot resolve (RFC 6761 ``.invalid``) makes that path a connection error instead: fail closed,
+#: and the retry reconnects through Sentinel.
+UNRESOLVED_MASTER = "sentinel-master-not-resolved.invalid"
+
+
 def _master_kwargs(target: RedisTarget, options: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(options)
+    out["host"] = UNRESOLVED_MASTER
     out["db"] = target.db
     if target.username is not None:
         out["username"] = target.username

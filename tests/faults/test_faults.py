@@ -68,6 +68,23 @@ NORMAL = {
 }
 
 
+#: the traffic logs in and refreshes far faster than the default limits allow
+UNLIMITED = {
+    "LOGIN_RATE_LIMIT_IP": "100000/minute",
+    "LOGIN_RATE_LIMIT_ACCOUNT": "100000/minute",
+    "REFRESH_RATE_LIMIT": "100000/minute",
+}
+
+
+def create_users(stack: Stack, domain: str) -> dict[str, str]:
+    """The traffic's users (name -> email), one CLI process each, side by side: start-up time
+    adds up on a busy machine."""
+    users = {name: f"{name}@{domain}" for name in ("notes", "login", "chain", "password")}
+    with concurrent.futures.ThreadPoolExecutor(len(users)) as pool:
+        list(pool.map(lambda email: stack.create_user(email, PASSWORD), users.values()))
+    return users
+
+
 #: kinds of request that are one request each, at a steady pace: they time the recovery
 PROBES = {"proxied", "note", "login", "refresh", "readyz", "backend-readyz"}
 
@@ -159,18 +176,10 @@ def world() -> Iterator[World]:
                 **db,
                 "DATABASE_URL": postgres.dsn("tokengate_gateway"),
                 "CORS_ALLOWED_ORIGINS": ORIGIN,
-                "LOGIN_RATE_LIMIT_IP": "100000/minute",
-                "LOGIN_RATE_LIMIT_ACCOUNT": "100000/minute",
-                "REFRESH_RATE_LIMIT": "100000/minute",
+                **UNLIMITED,
             },
         ) as stack:
-            users = {
-                name: f"{name}@faults.example.test"
-                for name in ("notes", "login", "chain", "password")
-            }
-            # one CLI process each, side by side: start-up time adds up on a busy machine
-            with concurrent.futures.ThreadPoolExecutor(len(users)) as pool:
-                list(pool.map(lambda email: stack.create_user(email, PASSWORD), users.values()))
+            users = create_users(stack, "faults.example.test")
             with stack.extra_gateway() as second:
                 yield World(
                     stack=stack,

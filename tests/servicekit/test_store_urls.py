@@ -167,3 +167,19 @@ def test_readonly_drops_the_connection_sync_and_async(
         admin.replicaof("NO", "ONE")
         admin.close()
         client.close()
+
+
+def test_a_sentinel_connection_never_dials_a_default_host() -> None:
+    """redis-py 7.4's asyncio ``send_packed_command`` connects by itself, past Sentinel: the
+    connection must fail, not reach whatever Redis listens on localhost:6379 (this machine has
+    one)."""
+    target = redis_url.parse("redis+sentinel://127.0.0.1:1/m")
+    pool: Any = redis_url.async_pool(target, socket_connect_timeout=0.5)
+
+    async def scenario() -> None:
+        connection = pool.make_connection()
+        with pytest.raises(RedisConnectionError):
+            await connection.send_packed_command(connection.pack_command("PING"))
+        assert connection.host == redis_url.UNRESOLVED_MASTER
+
+    asyncio.run(scenario())

@@ -49,6 +49,23 @@ def _stop_process(proc: subprocess.Popen[bytes], sig: int, timeout: float = 15.0
         proc.wait(5)
 
 
+def postgres_command(bin_dir: Path, data: Path, port: int) -> list[str]:
+    """``postgres`` on 127.0.0.1:``port`` only (no Unix socket), room for a test's connections."""
+    return [
+        str(bin_dir / "postgres"),
+        "-D",
+        str(data),
+        "-p",
+        str(port),
+        "-c",
+        "listen_addresses=127.0.0.1",
+        "-c",
+        "unix_socket_directories=",
+        "-c",
+        "max_connections=200",
+    ]
+
+
 class PrivatePostgres:
     """One PostgreSQL cluster in ``folder``: TCP on 127.0.0.1 only, trust authentication."""
 
@@ -98,19 +115,7 @@ class PrivatePostgres:
         """Start the server; return the monotonic time it first accepted a connection."""
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [
-                    str(self._bin / "postgres"),
-                    "-D",
-                    str(self.data),
-                    "-p",
-                    str(self.port),
-                    "-c",
-                    "listen_addresses=127.0.0.1",
-                    "-c",
-                    "unix_socket_directories=",
-                    "-c",
-                    "max_connections=200",
-                ],
+                postgres_command(self._bin, self.data, self.port),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 user=self._user,
@@ -150,6 +155,13 @@ class PrivatePostgres:
         self.fast_shutdown()
 
 
+def redis_args(port: int, folder: Path) -> list[str]:
+    """A ``redis-server`` on 127.0.0.1:``port`` that keeps nothing on disk."""
+    options = {"port": str(port), "bind": "127.0.0.1", "save": "", "appendonly": "no"}
+    options["dir"] = str(folder)
+    return [item for name, value in options.items() for item in (f"--{name}", value)]
+
+
 class PrivateRedis:
     """A ``redis-server`` that keeps nothing on disk: a restart comes back empty."""
 
@@ -172,19 +184,7 @@ class PrivateRedis:
         self.folder.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [
-                    str(self._binary),
-                    "--port",
-                    str(self.port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    str(self.folder),
-                ],
+                [str(self._binary), *redis_args(self.port, self.folder)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
