@@ -217,16 +217,22 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
+    database = backend_state(request).pool
     try:
-        await asyncio.wait_for(backend_state(request).pool.fetchval("SELECT 1"), 2.0)
+        # a standby (a pool that reached one, a demoted primary) cannot take the writes
+        writable = await asyncio.wait_for(database.fetchval("SELECT NOT pg_is_in_recovery()"), 2.0)
     except Exception:
+        writable = False
+    # which DATABASE_URL host, by its index in the list: a bounded answer
+    in_use = {"postgres_host": database.host_index}
+    if writable is not True:
         log_event(logger, "readiness_failed", logging.WARNING, dependency="postgres")
         return JSONResponse(
-            {"status": "unavailable", "checks": {"postgres": False}},
+            {"status": "unavailable", "checks": {"postgres": False}, "in_use": in_use},
             status_code=503,
             headers={"Retry-After": "2"},
         )
-    return JSONResponse({"status": "ready", "checks": {"postgres": True}})
+    return JSONResponse({"status": "ready", "checks": {"postgres": True}, "in_use": in_use})
 
 
 # --- errors -------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
-from servicekit import config
+from servicekit import config, pg_url
 from servicekit.logs import configure_logging
 
 from backend import audit, broadcast
@@ -84,7 +84,9 @@ def _password_stdin_flag(parser: argparse.ArgumentParser) -> None:
 
 def _database_url(args: argparse.Namespace) -> str:
     url = getattr(args, "database_url", None)
-    return url or config.get_str(config.environ(), "DATABASE_URL")
+    if url:
+        return pg_url.checked(url, name="--database-url")
+    return pg_url.checked(config.get_str(config.environ(), "DATABASE_URL"))
 
 
 def _password_from_stdin() -> str:

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from internal_auth import KeyLoadError, KeySet, load_public_keys
 from internal_auth.replay import DEFAULT_MAX_ENTRIES
-from servicekit import config, otel
+from servicekit import config, otel, pg_url
 from servicekit.config import ConfigError
 from servicekit.db import PoolSettings
 from servicekit.logs import log_format_from_env
@@ -62,7 +62,7 @@ class Settings:
                 else None
             ),
             jwks_cooldown=config.get_float(env, "INTERNAL_JWKS_COOLDOWN", 5.0, minimum=0.1),
-            database_url=config.get_str(env, "DATABASE_URL"),
+            database_url=pg_url.checked(config.get_str(env, "DATABASE_URL")),
             public_keys=keys,
             gateway_id=config.get_str(env, "GATEWAY_ID", "tokengate-gateway"),
             backend_id=config.get_str(env, "BACKEND_ID", "tokengate-backend"),

@@ -276,8 +276,7 @@ class Settings:
         iat_window = get_int(environ, "DPOP_IAT_WINDOW", 60, minimum=1)
         if iat_window > 600:
             raise ConfigError("DPOP_IAT_WINDOW must be at most 600 seconds")
-        database_url = get_str(environ, "DATABASE_URL")
-        pg_url.hosts(database_url)
+        database_url = pg_url.checked(get_str(environ, "DATABASE_URL"))
         redis = redis_urls.from_env(environ)
         return cls(
             database_url=database_url,
@@ -353,8 +352,7 @@ class OperatorSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> OperatorSettings:
-        database_url = get_str(environ, "DATABASE_URL")
-        pg_url.hosts(database_url)
+        database_url = pg_url.checked(get_str(environ, "DATABASE_URL"))
         return cls(
             database_url=database_url,
             redis=redis_urls.from_env(environ),
@@ -375,10 +373,8 @@ class PruneSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> PruneSettings:
         access_ttl = get_int(environ, "ACCESS_TOKEN_TTL", 600, minimum=1)
-        database_url = get_str(environ, "DATABASE_URL")
-        pg_url.hosts(database_url)
         return cls(
-            database_url=database_url,
+            database_url=pg_url.checked(get_str(environ, "DATABASE_URL")),
             retention=ledger_retention(environ, access_ttl),
             access_token_ttl=access_ttl,
         )

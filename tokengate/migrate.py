@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from servicekit import config
+from servicekit import config, pg_url
 
 from tokengate import email_backfill
 
@@ -140,7 +140,10 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    dsn = args.database_url or config.get_str(config.environ(), "DATABASE_URL")
+    if args.database_url:
+        dsn = pg_url.checked(args.database_url, name="--database-url")
+    else:
+        dsn = pg_url.checked(config.get_str(config.environ(), "DATABASE_URL"))
     passwords: dict[str, str] = {}
     if args.set_role_passwords:
         for role, variable in ROLE_PASSWORD_VARIABLES.items():

@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl
 
 from servicekit.config import ConfigError
 
-__all__ = ["MAX_HOSTS", "MAX_URL_LENGTH", "host_index", "hosts", "problems"]
+__all__ = ["MAX_HOSTS", "MAX_URL_LENGTH", "checked", "host_index", "hosts", "problems"]
 
 MAX_HOSTS = 8
 MAX_URL_LENGTH = 4096
@@ -62,6 +62,12 @@ def hosts(dsn: str, *, name: str = "DATABASE_URL") -> tuple[tuple[str, int], ...
             "connection may land on a read-only standby"
         )
     return tuple(out)
+
+
+def checked(dsn: str, *, name: str = "DATABASE_URL") -> str:
+    """``dsn`` itself once :func:`hosts` accepts it (for settings and command lines)."""
+    hosts(dsn, name=name)
+    return dsn
 
 
 def host_index(listed: tuple[tuple[str, int], ...], address: object) -> int:

@@ -320,6 +320,24 @@ async def _scenario(
         if reasons.get("reuse"):
             problems.append(f"{reasons['reuse']} families revoked as reuse by a failover")
 
+        # tokengate users (the backend's command) broadcasts new epochs through Sentinel too:
+        # the access token dies on both gateways at once, not at their next epoch reload (30 s)
+        email = world.users["login"]
+        victim = await traffic.login(client, gateways[1], email)
+        assert victim is not None
+        await asyncio.sleep(1.1)  # epochs are whole seconds: the token must predate the change
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "tokengate.cli", "users", "end-sessions", "--email", email],
+            env={**world.stack.backend_env, "REDIS_KEY_PREFIX": world.redis_prefix},
+            capture_output=True,
+            timeout=60,
+        )
+        if done.returncode != 0 or b"not broadcast" in done.stderr:
+            problems.append(f"tokengate users end-sessions: {done.stderr[-500:]!r}")
+        elif not await _denied_everywhere(client, gateways, victim, within=2.0):
+            problems.append("tokengate users end-sessions did not reach both gateways at once")
+
         # the login rate limit reads its counts from the master, never from the replica
         problems.extend(await _counts_read_from_master(client, gateways, world, sentinels))
 

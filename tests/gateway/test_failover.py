@@ -13,8 +13,12 @@ The whole failover under traffic (a real standby promoted, Redis Sentinel) is in
 
 from __future__ import annotations
 
-import asyncpg
+from urllib.parse import urlsplit
 
+import asyncpg
+from prometheus_client import REGISTRY
+
+from gateway import gauges, metrics
 from tests.gateway.conftest import FakeBackend, Harness, login, refresh_cookie, refresh_with
 from tests.gateway.test_refresh import _login
 
@@ -83,3 +87,31 @@ async def test_a_read_only_database_is_503_with_retry_after_and_expires_the_pool
             assert answer.headers["retry-after"]
             assert answer.json()["error"]["code"] == "service_unavailable"
         assert database.expirations > before
+
+
+async def test_readyz_and_the_gauges_name_the_host_and_master_in_use(
+    gateway: Harness, env: dict[str, str]
+) -> None:
+    parts = urlsplit(env["REDIS_URL"])
+    master = f"{parts.hostname}:{parts.port or 6379}"
+    async with gateway(env) as client:
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json()["in_use"] == {"postgres_host": 0, "redis_master": master}
+        gauges.sample_once(client.app.state)
+    assert REGISTRY.get_sample_value("tokengate_gateway_postgres_host", {"index": "0"}) == 1
+    assert REGISTRY.get_sample_value("tokengate_gateway_redis_master", {"address": master}) == 1
+
+
+def test_the_master_label_is_bounded() -> None:
+    """Sentinel may name any address: past MAX_MASTER_LABELS they all count as ``other``."""
+    for i in range(metrics.MAX_MASTER_LABELS + 4):
+        metrics.redis_master(f"10.9.9.{i}:6379")
+    series = {
+        s.labels["address"]
+        for family in REGISTRY.collect()
+        if family.name == "tokengate_gateway_redis_master"
+        for s in family.samples
+    }
+    assert len(series) <= metrics.MAX_MASTER_LABELS + 1
+    assert REGISTRY.get_sample_value("tokengate_gateway_redis_master", {"address": "other"}) == 1
