@@ -320,6 +320,11 @@ async def _scenario(
         if reasons.get("reuse"):
             problems.append(f"{reasons['reuse']} families revoked as reuse by a failover")
 
+        # every revocation acknowledged during the failovers holds on both gateways
+        for session in traffic.revoked:
+            if not await _denied_everywhere(client, gateways, session, within=0):
+                problems.append(f"acknowledged revocation of {session.sid} did not hold")
+
         # tokengate users (the backend's command) broadcasts new epochs through Sentinel too:
         # the access token dies on both gateways at once, not at their next epoch reload (30 s)
         email = world.users["login"]

@@ -66,6 +66,11 @@ def test_a_backend_url_with_credentials_is_refused_without_echoing_them(
         ({"REFRESH_GRACE_SECONDS": "-1"}, "REFRESH_GRACE_SECONDS"),
         ({"COOKIE_SECURE": "maybe"}, "COOKIE_SECURE"),
         ({"INTERNAL_TOKEN_TTL": "120"}, "INTERNAL_TOKEN_TTL"),
+        # issue 29: the HA forms, checked at start-up
+        ({"REDIS_URL": "redis+cluster://r1:6379"}, "REDIS_URL"),
+        ({"REDIS_URL": "redis+sentinel://s1:26379"}, "REDIS_URL"),
+        ({"REDIS_SENTINEL_PASSWORD": "for-a-plain-url"}, "REDIS_SENTINEL_PASSWORD"),
+        ({"DATABASE_URL": "postgresql://gw@db1,db2/tokengate"}, "DATABASE_URL"),
     ],
 )
 def test_bad_settings_name_the_variable(
@@ -129,3 +134,17 @@ def test_invalid_private_key_is_refused_at_start_up(env: dict[str, str]) -> None
 def test_trusted_proxies_parse(env: dict[str, str]) -> None:
     settings = Settings.from_env({**env, "TRUSTED_PROXIES": "10.0.0.0/8, 192.0.2.1"})
     assert [str(n) for n in settings.trusted_proxies] == ["10.0.0.0/8", "192.0.2.1/32"]
+
+
+def test_sentinel_and_several_database_hosts_are_accepted(env: dict[str, str]) -> None:
+    settings = Settings.from_env(
+        {
+            **env,
+            "REDIS_URL": "redis+sentinel://:pw@s1:26379,s2:26379/tokengate?db=1",
+            "REDIS_SENTINEL_PASSWORD": "sentinel-secret",
+            "DATABASE_URL": "postgresql://gw@db1,db2:5433/tg?target_session_attrs=read-write",
+        }
+    )
+    assert settings.redis.sentinels == (("s1", 26379), ("s2", 26379))
+    assert settings.redis.sentinel_password == "sentinel-secret"
+    assert "sentinel-secret" not in repr(settings)
