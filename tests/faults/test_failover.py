@@ -407,8 +407,10 @@ def test_dpop_replay_cache_follows_a_sentinel_failover(
 ) -> None:
     """The replay cache's own connection (made by the Sentinel-managed pool) leaves a demoted
     master: a manual failover keeps the old master up as a replica, and claims must go to the
-    new one, while a ``jti`` claimed before the failover is still refused after it."""
-    _, sentinels, _ = ha
+    new one, while a ``jti`` claimed before the failover is still refused after it. The
+    gateways' revocation channel, subscribed on the old master, must follow too: a logout on A
+    still kills the access token on B."""
+    world, sentinels, _ = ha
 
     async def scenario() -> None:
         target = redis_url.parse(sentinels.url, sentinel_password=SENTINEL_PASSWORD)
@@ -444,6 +446,16 @@ def test_dpop_replay_cache_follows_a_sentinel_failover(
             assert connection is not None and connection.port == new
             # the replayed proof: replicated before the failover, still refused after it
             assert await cache.claim(before) is False
+            async with httpx.AsyncClient(timeout=15.0, headers={"Origin": ORIGIN}) as http:
+                traffic = Traffic(world)
+                deadline = time.monotonic() + 20.0
+                while True:  # login and logout fail closed (503) until the switch is done
+                    if await _logout_on_a_kills_on_b(
+                        traffic, http, world.gateways, world.users["notes"]
+                    ):
+                        break
+                    assert time.monotonic() < deadline, "logout on A never reached B"
+                    await asyncio.sleep(0.5)
         finally:
             await cache.close()
             await client.aclose()
