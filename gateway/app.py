@@ -242,6 +242,8 @@ def create_app(
         log_event(
             logger,
             "gateway_started",
+            # the form and hosts only, never a password
+            redis=settings.redis.describe(),
             revocation_connected=revoked.connected,
             epochs_loaded=epochs.loaded,
         )

@@ -32,6 +32,8 @@ def test_sentinel_url_parts() -> None:
     assert "s3cret" not in repr(target) and "s3cret" not in target.describe()
     assert "sentinel-pw" not in repr(target)
     assert redis_url.parse("rediss+sentinel://h1:1,h2:2/m").tls
+    plain = redis_url.parse("redis://u:plain-secret@h:6380/0")
+    assert plain.describe() == "redis://h:6380" and not plain.is_sentinel
 
 
 def test_the_master_password_is_never_sent_to_the_sentinels() -> None:
