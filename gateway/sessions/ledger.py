@@ -524,6 +524,10 @@ class Ledger:
         secret = presented.jti if presented.sec is None else presented.sec
         digest = secret_digest(secret)
         if gen > generation:
+            # A generation the ledger never recorded: minted with the signing secret, or (far
+            # likelier) a rotation the old primary committed and lost in a failover (issue 29).
+            # Either way a plain 401 that changes nothing: revoking here would log an honest
+            # user out everywhere for a database's loss.
             return RotateResult(Outcome.FORGED, **base)
         if gen == generation and hmac.compare_digest(digest, row["current_digest"]):
             absolute = _epoch(row["absolute_expires_at"])
