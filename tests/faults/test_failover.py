@@ -355,6 +355,10 @@ async def _scenario(
             f"{traffic.lost_rotations_reused} |"
         )
     lines.append(f"families revoked, by reason: {dict(reasons)}")
+    # a 401 is either the password client asking which password is in force, or a refresh whose
+    # rotation was lost with the old primary (a plain 401, never reuse): say which
+    unauthorized = collections.Counter(s.kind for s in traffic.samples if s.status == 401)
+    lines.append(f"401 answers by kind of request: {dict(unauthorized)}")
     with capsys.disabled():
         print("\n".join(lines))
     counted = collections.Counter(problems)
