@@ -14,7 +14,10 @@ _Flow = Generator[httpx.Request, httpx.Response, None]
 
 
 class AuthenticationError(Exception):
-    """Login or refresh failed; the message names the status and the gateway's error code."""
+    """Login or refresh failed, or the session ended (logged out, revoked, expired); the message
+    names the status and the gateway's error code. A session that ended stays ended: the client
+    never logs in again on its own (that would undo a revocation); make a new :class:`DPoPAuth`
+    when the application decides to log in again."""
 
 
 def _error_code(response: httpx.Response) -> str:
@@ -36,12 +39,18 @@ class DPoPAuth(httpx.Auth):
     - Each request gets ``Authorization: DPoP <access token>`` and a fresh proof for its method
       and URL (with ``ath`` and the last server nonce seen).
     - The access token is refreshed ``refresh_margin`` seconds before it expires, and after a 401
-      ``invalid_token``; a refresh that is refused logs in again with the stored credentials.
+      ``invalid_token``. A refresh that is refused means the session ended (logout, a revoke by
+      the user or an operator, a password change elsewhere, its lifetime): the request raises
+      :class:`AuthenticationError`, and so does every later one. The client never logs in again
+      by itself: the password is dropped as soon as the login it was given for succeeds, so a
+      revoked session stays revoked.
     - A 401 or 400 ``use_dpop_nonce`` is retried once with the ``DPoP-Nonce`` it carried.
+    - :meth:`resume` carries a session on from a refresh token kept by an earlier run (with the
+      same key); :attr:`refresh_token` is what to keep. ``tokengate client`` does exactly that.
 
-    Tokens and the password live in this object's memory only; ``repr`` shows neither. One
-    object per client; concurrent requests that refresh at the same moment are safe (the gateway
-    hands every retry inside its grace window the same successor).
+    Tokens live in this object's memory only; ``repr`` shows none. One object per client;
+    concurrent requests that refresh at the same moment are safe (the gateway hands every retry
+    inside its grace window the same successor).
     """
 
     requires_response_body = True
@@ -58,7 +67,9 @@ class DPoPAuth(httpx.Auth):
     ) -> None:
         self.key = key or DPoPKey.generate()
         self._email = email
-        self._password = password
+        # kept only until the one login it is for succeeds (or is refused): see _login
+        self._password: str | None = password
+        self._ended: str | None = None
         self._prefix = auth_prefix.rstrip("/")
         self._margin = refresh_margin
         self._clock = clock
@@ -67,19 +78,77 @@ class DPoPAuth(httpx.Auth):
         self._expires_at = 0.0
         self._nonce: str | None = None
 
+    @classmethod
+    def resume(
+        cls,
+        refresh_token: str,
+        *,
+        key: DPoPKey,
+        email: str = "",
+        access_token: str | None = None,
+        expires_at: float = 0.0,
+        auth_prefix: str = "/api/v1/auth",
+        refresh_margin: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> DPoPAuth:
+        """A client for a session an earlier run logged in: its (key-bound) refresh token, the
+        key it is bound to, and optionally the last access token and when it expires (epoch
+        seconds). No password: when the session ends, it ends."""
+        auth = cls(
+            email,
+            "",
+            key=key,
+            auth_prefix=auth_prefix,
+            refresh_margin=refresh_margin,
+            clock=clock,
+        )
+        auth._password = None
+        auth._refresh = refresh_token
+        auth._access = access_token
+        auth._expires_at = expires_at if access_token is not None else 0.0
+        return auth
+
     def __repr__(self) -> str:
-        state = "logged in" if self._access else "not logged in"
+        if self._ended is not None:
+            state = "session ended"
+        else:
+            state = "logged in" if self._access else "not logged in"
         return f"DPoPAuth(email={self._email!r}, key={self.key!r}, {state})"
 
     @property
     def logged_in(self) -> bool:
         return self._access is not None
 
+    @property
+    def ended(self) -> bool:
+        """The session ended (logout, revoked, refused): every request raises from now on."""
+        return self._ended is not None
+
+    @property
+    def refresh_token(self) -> str | None:
+        """The current refresh token (bound to :attr:`key`), to keep for :meth:`resume`. It is
+        rotated on every refresh: keep the newest one, with the care of a password."""
+        return self._refresh
+
+    @property
+    def access_token(self) -> str | None:
+        return self._access
+
+    @property
+    def expires_at(self) -> float:
+        """When :attr:`access_token` expires (epoch seconds, the client's clock)."""
+        return self._expires_at
+
     # -- the flow httpx drives ---------------------------------------------------------------
 
     def auth_flow(self, request: httpx.Request) -> _Flow:
+        if self._ended is not None:
+            raise AuthenticationError(self._ended)
         if self._access is None:
-            yield from self._login(request.url)
+            if self._refresh is not None:
+                yield from self._renew(request.url)
+            else:
+                yield from self._login(request.url)
         elif self._clock() >= self._expires_at - self._margin:
             yield from self._renew(request.url)
         response = yield self._signed(request)
@@ -103,11 +172,12 @@ class DPoPAuth(httpx.Auth):
         """End the session on the gateway (body-mode logout with a proof) and forget it."""
         request = self._logout_request(client)
         if request is None:
+            self._end("logged out")
             return
         response = client.send(request, auth=None)
         if self._remember_nonce(response) and _error_code(response) == "use_dpop_nonce":
             response = client.send(self._logout_request(client) or request, auth=None)
-        self._forget()
+        self._end("logged out")
         if response.status_code != 204:
             raise AuthenticationError(f"logout failed: {response.status_code}")
 
@@ -115,11 +185,12 @@ class DPoPAuth(httpx.Auth):
         """:meth:`logout` for an ``httpx.AsyncClient``."""
         request = self._logout_request(client)
         if request is None:
+            self._end("logged out")
             return
         response = await client.send(request, auth=None)
         if self._remember_nonce(response) and _error_code(response) == "use_dpop_nonce":
             response = await client.send(self._logout_request(client) or request, auth=None)
-        self._forget()
+        self._end("logged out")
         if response.status_code != 204:
             raise AuthenticationError(f"logout failed: {response.status_code}")
 
@@ -167,13 +238,21 @@ class DPoPAuth(httpx.Auth):
         return response
 
     def _login(self, base: httpx.URL) -> _Flow:
+        if self._password is None:  # the one login this object was given a password for is done
+            raise AuthenticationError(self._ended or "no session: log in with a new DPoPAuth")
         response = yield from self._auth_call(
             base, "login", {"email": self._email, "password": self._password}
         )
         if response.status_code != 200:
-            raise AuthenticationError(
-                f"login failed: {response.status_code} {_error_code(response)}".strip()
-            )
+            message = f"login failed: {response.status_code} {_error_code(response)}".strip()
+            if response.status_code in (401, 403):
+                # refused credentials are not tried again: each try would count as a failure
+                # against the account's login limit. A 429 or a 5xx may be retried later.
+                self._end(message)
+            raise AuthenticationError(message)
+        # The password has done its job: a client that kept it could log in again after a
+        # logout or a revoke and silently undo it (issue 24, item 9).
+        self._password = None
         self._store(response)
 
     def _renew(self, base: httpx.URL) -> _Flow:
@@ -184,9 +263,10 @@ class DPoPAuth(httpx.Auth):
         if response.status_code == 200:
             self._store(response)
         elif response.status_code == 401:
-            # the session ended (expired, revoked, logged out elsewhere): start a new one
-            self._forget()
-            yield from self._login(base)
+            # the session ended (expired, revoked, logged out elsewhere): it stays ended
+            message = f"session ended: {response.status_code} {_error_code(response)}".strip()
+            self._end(message)
+            raise AuthenticationError(message)
         else:
             raise AuthenticationError(
                 f"refresh failed: {response.status_code} {_error_code(response)}".strip()
@@ -197,12 +277,16 @@ class DPoPAuth(httpx.Auth):
         if body.get("token_type") != "DPoP" or not body.get("refresh_token"):
             # never carry on with an unbound session (a gateway without PUBLIC_ORIGIN, a proxy
             # that dropped the DPoP header, ...): fail loudly instead
+            self._end("the gateway did not bind the session to this key")
             raise AuthenticationError("the gateway did not bind the session to this key")
         self._access = str(body["access_token"])
         self._refresh = str(body["refresh_token"])
         self._expires_at = self._clock() + float(body.get("expires_in", 0))
 
-    def _forget(self) -> None:
+    def _end(self, reason: str) -> None:
+        """Forget the tokens and the password; every later request raises ``reason``."""
         self._access = None
         self._refresh = None
         self._expires_at = 0.0
+        self._password = None
+        self._ended = reason

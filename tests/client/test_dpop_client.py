@@ -1,6 +1,6 @@
 """``tokengate_client.DPoPAuth`` against the real stack (gateway and backend processes, real
 PostgreSQL and Redis): login, signed requests, nonce retries, refresh before expiry and after a
-401, logout, and the README example run as written."""
+401, logout, revocations that stay revoked, and the README example run as written."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ import re
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 from tokengate_client import AuthenticationError, DPoPAuth, DPoPKey
@@ -62,6 +64,105 @@ def _user(stack: Stack) -> str:
     email = f"client-{time.monotonic_ns()}@example.test"
     stack.create_user(email, PASSWORD)
     return email
+
+
+def _logins(dsn: str, email: str) -> int:
+    """How many sessions (families) the account ever had: each login at the gateway makes one."""
+
+    async def count() -> int:
+        conn = await asyncpg.connect(dsn)
+        try:
+            found: int = await conn.fetchval(
+                "SELECT count(*) FROM refresh_session s JOIN users u ON u.id = s.user_id"
+                " WHERE u.email = $1",
+                email,
+            )
+            return found
+        finally:
+            await conn.close()
+
+    return asyncio.run(count())
+
+
+def _revoke_with_the_cli(stack: Stack, email: str) -> None:
+    env = {**stack.gateway_env, "BACKEND_DATABASE_URL": stack.backend_env["DATABASE_URL"]}
+    done = subprocess.run(
+        [sys.executable, "-m", "tokengate.cli", "sessions", "revoke", "--email", email],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "revoked 1 session(s)" in done.stdout
+
+
+def _revoke_like_the_sessions_page(stack: Stack, email: str) -> None:
+    """The demo's sessions page: another login of the same user revokes the first session."""
+    other = DPoPAuth(email, PASSWORD)
+    with httpx.Client(base_url=stack.gateway_url, auth=other, timeout=30) as page:
+        sessions = page.get("/api/v1/auth/sessions").json()["sessions"]
+        [first] = [s for s in sessions if not s["current"]]
+        assert page.delete(f"/api/v1/auth/sessions/{uuid.UUID(first['id'])}").status_code == 204
+
+
+@pytest.mark.parametrize("how", ["logout", "cli-revoke", "sessions-page-revoke"])
+def test_an_ended_session_stays_ended(stack: Stack, migrated_dsn: str, how: str) -> None:
+    """Issue 24, item 9: after a logout or a revoke the next request raises, and the client
+    never logs in again with a password it kept (the old client did, undoing the revoke)."""
+    email = _user(stack)
+    auth = DPoPAuth(email, PASSWORD, refresh_margin=0)
+    with httpx.Client(base_url=stack.gateway_url, auth=auth, timeout=30) as api:
+        assert api.get("/api/v1/me").status_code == 200
+        assert PASSWORD not in vars(auth).values()  # the password went with the login
+        if how == "logout":
+            auth.logout(api)
+        elif how == "cli-revoke":
+            _revoke_with_the_cli(stack, email)
+        else:
+            _revoke_like_the_sessions_page(stack, email)
+        logins = _logins(migrated_dsn, email)
+        # the revocation reaches the gateway over Redis within a moment
+        deadline = time.monotonic() + 5
+        with pytest.raises(AuthenticationError, match=r"ended|logged out"):
+            while time.monotonic() < deadline:
+                api.get("/api/v1/me")
+                time.sleep(0.05)
+        assert auth.ended and not auth.logged_in and auth.refresh_token is None
+        with pytest.raises(AuthenticationError):
+            api.get("/api/v1/me")
+    assert _logins(migrated_dsn, email) == logins, "the client logged in again by itself"
+
+
+def test_a_refused_password_is_not_tried_again(stack: Stack, migrated_dsn: str) -> None:
+    email = _user(stack)
+    auth = DPoPAuth(email, "not the password")
+    with httpx.Client(base_url=stack.gateway_url, auth=auth, timeout=30) as api:
+        with pytest.raises(AuthenticationError, match="login failed: 401"):
+            api.get("/api/v1/me")
+        with pytest.raises(AuthenticationError, match="login failed: 401"):
+            api.get("/api/v1/me")
+    assert auth.ended
+
+
+def test_resume_carries_a_session_on_with_the_same_key(stack: Stack) -> None:
+    email = _user(stack)
+    first = DPoPAuth(email, PASSWORD)
+    with httpx.Client(base_url=stack.gateway_url, auth=first, timeout=30) as api:
+        assert api.get("/api/v1/me").status_code == 200
+    kept = first.refresh_token
+    assert kept is not None
+    key = DPoPKey.from_pem(first.key.to_pem())
+    resumed = DPoPAuth.resume(kept, key=key)
+    with httpx.Client(base_url=stack.gateway_url, auth=resumed, timeout=30) as api:
+        assert api.get("/api/v1/me").json()["email"] == email
+        assert resumed.refresh_token not in (None, kept)  # rotated on the way in
+        # another key cannot carry the session on
+        stolen = DPoPAuth.resume(str(resumed.refresh_token), key=DPoPKey.generate())
+        with pytest.raises(AuthenticationError, match="session ended: 401"):
+            api.get("/api/v1/me", auth=stolen)
+        assert api.get("/api/v1/me").status_code == 200
+        resumed.logout(api)
 
 
 class Recorder:
