@@ -10,6 +10,14 @@ a configured trusted proxy; only then is ``X-Forwarded-For`` read, right to left
 hops, and only an IP address is believed. Trusting the header by default would let any client
 pick its own IP and never be limited.
 
+The per-account login limit counts **failures** (issue 24, item 11): every attempt is counted
+up front, as the others are, and an attempt whose password was right gives its count back
+(:meth:`RateLimits.refund`). Counting first keeps a burst of guesses from slipping past the limit
+while earlier ones are in flight; giving back keeps logins and password changes that succeed from
+locking anyone out. Once the count reached the limit every attempt is refused, the right password
+included (a limit that lets the right password through is an oracle), until the window ends; a
+success does not reset the count (docs/SECURITY.md, "Login limits").
+
 Redis down: the check raises :class:`ServiceUnavailable` (503 + ``Retry-After``). Login fails
 closed: an unlimited login endpoint is an open door to password guessing, and a short outage of
 login is the lesser harm. Refresh fails closed the same way (the client keeps its cookie and
@@ -28,6 +36,7 @@ from typing import Any
 
 from limits import RateLimitItem
 from limits import parse as parse_limit
+from limits.storage import RedisStorage
 from redis.exceptions import RedisError
 from servicekit import redis_url
 from servicekit.emails import normalise_email
@@ -44,6 +53,15 @@ from gateway.settings import Settings
 logger = logging.getLogger("gateway.ratelimit")
 
 REDIS_DOWN_RETRY_AFTER = 5
+
+# Give one count back, only while its window lives: a refund that arrived after the window ended
+# must not create a negative counter that would grant the next window an extra guess.
+_REFUND = b"""
+if redis.call("exists", KEYS[1]) == 1 and tonumber(redis.call("get", KEYS[1])) > 0 then
+    return redis.call("decr", KEYS[1])
+end
+return 0
+"""
 
 
 def account_key(email: str) -> str:
@@ -90,6 +108,11 @@ class RateLimits:
             swallow_errors=False,
             in_memory_fallback_enabled=False,
         )
+        storage = self._limiter.limiter.storage
+        if not isinstance(storage, RedisStorage):  # sentinel and cluster storages are ones too
+            raise TypeError("the login limits need a Redis storage")
+        self._storage = storage
+        self._refund = storage.get_connection().register_script(_REFUND)
         self._trusted = settings.trusted_proxies
         self.login_ip = self._parse(settings.login_rate_limit_ip)
         self.login_account = self._parse(settings.login_rate_limit_account)
@@ -108,6 +131,20 @@ class RateLimits:
         if item is None:
             return {}
         return await run_in_threadpool(self._hit, item, scope, key)
+
+    async def refund(self, item: RateLimitItem | None, scope: str, key: str) -> None:
+        """Give back the count of one attempt :meth:`check` let through (a login or password
+        change whose password was right). Best effort: if Redis cannot be reached the attempt
+        stays counted, which errs on the side of the limit."""
+        if item is not None:
+            await run_in_threadpool(self._give_back, item, scope, key)
+
+    def _give_back(self, item: RateLimitItem, scope: str, key: str) -> None:
+        try:
+            self._refund(keys=[self._storage.prefixed_key(item.key_for(scope, key))])
+        except (RedisError, OSError) as exc:
+            log_event(logger, "ratelimit_refund_failed", logging.WARNING, error=type(exc).__name__)
+            metrics.redis_error("ratelimit")
 
     def _hit(self, item: RateLimitItem, scope: str, key: str) -> dict[str, str]:
         strategy = self._limiter.limiter

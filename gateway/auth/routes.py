@@ -229,12 +229,18 @@ async def login(request: Request) -> Response:
     limits = state.ratelimits
     email, password = _parse_credentials(await read_json(request, limit=MAX_LOGIN_BODY))
     ip = limits.client_ip(request)
+    # the per-IP limit counts every attempt, whatever its outcome
     await limits.check(limits.login_ip, "login-ip", ip)
-    headers = await limits.check(limits.login_account, "login-account", account_key(email))
-    # The proof before the password check: a bad proof costs no argon2 and reveals nothing.
+    # The proof before the password check: a bad proof costs no argon2 and reveals nothing. It
+    # also comes before the account's count, so a client's clock skew or a nonce round trip
+    # never uses up the account's attempts.
     jkt = await _proof_jkt(request)
+    account = account_key(email)
+    headers = await limits.check(limits.login_account, "login-account", account)
     checked_at = _now()
     user = await state.backend.validate(email, password)
+    # the account's limit counts failures only: a right password gives its attempt back
+    await limits.refund(limits.login_account, "login-account", account)
     issued, issued_at, body_mode = await _new_family(
         request, user, user_id=user.id, checked_at=checked_at, ip=ip, jkt=jkt
     )
@@ -449,7 +455,8 @@ async def change_password(request: Request) -> Response:
     family and access token of the user, the caller's included; the caller then gets a new
     family (created after the epoch) with a fresh access token and refresh cookie, so their
     session carries on under a new id. A wrong current password is a bare 403 (a 401 would tell
-    the client to refresh and retry) and counts against the per-account login limit.
+    the client to refresh and retry) and counts against the per-account login limit; a change
+    that succeeds does not.
     """
     state = gateway_state(request)
     if request_origin(request) is not None:
@@ -463,13 +470,16 @@ async def change_password(request: Request) -> Response:
     limits = state.ratelimits
     ip = limits.client_ip(request)
     await limits.check(limits.login_ip, "login-ip", ip)
-    headers = await limits.check(limits.login_account, "login-account", account_key(user.email))
+    account = account_key(user.email)
+    headers = await limits.check(limits.login_account, "login-account", account)
     checked_at = _now()
     try:
         changed = await state.backend.change_password(claims.sub, current, new)
     except Forbidden:
         log_event(logger, "password_change_refused", logging.WARNING, sub=claims.sub)
         raise Forbidden(headers=headers) from None
+    # a refused current password is a guess and stays counted; a change that succeeds is not
+    await limits.refund(limits.login_account, "login-account", account)
     await state.revoked.publish_epochs(changed.epochs)
     ended = await state.ledger.revoke_all_for_user(
         claims.sub, reason="password-changed", now=_now()

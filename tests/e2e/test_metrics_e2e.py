@@ -77,8 +77,9 @@ def test_scrapes_count_real_traffic_exactly(scraped: Scraped) -> None:
         client.cookies.clear()
         assert _login(client, alice, "wrong password 1").status_code == 401
         assert _login(client, alice, "wrong password 2").status_code == 401
-        limited = _login(client, alice, "wrong password 3")
-        assert limited.status_code == 429  # the 4th attempt for one account within a minute
+        assert _login(client, alice, "wrong password 3").status_code == 401
+        limited = _login(client, alice, "wrong password 4")
+        assert limited.status_code == 429  # the 4th failure for one account within a minute
         auth = {"Authorization": f"Bearer {ok.json()['access_token']}"}
 
         assert client.get("/api/v1/me", headers=auth).status_code == 200
@@ -123,7 +124,7 @@ def test_scrapes_count_real_traffic_exactly(scraped: Scraped) -> None:
         return delta(b0, b1, "tokengate_backend_" + name, **labels)
 
     assert gd("logins_total", outcome="success") == 2
-    assert gd("logins_total", outcome="invalid_credentials") == 2
+    assert gd("logins_total", outcome="invalid_credentials") == 3
     assert gd("logins_total", outcome="rate_limited") == 1
     assert gd("rate_limited_total", limit="login-account") == 1
     assert gd("rate_limited_total", limit="login-ip") == 0
@@ -134,7 +135,7 @@ def test_scrapes_count_real_traffic_exactly(scraped: Scraped) -> None:
 
     req = "requests_total"
     assert gd(req, route="/api/v1/auth/login", method="POST", status_class="2xx") == 2
-    assert gd(req, route="/api/v1/auth/login", method="POST", status_class="4xx") == 3
+    assert gd(req, route="/api/v1/auth/login", method="POST", status_class="4xx") == 4
     assert gd(req, route="/api/v1/auth/refresh", method="POST", status_class="2xx") == 1
     assert gd(req, route="/api/v1/auth/refresh", method="POST", status_class="4xx") == 1
     assert gd(req, route="/api/v1/auth/logout", method="POST", status_class="2xx") == 1
@@ -148,14 +149,14 @@ def test_scrapes_count_real_traffic_exactly(scraped: Scraped) -> None:
     assert gd("backend_failures_total", kind="connect") == 0
 
     assert bd("requests_total", route="/internal/auth/validate", method="POST", status="200") == 2
-    assert bd("requests_total", route="/internal/auth/validate", method="POST", status="401") == 2
+    assert bd("requests_total", route="/internal/auth/validate", method="POST", status="401") == 3
     assert bd("requests_total", route="/v1/me", method="GET", status="200") == 1
     assert bd("requests_total", route="/v1/me", method="GET", status="401") == 1
     assert bd("requests_total", route="/v1/notes/{note_id}", method="GET", status="200") == 2
     assert bd("requests_total", route="other", method="GET", status="404") == 1
     assert bd("internal_token_rejections_total", reason="missing") == 1
     assert bd("internal_token_rejections_total", reason="bad_signature") == 0
-    assert bd("password_verification_seconds_count") == 4
+    assert bd("password_verification_seconds_count") == 5
     assert value(b1, "tokengate_backend_password_verifications_running") == 0
     assert value(b1, "tokengate_backend_password_verifications_waiting") == 0
 

@@ -464,8 +464,8 @@ async def test_wrong_current_password_is_a_bare_403_and_rate_limited(
 ) -> None:
     gw = await gateways(LOGIN_RATE_LIMIT_ACCOUNT="3/minute")
     email = await accounts.create()
-    access, refresh = await login(gw, email)  # 1 of 3
-    for _ in range(2):  # 2 and 3 of 3
+    access, refresh = await login(gw, email)  # a success: counts nothing
+    for _ in range(3):  # 1 to 3 of 3
         wrong = await _change_password(gw, access, "a wrong guess at it")
         assert wrong.status_code == 403
         assert wrong.json() == {"error": {"code": "forbidden", "message": "forbidden"}}
@@ -479,6 +479,31 @@ async def test_wrong_current_password_is_a_bare_403_and_rate_limited(
     # and nothing changed: the session lives, the password is the old one
     assert (await gw.get("/api/v1/notes", headers=bearer(access))).status_code == 200
     assert (await refresh_with(gw, refresh)).status_code == 200
+
+
+async def test_password_changes_that_succeed_count_nothing(
+    accounts: Accounts, gateways: Start
+) -> None:
+    """Issue 24, item 11: only refused passwords count against the account's login limit."""
+    gw = await gateways(LOGIN_RATE_LIMIT_ACCOUNT="2/minute")
+    email = await accounts.create()
+    access, _ = await login(gw, email)
+    current = PASSWORD
+    for n in range(3):
+        new = f"{NEW_PASSWORD} {n}"
+        changed = await _change_password(gw, access, current, new)
+        assert changed.status_code == 200, changed.text
+        access, current = changed.json()["access_token"], new
+    # the account still has both of its attempts
+    assert (await _change_password(gw, access, "wrong one")).status_code == 403
+    assert (
+        await gw.post("/api/v1/auth/login", json={"email": email, "password": current})
+    ).status_code == 200
+    assert (
+        await gw.post("/api/v1/auth/login", json={"email": email, "password": "no"})
+    ).status_code == 401
+    blocked = await gw.post("/api/v1/auth/login", json={"email": email, "password": current})
+    assert blocked.status_code == 429 and "retry-after" in blocked.headers
 
 
 async def test_password_change_input_and_origin(accounts: Accounts, gateways: Start) -> None:
@@ -538,10 +563,12 @@ async def test_email_spellings_are_one_account_and_one_login_bucket(
         assert response.status_code == 200, (spelling, response.text)
         ids.add(response.json()["user"]["id"])
     assert len(ids) == 1
-    # four logins used the account's four attempts: a fifth spelling gets no fresh allowance
-    again = await gw.post(
-        "/api/v1/auth/login", json={"email": email.title(), "password": "wrong guess"}
-    )
+    # successes count nothing; four failures under four spellings use up one bucket, so a
+    # fifth spelling gets no fresh allowance
+    for spelling in _spellings(email):
+        wrong = await gw.post("/api/v1/auth/login", json={"email": spelling, "password": "no!"})
+        assert wrong.status_code == 401
+    again = await gw.post("/api/v1/auth/login", json={"email": email.title(), "password": PASSWORD})
     assert again.status_code == 429
 
 

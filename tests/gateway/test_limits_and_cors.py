@@ -8,6 +8,7 @@ import pytest
 from starlette.requests import Request
 
 from gateway.auth.ratelimit import RateLimits
+from gateway.errors import RateLimited
 from gateway.settings import Settings
 from tests.gateway.conftest import (
     ORIGIN,
@@ -52,6 +53,69 @@ async def test_login_limited_per_account_even_with_wrong_passwords(
     assert limited.status_code == 429
     assert "retry-after" in limited.headers
     assert other.status_code == 200
+
+
+async def test_the_account_limit_counts_failures_not_successes(
+    gateway: Harness, env: dict[str, str], backend: FakeBackend
+) -> None:
+    """Issue 24, item 11: logins that succeed (three tabs, a script) use up nothing; failures
+    do, and at the limit the right password is refused too (anything else is an oracle)."""
+    email = backend.add_user()
+    async with gateway(env, LOGIN_RATE_LIMIT_ACCOUNT="3/minute") as client:
+        for _ in range(6):  # twice the limit, all right
+            assert (await login(client, email)).status_code == 200
+        assert (await login(client, email, "typo")).status_code == 401
+        # a success after a failure does not reset the count (docs/SECURITY.md, "Login limits")
+        assert (await login(client, email)).status_code == 200
+        for _ in range(2):
+            assert (await login(client, email, "wrong")).status_code == 401
+        limited = await login(client, email)  # three failures: the right password waits too
+        other = await login(client, backend.add_user())
+    assert limited.status_code == 429
+    assert limited.json() == {"error": {"code": "rate_limited", "message": "too many requests"}}
+    assert 1 <= int(limited.headers["retry-after"]) <= 60
+    assert other.status_code == 200
+
+
+async def test_a_burst_of_guesses_cannot_slip_past_the_account_limit(
+    gateway: Harness, env: dict[str, str], backend: FakeBackend
+) -> None:
+    """Attempts are counted before the password check, so guesses in flight at once count."""
+    email = backend.add_user()
+    async with gateway(env, LOGIN_RATE_LIMIT_ACCOUNT="3/minute") as client:
+        answers = await asyncio.gather(*(login(client, email, f"guess {i}") for i in range(12)))
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses == [401] * 3 + [429] * 9
+
+
+async def test_the_per_ip_limit_still_counts_every_attempt(
+    gateway: Harness, env: dict[str, str], backend: FakeBackend
+) -> None:
+    email = backend.add_user()
+    async with gateway(env, LOGIN_RATE_LIMIT_IP="3/minute") as client:
+        statuses = [(await login(client, email)).status_code for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+
+
+async def test_a_refund_after_its_window_grants_no_extra_guess(
+    env: dict[str, str], redis_prefix: str
+) -> None:
+    """A success answered after its window ended must not leave a negative counter."""
+    settings = Settings.from_env(
+        {
+            **env,
+            "REDIS_KEY_PREFIX": f"{redis_prefix}refund:",
+            "LOGIN_RATE_LIMIT_ACCOUNT": "2/minute",
+        }
+    )
+    limits = RateLimits(settings)
+    item = limits.login_account
+    assert item is not None
+    await limits.refund(item, "login-account", "gone")  # no window: nothing is created
+    for _ in range(2):
+        await limits.check(item, "login-account", "gone")
+    with pytest.raises(RateLimited):
+        await limits.check(item, "login-account", "gone")
 
 
 async def test_refresh_limited_per_ip(
