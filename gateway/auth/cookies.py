@@ -108,10 +108,25 @@ def request_origin(request: Request) -> str | None:
     return None
 
 
+#: The 403 for a cookie-mode refresh or logout without any ``Origin``: almost always an API
+#: client (curl, a script), which is not cross-site at all, so the answer says what works.
+NO_ORIGIN_MESSAGE = (
+    "refresh and logout with the refresh cookie need the Origin of an allowed browser page; "
+    "an API client logs in with a DPoP proof and sends its key-bound refresh token as JSON "
+    '{"refresh_token": ...} with a DPoP proof (tokengate client, tokengate_client.DPoPAuth)'
+)
+
+
 def check_origin(request: Request, allowed: tuple[str, ...]) -> None:
-    """Reject a cookie-authenticated call that does not come from an allowed origin (403)."""
+    """Reject a cookie-authenticated call that does not come from an allowed origin (403).
+
+    The rule stays whoever calls: the cookie is an ambient credential, and an unbound refresh
+    token is never handed out in a body instead. Only the message differs, so that a client
+    without ``Origin`` learns what to do rather than that it is "cross-site"."""
     origin = request_origin(request)
-    if origin is None or origin not in allowed:
+    if origin is None:
+        raise Forbidden(NO_ORIGIN_MESSAGE)
+    if origin not in allowed:
         raise Forbidden("cross-site request refused")
 
 

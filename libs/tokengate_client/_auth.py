@@ -64,8 +64,10 @@ class DPoPAuth(httpx.Auth):
         auth_prefix: str = "/api/v1/auth",
         refresh_margin: float = 30.0,
         clock: Callable[[], float] = time.time,
+        timeout: float = 30.0,
     ) -> None:
         self.key = key or DPoPKey.generate()
+        self._timeout: dict[str, Any] = {"timeout": httpx.Timeout(timeout).as_dict()}
         self._email = email
         # kept only until the one login it is for succeeds (or is refused): see _login
         self._password: str | None = password
@@ -166,6 +168,43 @@ class DPoPAuth(httpx.Auth):
             response = yield self._signed(request)
             self._remember_nonce(response)
 
+    # -- explicit steps (a command line drives these one at a time) -----------------------------
+
+    def login(self, client: httpx.Client) -> None:
+        """Log in now (the first request does it otherwise); raises :class:`AuthenticationError`."""
+        self._drive(client, self._login(client.base_url))
+
+    def refresh(self, client: httpx.Client) -> None:
+        """Rotate the refresh token now; raises :class:`AuthenticationError` if the session
+        ended (and it stays ended)."""
+        self._drive(client, self._renew(client.base_url))
+
+    async def alogin(self, client: httpx.AsyncClient) -> None:
+        """:meth:`login` for an ``httpx.AsyncClient``."""
+        await self._adrive(client, self._login(client.base_url))
+
+    async def arefresh(self, client: httpx.AsyncClient) -> None:
+        """:meth:`refresh` for an ``httpx.AsyncClient``."""
+        await self._adrive(client, self._renew(client.base_url))
+
+    @staticmethod
+    def _drive(client: httpx.Client, flow: _Flow) -> None:
+        try:
+            request = next(flow)
+            while True:
+                request = flow.send(client.send(request, auth=None))
+        except StopIteration:
+            return
+
+    @staticmethod
+    async def _adrive(client: httpx.AsyncClient, flow: _Flow) -> None:
+        try:
+            request = next(flow)
+            while True:
+                request = flow.send(await client.send(request, auth=None))
+        except StopIteration:
+            return
+
     # -- logout ----------------------------------------------------------------------------
 
     def logout(self, client: httpx.Client) -> None:
@@ -229,7 +268,10 @@ class DPoPAuth(httpx.Auth):
         response: httpx.Response | None = None
         for _ in range(2):
             proof = self.key.proof("POST", str(url), nonce=self._nonce)
-            response = yield httpx.Request("POST", url, json=body, headers={"DPoP": proof})
+            # a request made here gets no timeout from the client: give it one (never hang)
+            response = yield httpx.Request(
+                "POST", url, json=body, headers={"DPoP": proof}, extensions=self._timeout
+            )
             fresh_nonce = self._remember_nonce(response)
             if not (fresh_nonce and _error_code(response) == "use_dpop_nonce"):
                 break

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from tokengate_client import AuthenticationError, DPoPAuth, DPoPKey
 
-from tests.support.stack import Stack, free_port, running_stack
+from tests.support.stack import Stack, dpop_stack, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -31,18 +31,8 @@ JWT_RE = re.compile(r"eyJ[\w-]+\.eyJ[\w-]+\.[\w-]+")
 
 @pytest.fixture(scope="module")
 def stack(migrated_dsn: str, redis_url: str, redis_prefix: str) -> Iterator[Stack]:
-    port = free_port()
-    with running_stack(
-        database_url=migrated_dsn,
-        redis_url=redis_url,
-        redis_prefix=redis_prefix,
-        gateway_port=port,
-        gateway_env={
-            "PUBLIC_ORIGIN": f"http://127.0.0.1:{port}",
-            "LOGIN_RATE_LIMIT_IP": "1000/minute",
-            "LOGIN_RATE_LIMIT_ACCOUNT": "1000/minute",
-            "REFRESH_RATE_LIMIT": "1000/minute",
-        },
+    with dpop_stack(
+        database_url=migrated_dsn, redis_url=redis_url, redis_prefix=redis_prefix
     ) as running:
         yield running
 
@@ -85,14 +75,7 @@ def _logins(dsn: str, email: str) -> int:
 
 
 def _revoke_with_the_cli(stack: Stack, email: str) -> None:
-    env = {**stack.gateway_env, "BACKEND_DATABASE_URL": stack.backend_env["DATABASE_URL"]}
-    done = subprocess.run(
-        [sys.executable, "-m", "tokengate.cli", "sessions", "revoke", "--email", email],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = stack.revoke_sessions(email)
     assert done.returncode == 0, done.stderr
     assert "revoked 1 session(s)" in done.stdout
 

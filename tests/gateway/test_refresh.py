@@ -199,6 +199,43 @@ async def test_refresh_origin_check(
         assert logout.status_code == (204 if status == 200 else 403)
 
 
+async def test_a_plain_bearer_client_is_told_what_to_do(
+    gateway: Harness, env: dict[str, str], backend: FakeBackend
+) -> None:
+    """Issue 24, item 10: JSON credentials without Origin or proof still log in (scripts and the
+    attack tests rely on it), and its refresh or logout without Origin is refused with an answer
+    that says what works instead of calling the client "cross-site"; no body ever carries an
+    unbound refresh token."""
+    async with gateway(env) as client:
+        client.headers.pop("Origin")
+        email = backend.add_user()
+        logged_in = await login(client, email)
+        assert logged_in.status_code == 200
+        body = logged_in.json()
+        assert body["token_type"] == "Bearer" and body["access_token"]
+        assert "refresh_token" not in body
+        token = refresh_cookie(logged_in)
+        assert token is not None
+        cookie = {"Cookie": f"__Host-tg_refresh={token}"}
+        client.cookies.clear()
+        for path in ("/api/v1/auth/refresh", "/api/v1/auth/logout"):
+            refused = await client.post(path, headers=cookie)
+            assert refused.status_code == 403
+            error = refused.json()["error"]
+            assert error["code"] == "forbidden"
+            assert "Origin" in error["message"] and "DPoP" in error["message"]
+            assert "cross-site" not in error["message"]
+            foreign = await client.post(path, headers={**cookie, "Origin": "https://evil.example"})
+            assert foreign.json()["error"]["message"] == "cross-site request refused"
+            # the cookie's token in a body, without a proof: refused, and says why
+            in_body = await client.post(path, json={"refresh_token": token})
+            assert in_body.status_code == 400
+            assert "DPoP" in in_body.json()["error"]["message"]
+        # the session is untouched by all of this
+        ok = await client.post("/api/v1/auth/refresh", headers={**cookie, "Origin": ORIGIN})
+        assert ok.status_code == 200 and "refresh_token" not in ok.json()
+
+
 async def test_logout_revokes_family_and_its_access_tokens(
     gateway: Harness, env: dict[str, str], backend: FakeBackend
 ) -> None:

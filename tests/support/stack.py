@@ -176,6 +176,17 @@ class Stack:
         if done.returncode != 0:
             raise StackError(f"users create failed: {done.stderr.decode(errors='replace')}")
 
+    def revoke_sessions(self, email: str) -> subprocess.CompletedProcess[str]:
+        """``tokengate sessions revoke --email`` as an operator runs it, against this stack."""
+        env = {**self.gateway_env, "BACKEND_DATABASE_URL": self.backend_env["DATABASE_URL"]}
+        return subprocess.run(
+            _tokengate("sessions", "revoke", "--email", email),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
     def internal_token(
         self, *, sub: str, method: str, path: str, roles: tuple[str, ...] = ("user",)
     ) -> str:
@@ -235,3 +246,26 @@ def running_stack(
         finally:
             gateway.stop()
             backend.stop()
+
+
+@contextlib.contextmanager
+def dpop_stack(
+    *, database_url: str, redis_url: str, redis_prefix: str, **gateway_env: str
+) -> Iterator[Stack]:
+    """:func:`running_stack` whose gateway knows its own origin (``PUBLIC_ORIGIN``), so DPoP
+    clients can bind their sessions, with generous login and refresh limits."""
+    port = free_port()
+    with running_stack(
+        database_url=database_url,
+        redis_url=redis_url,
+        redis_prefix=redis_prefix,
+        gateway_port=port,
+        gateway_env={
+            "PUBLIC_ORIGIN": f"http://127.0.0.1:{port}",
+            "LOGIN_RATE_LIMIT_IP": "1000/minute",
+            "LOGIN_RATE_LIMIT_ACCOUNT": "1000/minute",
+            "REFRESH_RATE_LIMIT": "1000/minute",
+            **gateway_env,
+        },
+    ) as running:
+        yield running
