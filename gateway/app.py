@@ -108,6 +108,22 @@ async def demo_with_slash(request: Request) -> Response:
     return RedirectResponse("/demo/", status_code=308)
 
 
+#: ``GET /``: a person who opens the gateway's address finds the demo page, a script the
+#: pointers (a bare 404 there told a new user nothing).
+ROOT_POINTERS = {
+    "service": "tokengate gateway",
+    "demo": "/demo/",
+    "openapi": "/api/v1/openapi.json",
+}
+
+
+async def root(request: Request) -> Response:
+    if "text/html" in request.headers.get("accept", ""):
+        # relative, like the /demo redirect: the Location never echoes the client's Host
+        return RedirectResponse("/demo/", status_code=303)
+    return JSONResponse(ROOT_POINTERS)
+
+
 async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
@@ -274,6 +290,7 @@ def create_app(
             await pool.close()
 
     routes: list[BaseRoute] = [
+        Route("/", root, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         *auth_routes.routes,

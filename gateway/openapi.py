@@ -220,6 +220,15 @@ _SCHEMAS: Json = {
         "properties": _NOTE_FIELDS,
     },
     "NoteChanges": {"type": "object", "additionalProperties": False, "properties": _NOTE_FIELDS},
+    "Pointer": {
+        "type": "object",
+        "required": ["service", "demo", "openapi"],
+        "properties": {
+            "service": {"type": "string"},
+            "demo": {"type": "string"},
+            "openapi": {"type": "string"},
+        },
+    },
     "Health": {
         "type": "object",
         "required": ["status"],
@@ -262,6 +271,17 @@ def _operation(
 
 
 _PATHS: Json = {
+    "/": {
+        "get": _operation(
+            "root",
+            "Where to go: the demo page and this description",
+            {
+                "200": _ok("the pointers", _ref("Pointer")),
+                "303": _ok("a browser (Accept: text/html) is sent to /demo/"),
+            },
+            security=[],
+        )
+    },
     "/healthz": {
         "get": _operation("healthz", "Liveness", {"200": _ok("alive", _ref("Health"))}, security=[])
     },

@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import os
+import re
 import shutil
 import tempfile
 import threading
@@ -91,6 +93,8 @@ def stack(migrated_dsn: str, redis_url: str, redis_prefix: str) -> Iterator[Stac
             "COOKIE_SECURE": "false",
             # the page binds its session to a WebCrypto key: proofs name this origin
             "PUBLIC_ORIGIN": f"http://127.0.0.1:{port}",
+            # every test logs in from 127.0.0.1: the per-IP limit is not what they look at
+            "LOGIN_RATE_LIMIT_IP": "1000/minute",
         },
     ) as running:
         yield running
@@ -309,7 +313,7 @@ def test_revoking_another_session_logs_that_browser_out(stack: Stack, browser: B
         expect(sessions).to_have_count(2)
         other = sessions.filter(has_not_text="(this tab)")
         other.get_by_role("button", name="Revoke").click()
-        expect(on_laptop.locator("#status")).to_have_text("Session revoked.")
+        expect(on_laptop.locator("#sessions-message")).to_have_text("Session revoked.")
         expect(sessions).to_have_count(1)
 
         # the phone's in-memory access token dies at once, and its refresh cookie with it
@@ -340,13 +344,16 @@ def test_password_form_keeps_this_session_and_ends_the_others(
         on_laptop.fill("#current-password", "not my password")
         on_laptop.fill("#new-password", new_password)
         on_laptop.click("#password-button")
-        expect(on_laptop.locator("#status")).to_have_text("forbidden")
+        # the answer, in words, right under the form (not at the top of a long page)
+        message = on_laptop.locator("#password-message")
+        expect(message).to_have_text("The current password is not right.")
+        expect(message).to_be_in_viewport()
         expect(on_laptop.locator("#profile-email")).to_have_text(email)
 
         on_laptop.fill("#current-password", PASSWORD)
         on_laptop.fill("#new-password", new_password)
         on_laptop.click("#password-button")
-        expect(on_laptop.locator("#status")).to_have_text(
+        expect(on_laptop.locator("#password-message")).to_have_text(
             "Password changed. Your other sessions have ended."
         )
         expect(on_laptop.locator("#sessions .session")).to_have_count(1)
@@ -356,8 +363,7 @@ def test_password_form_keeps_this_session_and_ends_the_others(
         expect(on_phone.locator("#login-form")).to_be_visible()
         on_laptop.reload()
         expect(on_laptop.locator("#profile-email")).to_have_text(email)
-        # the new password logs in (the per-account login limit, 5 a minute here, counts the
-        # two logins and both password attempts: the old password is tested over HTTP elsewhere)
+        # the new password logs in (the old one is tested over HTTP elsewhere)
         on_phone.reload()
         expect(on_phone.locator("#status")).to_have_text("Please log in.")
         on_phone.fill("#email", email)
@@ -436,6 +442,8 @@ def test_session_is_bound_to_a_non_extractable_key_and_a_copied_cookie_is_useles
         other.set_default_timeout(TIMEOUT_MS)
         other.goto(stack.gateway_url + "/demo/")
         expect(other.locator("#status")).to_have_text("Please log in.")
+        # that browser never logged in, so its page does not even try; script there does
+        assert other.evaluate("refreshAccessToken()") is False
         assert other.evaluate(READ_KEY)["jwk"] != key["jwk"]
         mismatches = [
             line for line in stack.log_text("gateway").splitlines() if "dpop_key_mismatch" in line
@@ -459,3 +467,131 @@ def test_session_is_bound_to_a_non_extractable_key_and_a_copied_cookie_is_useles
     finally:
         context.close()
         thief.close()
+
+
+# -- a page a person understands (issue 24, item 12) --------------------------------------------
+
+SCREENSHOTS = os.environ.get("TOKENGATE_SCREENSHOTS")
+
+
+def _new_user(stack: Stack) -> str:
+    email = f"browser-{uuid.uuid4().hex[:10]}@example.test"
+    stack.create_user(email, PASSWORD)
+    return email
+
+
+def _demo_page(context: BrowserContext, stack: Stack) -> Page:
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(stack.gateway_url + "/demo/")
+    expect(page.locator("#login-form")).to_be_visible()
+    return page
+
+
+def _shot(page: Page, name: str) -> None:
+    """Save a full-page screenshot when TOKENGATE_SCREENSHOTS names a folder (to look at)."""
+    if SCREENSHOTS:
+        page.screenshot(path=str(Path(SCREENSHOTS) / f"{name}.png"), full_page=True)
+
+
+def test_a_first_visit_is_clean_and_says_what_the_page_is(stack: Stack, browser: Browser) -> None:
+    """No red 401 (no session to refresh yet), no favicon 404, ``/`` leads to the page, and the
+    page explains itself and ``[key-bound]``."""
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        errors: list[str] = []
+        failed: list[tuple[int, str]] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("response", lambda r: failed.append((r.status, r.url)) if r.status >= 400 else None)
+        page.goto(stack.gateway_url + "/")
+        assert page.url == stack.gateway_url + "/demo/"
+        expect(page.locator("#login-form")).to_be_visible()
+        expect(page.locator("#status")).to_have_text("Please log in.")
+        page.wait_for_load_state("networkidle")
+        _shot(page, "first-visit")
+        assert errors == [] and failed == []
+        about = page.locator("#about")
+        expect(about).to_contain_text("access token")
+        expect(about).to_contain_text("backend")
+
+        email = _new_user(stack)
+        _login(page, email)
+        expect(page.locator("#key-bound-help")).to_be_visible()
+        expect(page.locator("#key-bound-help")).to_contain_text("cannot export")
+        expect(page.locator("#status")).to_have_text(f"Logged in as {email}.")
+        _shot(page, "logged-in")
+        assert errors == [] and failed == []
+    finally:
+        context.close()
+
+
+def test_messages_by_their_forms_in_plain_words_with_the_wait(
+    stack: Stack, browser: Browser
+) -> None:
+    email = _new_user(stack)
+    context = browser.new_context()
+    try:
+        page = _demo_page(context, stack)
+        message = page.locator("#login-message")
+        # the gateway cannot be reached: not "Failed to fetch"
+        page.route("**/api/v1/auth/login", lambda route: route.abort())
+        page.fill("#email", email)
+        page.fill("#password", "a wrong password")
+        page.click("#login-button")
+        expect(message).to_have_text(
+            "The gateway cannot be reached. Check that it is running and try again."
+        )
+        page.unroute("**/api/v1/auth/login")
+        # five failures (LOGIN_RATE_LIMIT_ACCOUNT's default): then even the right password waits
+        for _ in range(5):
+            page.fill("#password", "a wrong password")
+            page.click("#login-button")
+            expect(message).to_have_text("Wrong email or password.")
+            expect(message).to_be_in_viewport()
+        page.fill("#password", PASSWORD)
+        page.click("#login-button")
+        expect(message).to_have_text(
+            re.compile(r"^Too many attempts\. Try again in \d+ seconds?\.$")
+        )
+        wait = int(page.evaluate("document.body.dataset.waiting"))
+        assert 1 <= wait <= 60
+        assert page.locator("#login-button").is_disabled()
+        _shot(page, "rate-limited")
+    finally:
+        context.close()
+
+
+def test_notes_are_deleted_and_sessions_show_local_times(stack: Stack, browser: Browser) -> None:
+    email = _new_user(stack)
+    # a time zone far from UTC, so a raw UTC time could not pass for a local one
+    context = browser.new_context(timezone_id="Pacific/Kiritimati", locale="en-GB")
+    try:
+        page = _logged_in_page(context, stack, email)
+        for title in ("keep me", "delete me"):
+            page.fill("#note-title", title)
+            page.click("#note-button")
+            expect(page.locator("#note-message")).to_have_text("Note saved.")
+        notes = page.locator("#notes .note")
+        expect(notes).to_have_count(2)
+        notes.filter(has_text="delete me").get_by_role("button", name="Delete").click()
+        expect(page.locator("#note-message")).to_have_text("Note deleted.")
+        expect(page.locator("#notes .note-title")).to_have_text(["keep me"])
+        # gone at the backend too, not only from the list
+        listed = page.evaluate("api('GET', '/notes')")
+        assert [n["title"] for n in listed["items"]] == ["keep me"]
+
+        session = page.evaluate("api('GET', '/auth/sessions')")["sessions"][0]
+        shown = page.locator("#sessions .session").first
+        local = page.evaluate("(iso) => new Date(iso).toLocaleString()", session["created_at"])
+        expect(shown).to_contain_text(f"logged in {local}")
+        expect(shown).to_contain_text("not refreshed yet")
+        assert "+00:00" not in (shown.text_content() or "")
+        assert page.evaluate("refreshAccessToken()") is True
+        page.click("#sessions-reload")
+        expect(shown).to_contain_text("last refreshed ")
+        expect(shown).to_contain_text("[key-bound]")
+        _shot(page, "notes-and-sessions")
+    finally:
+        context.close()

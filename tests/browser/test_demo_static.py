@@ -17,7 +17,7 @@ from internal_auth import generate_private_key
 from gateway.app import create_app
 from gateway.settings import Settings
 
-DEMO_FILES = ("index.html", "app.js", "style.css")
+DEMO_FILES = ("index.html", "app.js", "style.css", "favicon.svg")
 
 
 @pytest.fixture
@@ -63,9 +63,36 @@ async def test_demo_without_slash_redirects(client: httpx.AsyncClient) -> None:
     assert r.headers["location"].endswith("/demo/")
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1:8000", "evil.example"])
+async def test_the_root_points_to_the_demo_and_the_api(
+    client: httpx.AsyncClient, host: str
+) -> None:
+    """Issue 24, item 12: ``GET /`` was a bare JSON 404. A browser is sent to the demo page (a
+    relative Location, never one built from ``Host``); anything else gets the pointers."""
+    browser = await client.get("/", headers={"Accept": "text/html,*/*", "Host": host})
+    assert browser.status_code == 303
+    assert browser.headers["location"] == "/demo/"
+    script = await client.get("/", headers={"Host": host})
+    assert script.status_code == 200
+    assert script.json() == {
+        "service": "tokengate gateway",
+        "demo": "/demo/",
+        "openapi": "/api/v1/openapi.json",
+    }
+
+
+async def test_the_page_names_its_icon_so_no_favicon_request_404s(
+    client: httpx.AsyncClient,
+) -> None:
+    page = (await client.get("/demo/")).text
+    icon = re.search(r'<link rel="icon" href="([^"]+)"', page)
+    assert icon is not None
+    assert (await client.get(f"/demo/{icon.group(1)}")).status_code == 200
+
+
 @pytest.mark.parametrize(
     ("name", "content_type"),
-    [("app.js", "javascript"), ("style.css", "text/css")],
+    [("app.js", "javascript"), ("style.css", "text/css"), ("favicon.svg", "image/svg+xml")],
 )
 async def test_demo_assets_are_served(
     client: httpx.AsyncClient, name: str, content_type: str

@@ -15,6 +15,10 @@
 //
 // Everything the server returns is written with textContent, never innerHTML, so a note titled
 // "<img onerror=...>" stays text.
+//
+// Each form shows its own result next to it (a message at the top of a long page is out of
+// view), in words a person understands: server codes and "Failed to fetch" become sentences, a
+// 429 or 503 says how long to wait (its Retry-After) and keeps the button off until then.
 "use strict";
 
 const API = "/api/v1";
@@ -37,11 +41,106 @@ function setStatus(text, isError = false) {
   status.classList.toggle("error", isError);
 }
 
-function errorMessage(body, fallback) {
-  if (body && body.error && typeof body.error.message === "string") {
-    return body.error.message;
+// The per-form messages: what happened to *this* form, shown right under it.
+const countdowns = new Map();
+
+function say(id, text, isError = false) {
+  const element = $(id);
+  if (countdowns.has(id)) {
+    clearInterval(countdowns.get(id));
+    countdowns.delete(id);
   }
-  return fallback;
+  element.textContent = text;
+  element.classList.toggle("error", isError);
+}
+
+function clearMessages() {
+  for (const id of ["login-message", "note-message", "password-message", "sessions-message"]) {
+    say(id, "");
+  }
+}
+
+// A refused call, as the page understands it: status, the gateway's error code and message,
+// and the seconds to wait (Retry-After) when the answer gave one.
+class ApiError extends Error {
+  constructor(status, body, retryAfter) {
+    const error = (body && body.error) || {};
+    super(typeof error.message === "string" ? error.message : `request failed (${status})`);
+    this.status = status;
+    this.code = typeof error.code === "string" ? error.code : "";
+    this.retryAfter = retryAfter;
+  }
+}
+
+function retryAfterSeconds(response) {
+  const value = Number.parseInt(response.headers.get("Retry-After") || "", 10);
+  return Number.isFinite(value) && value > 0 ? Math.min(value, 3600) : null;
+}
+
+async function apiError(response) {
+  return new ApiError(response.status, await readJson(response), retryAfterSeconds(response));
+}
+
+function seconds(n) {
+  return n === 1 ? "1 second" : `${n} seconds`;
+}
+
+// Words for what the gateway said. `context` picks the meaning of a code that depends on the
+// form (a 403 on the password form is a wrong current password; on login, a foreign page).
+function friendly(err, context) {
+  if (!(err instanceof ApiError)) {
+    // fetch() rejects with a TypeError ("Failed to fetch") when no answer arrived at all
+    return "The gateway cannot be reached. Check that it is running and try again.";
+  }
+  const wait = err.retryAfter;
+  if (err.status === 429) {
+    const tries = context === "login" || context === "password" ? "attempts" : "requests";
+    return `Too many ${tries}. Try again in ${wait ? seconds(wait) : "a minute"}.`;
+  }
+  if (err.status === 502 || err.status === 503 || err.status === 504) {
+    return `The service is unavailable for a moment. Try again in ${seconds(wait || 5)}.`;
+  }
+  switch (err.code) {
+    case "invalid_credentials":
+      return "Wrong email or password.";
+    case "forbidden":
+      if (context === "password") return "The current password is not right.";
+      if (context === "login") return "This page's address may not log in to this gateway.";
+      return "The gateway refused this request.";
+    case "validation_error":
+      return `Please check the form: ${err.message}.`;
+    case "invalid_dpop_proof":
+    case "use_dpop_nonce":
+      return "The gateway refused this browser's signature. Reload the page and try again.";
+    case "not_found":
+      return context === "note" ? "That note is already gone." : "That session has already ended.";
+    case "payload_too_large":
+      return "That is too long.";
+    default:
+      return `Something went wrong (${err.status}). Try again.`;
+  }
+}
+
+// Show a failure under its form; with a wait, count it down and keep the button off meanwhile.
+function sayError(id, err, context, button) {
+  say(id, friendly(err, context), true);
+  const wait = err instanceof ApiError && (err.status === 429 || err.status >= 502) ? err.retryAfter : null;
+  if (!wait || !button) return;
+  let left = wait;
+  button.disabled = true;
+  const timer = setInterval(() => {
+    left -= 1;
+    if (left <= 0) {
+      clearInterval(timer);
+      countdowns.delete(id);
+      button.disabled = false;
+      say(id, "You can try again now.");
+      return;
+    }
+    $(id).textContent = friendly(new ApiError(err.status, { error: { code: err.code } }, left), context);
+  }, 1000);
+  countdowns.set(id, timer);
+  document.body.dataset.waiting = String(wait);
 }
 
 async function readJson(response) {
@@ -261,8 +360,7 @@ async function api(method, path, body) {
     throw new Error("not logged in");
   }
   if (!response.ok) {
-    const data = await readJson(response);
-    throw new Error(errorMessage(data, `request failed (${response.status})`));
+    throw await apiError(response);
   }
   return response.status === 204 ? null : response.json();
 }
@@ -278,7 +376,9 @@ function showLoggedOut(message) {
   for (const id of ["profile-email", "profile-id", "profile-roles"]) {
     $(id).textContent = "";
   }
+  clearMessages();
   setStatus(message);
+  rememberSession(false);
   document.body.dataset.state = "logged-out";
 }
 
@@ -287,11 +387,11 @@ async function showLoggedIn() {
   $("app-section").hidden = false;
   try {
     await Promise.all([loadProfile(), loadNotes(), loadSessions()]);
-    setStatus("Logged in.");
+    setStatus(`Logged in as ${$("profile-email").textContent}.`);
     document.body.dataset.state = "logged-in";
   } catch (err) {
     if (accessToken !== null) {
-      setStatus(err.message, true);
+      setStatus(friendly(err, "load"), true);
     }
   }
 }
@@ -311,7 +411,12 @@ async function loadNotes() {
     const title = document.createElement("span");
     title.className = "note-title";
     title.textContent = note.title;
-    li.append(title);
+    const remove = document.createElement("button");
+    remove.type = "button";
+    remove.className = "delete";
+    remove.textContent = "Delete";
+    remove.addEventListener("click", () => deleteNote(note.id, remove));
+    li.append(title, remove);
     if (note.body) {
       const body = document.createElement("p");
       body.className = "note-body";
@@ -329,7 +434,7 @@ async function loadSessions() {
     const li = document.createElement("li");
     li.className = "session";
     const label = document.createElement("span");
-    label.textContent = `${session.user_agent || "unknown client"} — since ${session.created_at}`;
+    label.textContent = `${describeClient(session.user_agent)} — logged in ${localTime(session.created_at)}`;
     if (session.key_bound) {
       label.textContent += " [key-bound]";
     }
@@ -338,7 +443,12 @@ async function loadSessions() {
     }
     const meta = document.createElement("div");
     meta.className = "muted";
-    meta.textContent = `last used ${session.last_used_at}, ip ${session.ip || "?"}`;
+    // the gateway updates last_used_at when the session refreshes (not on every API call)
+    const refreshed =
+      session.last_used_at === session.created_at
+        ? "not refreshed yet"
+        : `last refreshed ${localTime(session.last_used_at)}`;
+    meta.textContent = `${refreshed} · expires ${localTime(session.expires_at)} · from ${session.ip || "an unknown address"}`;
     const revoke = document.createElement("button");
     revoke.type = "button";
     revoke.textContent = "Revoke";
@@ -349,16 +459,61 @@ async function loadSessions() {
   $("sessions").replaceChildren(...items);
 }
 
+// Times in the reader's own time zone and format (the API speaks UTC, ISO 8601).
+function localTime(iso) {
+  const when = new Date(iso);
+  return Number.isNaN(when.getTime()) ? iso : when.toLocaleString();
+}
+
+// A short name for a session's client (the user agent's first 60 characters when none fits).
+function describeClient(userAgent) {
+  if (!userAgent) return "an unknown client";
+  const known = [
+    [/Edg\//, "Edge"],
+    [/Firefox\//, "Firefox"],
+    [/Chrome\//, "Chrome"],
+    [/Safari\//, "Safari"],
+    [/python-httpx|python-requests|curl\//i, "a script"],
+  ];
+  for (const [pattern, name] of known) {
+    if (pattern.test(userAgent)) return name;
+  }
+  return userAgent.slice(0, 60);
+}
+
+// ---- the session hint ---------------------------------------------------------------------
+//
+// The refresh cookie is HttpOnly, so the page cannot see whether it has one. Asking the gateway
+// on every first visit would log a red 401 in the console of everyone who never logged in; a
+// hint in IndexedDB (next to the key: a flag, never a token) says "try a refresh". A missing or
+// stale hint only costs a login form or one refused refresh.
+
+const HINT_ID = "session-hint";
+
+async function hasSessionHint() {
+  try {
+    return Boolean(await keyDb("readonly", (store) => store.get(HINT_ID)));
+  } catch {
+    return false;
+  }
+}
+
+function rememberSession(active) {
+  keyDb("readwrite", (store) => (active ? store.put(true, HINT_ID) : store.delete(HINT_ID))).catch(
+    () => {},
+  );
+}
+
 // ---- actions ------------------------------------------------------------------------------
 
 async function login(event) {
   event.preventDefault();
-  setStatus("Logging in…");
+  say("login-message", "Logging in…");
   let response;
   try {
     await loadKey();
   } catch (err) {
-    setStatus(`Cannot log in safely: ${err.message}.`, true);
+    say("login-message", `Cannot log in safely: ${err.message}.`, true);
     return;
   }
   try {
@@ -366,22 +521,24 @@ async function login(event) {
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ email: $("email").value, password: $("password").value }),
     });
-  } catch {
-    setStatus("The gateway cannot be reached.", true);
+  } catch (err) {
+    sayError("login-message", err, "login");
+    return;
+  }
+  if (!response.ok) {
+    sayError("login-message", await apiError(response), "login", $("login-button"));
     return;
   }
   const data = await readJson(response);
-  if (!response.ok) {
-    setStatus(errorMessage(data, `login failed (${response.status})`), true);
-    return;
-  }
   $("password").value = "";
   try {
     acceptToken(data);
   } catch (err) {
-    setStatus(err.message, true);
+    say("login-message", err.message, true);
     return;
   }
+  rememberSession(true);
+  say("login-message", "");
   await showLoggedIn();
 }
 
@@ -391,9 +548,24 @@ async function addNote(event) {
     await api("POST", "/notes", { title: $("note-title").value, body: $("note-body").value });
     $("note-form").reset();
     await loadNotes();
-    setStatus("Note saved.");
+    say("note-message", "Note saved.");
   } catch (err) {
-    if (accessToken !== null) setStatus(err.message, true);
+    if (accessToken !== null) sayError("note-message", err, "note", $("note-button"));
+  }
+}
+
+async function deleteNote(id, button) {
+  button.disabled = true;
+  try {
+    await api("DELETE", `/notes/${encodeURIComponent(id)}`);
+    await loadNotes();
+    say("note-message", "Note deleted.");
+  } catch (err) {
+    button.disabled = false;
+    if (accessToken !== null) {
+      sayError("note-message", err, "note");
+      if (err instanceof ApiError && err.status === 404) await loadNotes();
+    }
   }
 }
 
@@ -408,7 +580,7 @@ async function changePassword(event) {
       new_password: $("new-password").value,
     });
   } catch (err) {
-    if (accessToken !== null) setStatus(err.message, true);
+    if (accessToken !== null) sayError("password-message", err, "password", $("password-button"));
     return;
   } finally {
     $("password-form").reset();
@@ -416,18 +588,21 @@ async function changePassword(event) {
   try {
     acceptToken(data);
   } catch (err) {
-    setStatus(err.message, true);
+    say("password-message", err.message, true);
     return;
   }
   await loadSessions();
-  setStatus("Password changed. Your other sessions have ended.");
+  say("password-message", "Password changed. Your other sessions have ended.");
 }
 
 async function revokeSession(id, current) {
   try {
     await api("DELETE", `/auth/sessions/${encodeURIComponent(id)}`);
   } catch (err) {
-    if (accessToken !== null) setStatus(err.message, true);
+    if (accessToken !== null) {
+      sayError("sessions-message", err, "session");
+      if (err instanceof ApiError && err.status === 404) await loadSessions();
+    }
     return;
   }
   if (current) {
@@ -436,7 +611,7 @@ async function revokeSession(id, current) {
     return;
   }
   await loadSessions();
-  setStatus("Session revoked.");
+  say("sessions-message", "Session revoked.");
 }
 
 async function logout() {
@@ -463,9 +638,16 @@ async function start() {
   $("password-form").addEventListener("submit", changePassword);
   $("logout-button").addEventListener("click", logout);
   $("logout-all-button").addEventListener("click", logoutAll);
-  $("sessions-reload").addEventListener("click", () => loadSessions().catch(() => {}));
+  $("sessions-reload").addEventListener("click", () =>
+    loadSessions()
+      .then(() => say("sessions-message", ""))
+      .catch((err) => {
+        if (accessToken !== null) sayError("sessions-message", err, "session");
+      }),
+  );
   // A reload loses the in-memory token; the HttpOnly refresh cookie brings the session back.
-  if (await refreshAccessToken()) {
+  // Only try when this browser logged in before (see "the session hint").
+  if ((await hasSessionHint()) && (await refreshAccessToken())) {
     await showLoggedIn();
   } else {
     showLoggedOut("Please log in.");
