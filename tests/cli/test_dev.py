@@ -27,7 +27,18 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _start(data: Path, gateway_port: int, backend_port: int) -> tuple[subprocess.Popen[str], str]:
+def _start(
+    data: Path, gateway_port: int, backend_port: int, *, stderr: Path | None = None
+) -> tuple[subprocess.Popen[str], str]:
+    """Start ``tokengate dev``; with ``stderr``, its standard error goes to that file and the
+    system's temporary folder is a fresh one next to it (to see what is written there)."""
+    env = None
+    if stderr is not None:
+        tmp = stderr.parent / "system-tmp"
+        tmp.mkdir(exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+        env["TMPDIR"] = str(tmp)
+    err = stderr.open("a") if stderr is not None else None
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "tokengate.cli", "dev",
@@ -38,9 +49,12 @@ def _start(data: Path, gateway_port: int, backend_port: int) -> tuple[subprocess
             "--demo-password", PASSWORD,
         ],
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=err or subprocess.DEVNULL,
         text=True,
+        env=env,
     )  # fmt: skip
+    if err is not None:
+        err.close()  # the child holds its own copy
     assert proc.stdout is not None
     seen = []
     deadline = time.monotonic() + 90
@@ -74,8 +88,13 @@ def _login(gateway_port: int) -> httpx.Response:
 def test_dev_runs_stops_on_ctrl_c_and_reuses_its_data(tmp_path: Path) -> None:
     data = tmp_path / "data"
     gateway_port, backend_port = _free_port(), _free_port()
-    proc, output = _start(data, gateway_port, backend_port)
+    stderr = tmp_path / "stderr.log"
+    proc, output = _start(data, gateway_port, backend_port, stderr=stderr)
     try:
+        # every run-time file of the embedded servers is under the data folder (issue 24,
+        # item 13): nothing in the system's temporary folder, no RuntimeDirWarning
+        assert list((tmp_path / "system-tmp").iterdir()) == []
+        assert any(p.name.startswith("redis-") for p in (data / "run").iterdir() if p.is_dir())
         assert f"http://127.0.0.1:{gateway_port}/demo/" in output
         assert "migration(s) applied" in output
         response = _login(gateway_port)
@@ -98,6 +117,8 @@ def test_dev_runs_stops_on_ctrl_c_and_reuses_its_data(tmp_path: Path) -> None:
     finally:
         code = _stop(proc)
     assert code == 0
+    assert "RuntimeDirWarning" not in stderr.read_text()
+    assert list((tmp_path / "system-tmp").iterdir()) == []
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{gateway_port}/healthz", timeout=2)
 

@@ -118,6 +118,12 @@ async def test_a_refund_after_its_window_grants_no_extra_guess(
         await limits.check(item, "login-account", "gone")
 
 
+def test_the_limits_accept_redis_over_tls(env: dict[str, str]) -> None:
+    """docs/SECURITY.md's checklist says ``rediss://`` works: the limits' storage takes it."""
+    limits = RateLimits(Settings.from_env({**env, "REDIS_URL": "rediss://127.0.0.1:1/0"}))
+    assert limits.login_account is not None
+
+
 async def test_refresh_limited_per_ip(
     gateway: Harness, env: dict[str, str], backend: FakeBackend
 ) -> None:
