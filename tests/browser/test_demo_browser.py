@@ -563,6 +563,47 @@ def test_messages_by_their_forms_in_plain_words_with_the_wait(
         context.close()
 
 
+def test_server_codes_become_sentences_on_every_form(stack: Stack, browser: Browser) -> None:
+    """No raw code (``forbidden``, ``service_unavailable``) reaches the reader; a 503 says how
+    long to wait and keeps the button off meanwhile."""
+    email = _new_user(stack)
+    context = browser.new_context()
+    try:
+        page = _logged_in_page(context, stack, email)
+        answers = iter(
+            [
+                (403, {}, {"code": "forbidden", "message": "forbidden"}),
+                (503, {"Retry-After": "7"}, {"code": "service_unavailable", "message": "x"}),
+            ]
+        )
+
+        def refuse(route: Route) -> None:
+            if route.request.method != "POST":
+                route.continue_()
+                return
+            status, headers, error = next(answers)
+            route.fulfill(
+                status=status,
+                headers=headers,
+                content_type="application/json",
+                body=json.dumps({"error": error}),
+            )
+
+        page.route("**/api/v1/notes", refuse)
+        message = page.locator("#note-message")
+        page.fill("#note-title", "refused")
+        page.click("#note-button")
+        expect(message).to_have_text("The gateway refused this request.")
+        page.click("#note-button")
+        expect(message).to_have_text(
+            re.compile(r"^The service is unavailable for a moment\. Try again in [67] seconds\.$")
+        )
+        assert page.locator("#note-button").is_disabled()
+        expect(message).to_be_in_viewport()
+    finally:
+        context.close()
+
+
 def test_notes_are_deleted_and_sessions_show_local_times(stack: Stack, browser: Browser) -> None:
     email = _new_user(stack)
     # a time zone far from UTC, so a raw UTC time could not pass for a local one

@@ -164,4 +164,9 @@ def test_refused_logins_and_bad_input(stack: Stack, tmp_path: Path) -> None:
     _login(stack, folder, email)
     assert _client(folder, "call", "POST", "/api/v1/notes", "--data", "{no").returncode == 2
     assert _client(folder, "call", "GET", "api/v1/me").returncode == 2
+    # a body from standard input is bounded (1 MiB) before anything is sent
+    huge = _client(
+        folder, "call", "POST", "/api/v1/notes", "--data", "-", stdin="[" * (1 << 20) + "["
+    )
+    assert huge.returncode == 2 and "over 1048576 bytes" in huge.stderr
     assert _client(folder, "logout").returncode == 0
