@@ -180,12 +180,18 @@ def _load(folder: Path) -> tuple[str, str, DPoPAuth]:
     return url, email, auth
 
 
-def _ended(folder: Path, exc: AuthenticationError) -> int:
-    _remove(folder)
-    print(
-        f"tokengate client: {exc}; the session is gone: run tokengate client login again",
-        file=sys.stderr,
-    )
+def _refused(folder: Path, url: str, auth: DPoPAuth, email: str, exc: AuthenticationError) -> int:
+    """A refresh the gateway refused: the session ended (its files go), or it answered
+    something else (a 429, a 503: the session is kept, to try again later)."""
+    if auth.ended:
+        _remove(folder)
+        print(
+            f"tokengate client: {exc}; the session is gone: run tokengate client login again",
+            file=sys.stderr,
+        )
+    else:
+        _save(folder, url, auth, email)
+        print(f"tokengate client: {exc}; the session is kept: try again later", file=sys.stderr)
     return 1
 
 
@@ -262,7 +268,7 @@ def _call(args: argparse.Namespace) -> int:
         try:
             response = client.request(args.method.upper(), args.path, content=body, headers=headers)
         except AuthenticationError as exc:
-            return _ended(folder, exc)
+            return _refused(folder, url, auth, email, exc)
         except httpx.HTTPError as exc:
             _save(folder, url, auth, email)  # a refresh may have rotated before the failure
             return _unreachable(url, exc)
@@ -283,7 +289,7 @@ def _refresh(args: argparse.Namespace) -> int:
         try:
             auth.refresh(client)
         except AuthenticationError as exc:
-            return _ended(folder, exc)
+            return _refused(folder, url, auth, email, exc)
         except httpx.HTTPError as exc:
             return _unreachable(url, exc)
     _save(folder, url, auth, email)
@@ -298,10 +304,13 @@ def _logout(args: argparse.Namespace, *, quiet: bool = False) -> int:
         try:
             auth.logout(client)
         except AuthenticationError as exc:
-            # the files go either way: this folder's session is over
-            _remove(folder)
+            # the files stay: the session may still be live, and logout can be tried again
             if not quiet:
-                print(f"tokengate client: {exc}; the local session is removed", file=sys.stderr)
+                print(
+                    f"tokengate client: {exc}; the session may still be live: run tokengate "
+                    "client logout again (or delete the folder and let it expire)",
+                    file=sys.stderr,
+                )
             return 1
         except httpx.HTTPError as exc:
             return _unreachable(url, exc)

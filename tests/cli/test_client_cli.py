@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.stack import Stack, dpop_stack
+from tests.support.stack import Stack, dpop_stack, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -170,3 +170,28 @@ def test_refused_logins_and_bad_input(stack: Stack, tmp_path: Path) -> None:
     )
     assert huge.returncode == 2 and "over 1048576 bytes" in huge.stderr
     assert _client(folder, "logout").returncode == 0
+
+
+def test_a_refused_refresh_that_is_not_the_end_keeps_the_session(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """A 429 (or a 503) is not the end of the session: the files stay, the next call works."""
+    port = free_port()
+    with stack.extra_gateway(
+        port, PUBLIC_ORIGIN=f"http://127.0.0.1:{port}", REFRESH_RATE_LIMIT="1/minute"
+    ) as url:
+        folder = tmp_path / "client"
+        email = _user(stack)
+        done = _client(
+            folder, "login", "--url", url, "--email", email, "--password-stdin",
+            stdin=PASSWORD + "\n",
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert _client(folder, "refresh").returncode == 0
+        kept = _session(folder)["refresh_token"]
+        limited = _client(folder, "refresh")
+        assert limited.returncode == 1
+        assert "429 rate_limited" in limited.stderr and "the session is kept" in limited.stderr
+        assert _session(folder)["refresh_token"] == kept
+        assert _client(folder, "call", "GET", "/api/v1/me").returncode == 0
+        assert _client(folder, "logout").returncode == 0
