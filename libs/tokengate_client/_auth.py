@@ -92,6 +92,7 @@ class DPoPAuth(httpx.Auth):
         auth_prefix: str = "/api/v1/auth",
         refresh_margin: float = 30.0,
         clock: Callable[[], float] = time.time,
+        timeout: float = 30.0,
     ) -> DPoPAuth:
         """A client for a session an earlier run logged in: its (key-bound) refresh token, the
         key it is bound to, and optionally the last access token and when it expires (epoch
@@ -103,6 +104,7 @@ class DPoPAuth(httpx.Auth):
             auth_prefix=auth_prefix,
             refresh_margin=refresh_margin,
             clock=clock,
+            timeout=timeout,
         )
         auth._password = None
         auth._refresh = refresh_token

@@ -202,7 +202,7 @@ def test_login_reload_cookie_isolation_and_logout(
         page.reload()
         expect(page.locator("#profile-email")).to_have_text(email)
         expect(page.locator("#notes .note-title")).to_have_text([title])
-        assert page.evaluate("document.body.dataset.state") == "logged-in"
+        expect(page.locator("body")).to_have_attribute("data-state", "logged-in")
 
         # another origin, with the same browser (and so the same cookie jar), gets nothing
         before = context.cookies(stack.gateway_url + "/api/v1/auth/")
@@ -296,7 +296,7 @@ def test_access_token_refreshes_before_expiry_and_after_a_401(
         assert seen == ["GET", "GET"]
         assert refreshes() == 2
         expect(page.locator("#profile-email")).to_have_text(email)
-        assert page.evaluate("document.body.dataset.state") == "logged-in"
+        expect(page.locator("body")).to_have_attribute("data-state", "logged-in")
     finally:
         context.close()
 
