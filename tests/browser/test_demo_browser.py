@@ -636,3 +636,52 @@ def test_notes_are_deleted_and_sessions_show_local_times(stack: Stack, browser: 
         _shot(page, "notes-and-sessions")
     finally:
         context.close()
+
+
+def test_a_refresh_asked_to_wait_is_not_the_end_of_the_session(
+    stack: Stack, browser: Browser
+) -> None:
+    """A 429 (or 503) on refresh says when to come back; it does not log the reader out."""
+    email = _new_user(stack)
+    context = browser.new_context()
+    try:
+        page = _logged_in_page(context, stack, email)
+
+        def busy(route: Route) -> None:
+            route.fulfill(
+                status=429,
+                headers={"Retry-After": "9"},
+                content_type="application/json",
+                body='{"error": {"code": "rate_limited", "message": "too many requests"}}',
+            )
+
+        page.route("**/api/v1/auth/refresh", busy)
+        page.reload()
+        expect(page.locator("#status")).to_have_text(
+            "The gateway cannot answer right now. Reload the page in 9 seconds."
+        )
+        page.unroute("**/api/v1/auth/refresh")
+        # the session was never ended: the next load carries on with it
+        page.reload()
+        expect(page.locator("#profile-email")).to_have_text(email)
+
+        # an API call whose token must be refreshed while refresh is asked to wait: the form
+        # says so, and the page stays logged in
+        page.route("**/api/v1/auth/refresh", busy)
+        page.route(
+            "**/api/v1/notes",
+            lambda route: route.fulfill(
+                status=401,
+                headers={"WWW-Authenticate": 'DPoP error="invalid_token"'},
+                content_type="application/json",
+                body='{"error": {"code": "invalid_token", "message": "expired"}}',
+            ),
+        )
+        page.fill("#note-title", "later")
+        page.click("#note-button")
+        expect(page.locator("#note-message")).to_have_text(
+            re.compile(r"^Too many requests\. Try again in \d seconds?\.$")
+        )
+        expect(page.locator("body")).to_have_attribute("data-state", "logged-in")
+    finally:
+        context.close()

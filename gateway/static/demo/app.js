@@ -28,6 +28,9 @@ const REFRESH_MARGIN_SECONDS = 30;
 let accessToken = null;
 let refreshTimer = null;
 let refreshInFlight = null;
+// Seconds the gateway asked us to wait after the last refresh (a 429 or a 5xx with Retry-After),
+// or null: such a refusal is not the end of the session, and must not look like one.
+let refreshWait = null;
 // The last server nonce (DPoP-Nonce) and the gap between the gateway's clock and ours: a proof's
 // iat must fall within the gateway's window, so a skewed clock is corrected from its Date header.
 let dpopNonce = null;
@@ -300,12 +303,19 @@ function scheduleRefresh(expiresIn) {
   }
   // Short-lived tokens (tests, tight deployments) refresh at 80% of their life instead.
   const lead = expiresIn > 2 * REFRESH_MARGIN_SECONDS ? expiresIn - REFRESH_MARGIN_SECONDS : expiresIn * 0.8;
-  refreshTimer = setTimeout(async () => {
-    refreshTimer = null;
-    if (!(await refreshAccessToken())) {
-      showLoggedOut("Your session ended. Please log in again.");
-    }
-  }, Math.max(1, lead) * 1000);
+  refreshTimer = setTimeout(refreshOnTime, Math.max(1, lead) * 1000);
+}
+
+async function refreshOnTime() {
+  refreshTimer = null;
+  if (await refreshAccessToken()) return;
+  if (refreshWait !== null) {
+    // the gateway is busy or limiting us: the session lives on, try again when it said
+    setStatus(`The gateway cannot answer right now; retrying in ${seconds(refreshWait)}.`);
+    refreshTimer = setTimeout(refreshOnTime, refreshWait * 1000);
+    return;
+  }
+  showLoggedOut("Your session ended. Please log in again.");
 }
 
 // One refresh at a time: concurrent 401s share the same rotation instead of each spending
@@ -321,13 +331,19 @@ function refreshAccessToken() {
 
 async function doRefresh() {
   let response;
+  refreshWait = null;
   try {
     response = await fetchWithProof("POST", `${API}/auth/refresh`, {});
   } catch {
+    refreshWait = 5; // no answer at all: the session is not known to have ended
     return false;
   }
   if (!response.ok) {
-    forgetToken();
+    if (response.status === 429 || response.status >= 502) {
+      refreshWait = retryAfterSeconds(response) || 5;
+    } else {
+      forgetToken();
+    }
     return false;
   }
   try {
@@ -356,6 +372,10 @@ async function api(method, path, body) {
     response = await send();
   }
   if (response.status === 401) {
+    if (refreshWait !== null) {
+      // not the end of the session: the refresh was only asked to wait
+      throw new ApiError(429, { error: { code: "rate_limited" } }, refreshWait);
+    }
     showLoggedOut("Your session ended. Please log in again.");
     throw new Error("not logged in");
   }
@@ -367,7 +387,7 @@ async function api(method, path, body) {
 
 // ---- views --------------------------------------------------------------------------------
 
-function showLoggedOut(message) {
+function showLoggedOut(message, keepHint = false) {
   forgetToken();
   $("app-section").hidden = true;
   $("login-section").hidden = false;
@@ -377,8 +397,8 @@ function showLoggedOut(message) {
     $(id).textContent = "";
   }
   clearMessages();
-  setStatus(message);
-  rememberSession(false);
+  setStatus(message, keepHint);
+  if (!keepHint) rememberSession(false);
   document.body.dataset.state = "logged-out";
 }
 
@@ -649,6 +669,9 @@ async function start() {
   // Only try when this browser logged in before (see "the session hint").
   if ((await hasSessionHint()) && (await refreshAccessToken())) {
     await showLoggedIn();
+  } else if (refreshWait !== null) {
+    // the session may well be alive: say when to come back, and keep the hint
+    showLoggedOut(`The gateway cannot answer right now. Reload the page in ${seconds(refreshWait)}.`, true);
   } else {
     showLoggedOut("Please log in.");
   }
