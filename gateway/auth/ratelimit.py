@@ -109,7 +109,7 @@ class RateLimits:
             in_memory_fallback_enabled=False,
         )
         storage = self._limiter.limiter.storage
-        if not isinstance(storage, RedisStorage):  # sentinel and cluster storages are ones too
+        if not isinstance(storage, RedisStorage):  # the refund script needs its connection
             raise TypeError("the login limits need a Redis storage")
         self._storage = storage
         self._refund = storage.get_connection().register_script(_REFUND)
