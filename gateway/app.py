@@ -149,9 +149,12 @@ async def readyz(request: Request) -> Response:
     checks = {"backend": backend, "postgres": pg, "redis": rd}
     ready = all(checks.values())
     # which servers: the index into DATABASE_URL's hosts (bounded), the Redis master's address
+    master = redis_url.current_master(state.redis.connection_pool)
     in_use = {
         "postgres_host": state.pool.host_index,
-        "redis_master": redis_url.current_master(state.redis.connection_pool),
+        "redis_master": master,
+        # the label the metric carries for it (tokengate_gateway_redis_master{master})
+        "redis_master_id": metrics.master_id(master) if master is not None else None,
     }
     return JSONResponse(
         {"status": "ready" if ready else "unavailable", "checks": checks, "in_use": in_use},

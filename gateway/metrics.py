@@ -29,6 +29,7 @@ Names (all prefixed ``tokengate_gateway_``):
 from __future__ import annotations
 
 import functools
+import hashlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -123,9 +124,10 @@ POSTGRES_HOST = Gauge(
 )
 REDIS_MASTER = Gauge(
     "tokengate_gateway_redis_master",
-    "1 for the Redis master (host:port) the gateway talks to now; at most "
-    "8 addresses, then 'other'.",
-    ["address"],
+    "1 for the Redis master the gateway talks to now, by master_id (the first 12 hex digits of "
+    "the SHA-256 of host:port, as /readyz shows; no label carries an address); at most 8 "
+    "masters, then 'other'.",
+    ["master"],
     multiprocess_mode="livemax",
 )
 
@@ -216,8 +218,16 @@ def postgres_host(index: int, listed: int) -> None:
         POSTGRES_HOST.labels(str(i)).set(1 if i == index else 0)
 
 
+def master_id(address: str) -> str:
+    """A bounded, stable name for a Redis master: metric labels never carry an address (the
+    operator matches it with ``/readyz``'s ``in_use.redis_master_id``)."""
+    return hashlib.sha256(address.encode("utf-8")).hexdigest()[:12]
+
+
 def redis_master(address: str | None) -> None:
     """The master in use now (``None``: Sentinel has named none yet)."""
+    if address is not None:
+        address = master_id(address)
     if address is not None and address not in _masters:
         if len(_masters) < MAX_MASTER_LABELS:
             _masters.add(address)

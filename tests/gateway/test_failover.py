@@ -97,10 +97,15 @@ async def test_readyz_and_the_gauges_name_the_host_and_master_in_use(
     async with gateway(env) as client:
         ready = await client.get("/readyz")
         assert ready.status_code == 200
-        assert ready.json()["in_use"] == {"postgres_host": 0, "redis_master": master}
+        assert ready.json()["in_use"] == {
+            "postgres_host": 0,
+            "redis_master": master,
+            "redis_master_id": metrics.master_id(master),
+        }
         gauges.sample_once(client.app.state)
     assert REGISTRY.get_sample_value("tokengate_gateway_postgres_host", {"index": "0"}) == 1
-    assert REGISTRY.get_sample_value("tokengate_gateway_redis_master", {"address": master}) == 1
+    labels = {"master": metrics.master_id(master)}
+    assert REGISTRY.get_sample_value("tokengate_gateway_redis_master", labels) == 1
 
 
 def test_the_master_label_is_bounded() -> None:
@@ -108,10 +113,10 @@ def test_the_master_label_is_bounded() -> None:
     for i in range(metrics.MAX_MASTER_LABELS + 4):
         metrics.redis_master(f"10.9.9.{i}:6379")
     series = {
-        s.labels["address"]
+        s.labels["master"]
         for family in REGISTRY.collect()
         if family.name == "tokengate_gateway_redis_master"
         for s in family.samples
     }
     assert len(series) <= metrics.MAX_MASTER_LABELS + 1
-    assert REGISTRY.get_sample_value("tokengate_gateway_redis_master", {"address": "other"}) == 1
+    assert REGISTRY.get_sample_value("tokengate_gateway_redis_master", {"master": "other"}) == 1
