@@ -9,7 +9,12 @@ Pure ASGI, so it wraps any Starlette or FastAPI app (or anything else ASGI) unch
     app.add_middleware(
         InternalAuthMiddleware,
         verifier=verifier,
-        rules=[("/v1/", TokenScope.USER_REQUEST), ("/internal/auth/", TokenScope.AUTH_VALIDATE)],
+        rules=[
+            # a public route opts into the gateway's anonymous scope explicitly
+            ("/v1/public", {TokenScope.USER_REQUEST, TokenScope.ANONYMOUS}),
+            ("/v1", TokenScope.USER_REQUEST),
+            ("/internal/auth", TokenScope.AUTH_VALIDATE),
+        ],
     )
 
     def principal(request: Request) -> Principal:
@@ -63,9 +68,12 @@ _BUSY = _error_body("service_unavailable", "Too many requests in flight, retry s
 class InternalAuthMiddleware:
     """Require a valid internal token on every HTTP request except ``public_paths``.
 
-    ``rules`` maps path prefixes to the :class:`TokenScope` a route needs; the first matching prefix
-    wins. A path matching no rule and not public is refused (fail closed): a new route is
-    protected before anyone remembers to list it. The token is verified with ``htm`` =
+    ``rules`` maps path prefixes to the :class:`TokenScope` a route needs, or to a collection of
+    scopes any one of which it accepts; the first matching prefix wins. Prefixes match on segment
+    boundaries: ``/v1/files`` matches ``/v1/files`` and ``/v1/files/x``, never ``/v1/filesystem``
+    (a string prefix would hand ``/pub``'s scopes to ``/public-leak``); a prefix ending in ``/``
+    matches the paths below it. A path matching no rule and not public is refused (fail closed):
+    a new route is protected before anyone remembers to list it. The token is verified with ``htm`` =
     ``scope["method"]`` and ``htu`` = ``scope["path"]``. On success the :class:`Principal` is at
     ``scope["state"]["principal"]`` (``request.state.principal``).
 
@@ -80,14 +88,14 @@ class InternalAuthMiddleware:
         app: ASGIApp,
         *,
         verifier: Verifier,
-        rules: Iterable[tuple[str, TokenScope]],
+        rules: Iterable[tuple[str, TokenScope | Collection[TokenScope]]],
         public_paths: Collection[str] = ("/healthz", "/readyz"),
         on_reject: RejectHook | None = None,
     ) -> None:
         self.app = app
         self._verifier = verifier
-        self._rules: tuple[tuple[str, TokenScope], ...] = tuple(
-            (prefix, TokenScope(scope)) for prefix, scope in rules
+        self._rules: tuple[tuple[str, TokenScope | frozenset[TokenScope]], ...] = tuple(
+            (prefix, _scopes(scope)) for prefix, scope in rules
         )
         for prefix, _ in self._rules:
             if not prefix.startswith("/"):
@@ -125,7 +133,7 @@ class InternalAuthMiddleware:
 
     def _authenticate(self, scope: ASGIScope) -> Principal:
         path: str = scope["path"]
-        required = next((s for prefix, s in self._rules if path.startswith(prefix)), None)
+        required = next((s for prefix, s in self._rules if _under(path, prefix)), None)
         if required is None:
             raise InternalAuthError(Reason.NO_RULE, "path matches no rule")
         values = [value for name, value in scope["headers"] if name.lower() == _HEADER_NAME]
@@ -162,6 +170,22 @@ class InternalAuthMiddleware:
         headers.append((b"content-length", str(len(body)).encode("ascii")))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+def _scopes(scope: TokenScope | Collection[TokenScope]) -> TokenScope | frozenset[TokenScope]:
+    if isinstance(scope, str):
+        return TokenScope(scope)
+    scopes = frozenset(TokenScope(s) for s in scope)
+    if not scopes:
+        raise ValueError("a rule needs at least one scope")
+    return next(iter(scopes)) if len(scopes) == 1 else scopes
+
+
+def _under(path: str, prefix: str) -> bool:
+    """``path`` is ``prefix`` or below it, on a segment boundary."""
+    if prefix.endswith("/"):
+        return path.startswith(prefix)
+    return path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/")
 
 
 class _HasScope(Protocol):

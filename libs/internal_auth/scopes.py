@@ -10,7 +10,7 @@ __all__ = ["TokenScope"]
 class TokenScope(enum.StrEnum):
     """The ``scope`` claim of an internal token (one value, RFC 9068 §2.2.3 style).
 
-    Each protected route needs exactly one scope, so a token minted for one kind of call cannot be
+    Each protected route names the scopes it accepts (usually one), so a token minted for one kind of call cannot be
     used for another. Add a member only for a new kind of gateway-to-service call.
 
     Named ``TokenScope`` (not ``Scope``) because in an ASGI codebase ``Scope`` is the ASGI
@@ -24,3 +24,8 @@ class TokenScope(enum.StrEnum):
     #: The gateway asking the backend for an account's status, roles and session epochs (before
     #: every refresh rotation, and to rebuild its epoch view); ``sub`` is the gateway id.
     REFRESH_LIFECYCLE = "refresh_lifecycle"
+    #: A request without credentials that a ``public = true`` rule of the gateway's policy let
+    #: through (``GATEWAY_CONFIG``); ``sub`` is the gateway id (no user id can equal it) and
+    #: ``roles`` is empty. A service accepts it only on the routes it opts into it, so a public
+    #: rule written by mistake at the gateway still cannot reach a route that needs a user.
+    ANONYMOUS = "anonymous_request"

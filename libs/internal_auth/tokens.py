@@ -2,7 +2,8 @@
 
 A token is a JWS compact serialisation (RFC 7515 §7.1) with the protected header
 ``{"alg": "EdDSA", "typ": "internal+jwt", "kid": <RFC 7638 thumbprint>}`` and the claims
-``iss aud sub scope roles [sid] jti iat nbf exp htm htu``. ``htm``/``htu`` bind it to one method
+``iss aud sub scope roles [sid] [pol] jti iat nbf exp htm htu``; ``pol`` names the gateway policy
+rule that allowed the request (so a service's own log shows why it was let in). ``htm``/``htu`` bind it to one method
 and path (the idea of RFC 9449 §4.2), so a leaked header cannot be replayed on another route.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,7 +55,9 @@ class Principal:
 
     ``sub`` is the user id for :attr:`TokenScope.USER_REQUEST` (the gateway id for system calls);
     ``roles`` and ``sid`` come from the token as minted; ``jti``, ``iss``, ``iat`` and ``exp``
-    are there for audit logs.
+    are there for audit logs, and so is ``pol``: the name of the gateway policy rule that allowed
+    the request (``None`` without a policy, and for the gateway's own calls). ``scope`` is the
+    token's scope, one of those the route accepts.
     """
 
     sub: str
@@ -65,6 +68,7 @@ class Principal:
     iss: str
     iat: int
     exp: int
+    pol: str | None = None
 
 
 class Minter:
@@ -129,11 +133,15 @@ class Minter:
         htu: str,
         roles: Sequence[str] = (),
         sid: str | None = None,
+        audience: str | None = None,
+        pol: str | None = None,
     ) -> str:
         """A signed token for one request: ``htm`` its method, ``htu`` the path the service sees.
 
         ``htu`` is the path only (no scheme, host or query string), exactly as the receiving
-        service's ASGI ``scope["path"]``.
+        service's ASGI ``scope["path"]``. ``audience`` overrides the minter's own for this token
+        (one minter, one key, one token per service's audience); ``pol`` names the policy rule
+        that allowed the request.
         """
         _require_text("sub", sub)
         if not htu.startswith("/") or "?" in htu or "#" in htu:
@@ -142,16 +150,21 @@ class Minter:
             raise TypeError("roles must be a sequence of role names, not one string")
         if self._holder is not None and self._holder.signer is not self._key:
             self._use(self._holder.signer)
+        if audience is not None:
+            _require_text("audience", audience)
         now = int(self._clock())
         claims: dict[str, Any] = {
             "iss": self._issuer,
-            "aud": self._audience,
+            "aud": self._audience if audience is None else audience,
             "sub": sub,
             "scope": TokenScope(scope).value,
             "roles": list(roles),
         }
         if sid is not None:
             claims["sid"] = sid
+        if pol is not None:
+            _require_text("pol", pol)
+            claims["pol"] = pol
         # 128 random bits (RFC 7519 §4.1.7: jti must not collide) for replay detection and audit.
         claims["jti"] = secrets.token_urlsafe(16)
         claims["iat"] = now
@@ -217,8 +230,16 @@ class Verifier:
         """The trusted keys (a :class:`internal_auth.RemoteKeySet` when they are fetched)."""
         return self._keys
 
-    def verify(self, token: str | bytes, *, scope: TokenScope, htm: str, htu: str) -> Principal:
-        """Verify ``token`` for a request ``htm htu`` on a route that needs ``scope``."""
+    def verify(
+        self,
+        token: str | bytes,
+        *,
+        scope: TokenScope | Collection[TokenScope],
+        htm: str,
+        htu: str,
+    ) -> Principal:
+        """Verify ``token`` for a request ``htm htu`` on a route that needs ``scope`` (one
+        :class:`TokenScope`, or a collection of them: the token must carry one of those)."""
         obj = self._verified_jws(token)
         try:
             claims = json.loads(obj.payload)
@@ -279,7 +300,11 @@ class Verifier:
         return obj
 
     def _check_claims(
-        self, claims: dict[str, Any], scope: TokenScope, htm: str, htu: str
+        self,
+        claims: dict[str, Any],
+        scope: TokenScope | Collection[TokenScope],
+        htm: str,
+        htu: str,
     ) -> Principal:
         iss = claims.get("iss")
         if iss is None:
@@ -323,26 +348,34 @@ class Verifier:
         sid = claims.get("sid")
         if sid is not None and (not isinstance(sid, str) or not sid):
             raise InternalAuthError(Reason.INVALID_CLAIM, "claim sid has the wrong type", iss=iss)
+        pol = claims.get("pol")
+        if pol is not None and (not isinstance(pol, str) or not pol):
+            raise InternalAuthError(Reason.INVALID_CLAIM, "claim pol has the wrong type", iss=iss)
 
         if claimed_htm != htm.upper() or claimed_htu != htu:
             raise InternalAuthError(
                 Reason.UNBOUND_REQUEST, "token bound to another request", iss=iss
             )
         # Last on purpose: only an otherwise valid token earns a 403 instead of a 401.
-        if claimed_scope != scope.value:
+        if isinstance(scope, str):  # one TokenScope (a StrEnum): the common case, no set built
+            granted = scope if claimed_scope == scope.value else None
+        else:
+            granted = next((s for s in scope if claimed_scope == s.value), None)
+        if granted is None:
             raise InternalAuthError(Reason.WRONG_SCOPE, "token scope not allowed here", iss=iss)
         # Only a token that passed every check is remembered, so refused garbage fills nothing.
         if self.replay_cache is not None:
             self.replay_cache.use(jti, exp + self._leeway, iss=iss)
         return Principal(
             sub=sub,
-            scope=scope,
+            scope=granted,
             roles=tuple(roles),
             sid=sid,
             jti=jti,
             iss=iss,
             iat=int(iat),
             exp=int(exp),
+            pol=pol,
         )
 
     def __repr__(self) -> str:

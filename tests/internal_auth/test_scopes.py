@@ -8,7 +8,12 @@ from internal_auth import TokenScope
 
 
 def test_scope_values_are_the_wire_values() -> None:
-    assert [s.value for s in TokenScope] == ["user_request", "auth_validate", "refresh_lifecycle"]
+    assert [s.value for s in TokenScope] == [
+        "user_request",
+        "auth_validate",
+        "refresh_lifecycle",
+        "anonymous_request",
+    ]
 
 
 def test_old_name_still_works_but_warns() -> None:
