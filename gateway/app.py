@@ -145,9 +145,25 @@ async def readyz(request: Request) -> Response:
         except Exception:
             return False
 
-    backend, pg, rd = await asyncio.gather(state.backend.ready(), postgres(), redis_ok())
+    policy = state.settings.policy
+    # Only the identity service, PostgreSQL and Redis decide readiness: without them nobody logs
+    # in. Every other service of GATEWAY_CONFIG is listed by name but fails only its own routes.
+    others = [
+        service
+        for name, service in state.proxy.services.items()
+        if policy is not None and name != policy.identity
+    ]
+    backend, pg, rd, *listed = await asyncio.gather(
+        state.backend.ready(),
+        postgres(),
+        redis_ok(),
+        *(state.backend.ready(service.url) for service in others),
+    )
     checks = {"backend": backend, "postgres": pg, "redis": rd}
     ready = all(checks.values())
+    for service, ok in zip(others, listed, strict=True):
+        # a service named like a check above (identity elsewhere, one called "backend") still shows
+        checks[service.name if service.name not in checks else f"service:{service.name}"] = ok
     # which servers: the index into DATABASE_URL's hosts (bounded), the Redis master's address
     master = redis_url.current_master(state.redis.connection_pool)
     in_use = {

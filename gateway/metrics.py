@@ -11,8 +11,9 @@ Names (all prefixed ``tokengate_gateway_``):
 - ``proxy_duration_seconds{part}``: a proxied request's time, ``part="backend"`` from sending it
   to the backend until its answer was read (its headers, for a streamed answer) and
   ``part="gateway"`` everything else (authentication, minting, forwarding, streaming back).
-- ``backend_failures_total{kind}``: ``connect`` (refused, unreachable), ``timeout``, ``reset``
-  (the connection broke mid-request or mid-answer).
+- ``backend_failures_total{service,kind}``: ``connect`` (refused, unreachable), ``timeout``,
+  ``reset`` (the connection broke mid-request or mid-answer); ``service`` as the policy names it
+  (``backend`` without one).
 - ``logins_total{outcome}``, ``refresh_total{outcome}`` (the ledger's ``Outcome`` values),
   ``revocations_total{reason}`` (families revoked), ``rate_limited_total{limit}``.
 - ``revocation_listener_connected`` (0/1; with several workers the lowest, so one disconnected
@@ -70,8 +71,8 @@ PROXY_DURATION = Histogram(
 )
 BACKEND_FAILURES = Counter(
     "tokengate_gateway_backend_failures_total",
-    "Proxied requests the backend did not answer: connect, timeout, reset.",
-    ["kind"],
+    "Proxied requests a service did not answer, by service: connect, timeout, reset.",
+    ["service", "kind"],
 )
 LOGINS = Counter("tokengate_gateway_logins_total", "Login attempts by outcome.", ["outcome"])
 REFRESHES = Counter(
@@ -137,7 +138,14 @@ _masters: set[str] = set()
 
 _PROXY_GATEWAY = PROXY_DURATION.labels("gateway")
 _PROXY_BACKEND = PROXY_DURATION.labels("backend")
-_FAILURE = {kind: BACKEND_FAILURES.labels(kind) for kind in ("connect", "timeout", "reset")}
+_FAILURE_KINDS = ("connect", "timeout", "reset")
+
+
+def failure_counters(service: str) -> dict[str, Any]:
+    """One service's failure series, bound (and so exported at 0) when its pool is built."""
+    return {kind: BACKEND_FAILURES.labels(service, kind) for kind in _FAILURE_KINDS}
+
+
 POOL_IN_USE = DB_POOL.labels("in_use")
 POOL_IDLE = DB_POOL.labels("idle")
 
@@ -168,8 +176,10 @@ _REVOKED = _prebind(
         "password-changed",
     ),
 )
-_LIMITED = _prebind(RATE_LIMITED, ("login-ip", "login-account", "refresh-ip", "user"))
-_REDIS = _prebind(REDIS_ERRORS, ("ratelimit", "revocation", "user_limit", "dpop_replay", "epochs"))
+_LIMITED = _prebind(RATE_LIMITED, ("login-ip", "login-account", "refresh-ip", "user", "ip"))
+_REDIS = _prebind(
+    REDIS_ERRORS, ("ratelimit", "revocation", "user_limit", "ip_limit", "dpop_replay", "epochs")
+)
 _DPOP = _prebind(DPOP_PROOFS, ("ok", "replay", "htu", "htm", "iat_window", "ath", "jkt", "nonce"))
 
 
@@ -246,14 +256,15 @@ def dpop_replay_round_trip(claims: int) -> None:
     DPOP_CLAIMS.inc(claims)
 
 
-def backend_failure(exc: BaseException) -> None:
+def backend_failure(exc: BaseException, counters: dict[str, Any]) -> None:
+    """Count a failed hop on one service's ``counters`` (:func:`failure_counters`)."""
     if isinstance(exc, TimeoutError):
         kind = "timeout"
     elif isinstance(exc, BackendUnreachable | ConnectionRefusedError):
         kind = "connect"
     else:
         kind = "reset"
-    _FAILURE[kind].inc()
+    counters[kind].inc()
 
 
 def proxy_timing(started: float, backend_seconds: float) -> None:

@@ -27,6 +27,7 @@ from servicekit.db import PoolSettings
 from servicekit.forwarded import Network
 from servicekit.logs import log_format_from_env
 
+from gateway.policy import DEFAULT_MAX_BYTES, Policy, load_policy
 from gateway.proxy.upstream import Origin
 
 # RFC 7518 §3.2: an HS256 key must be at least as long as the hash output (256 bits).
@@ -208,6 +209,13 @@ class Settings:
     login_rate_limit_account: str = "5/minute"
     refresh_rate_limit: str = "30/minute"
     proxy_rate_limit_user: str = ""
+    #: anonymous requests (admitted by a policy's public rules) per client IP; "" is off
+    proxy_rate_limit_ip: str = "120/minute"
+    #: ``GATEWAY_CONFIG``: the route table and policy, compiled (``None``: one service, any
+    #: authenticated user, from ``BACKEND_URL``/``BACKEND_ID``)
+    gateway_config: str | None = None
+    gateway_config_max_bytes: int = DEFAULT_MAX_BYTES
+    policy: Policy | None = field(default=None, repr=False, compare=False)
     proxy_max_body_bytes: int = 20971520
     proxy_connect_timeout: float = 2.0
     proxy_read_timeout: float = 30.0
@@ -267,12 +275,23 @@ class Settings:
         internal_ttl = get_int(environ, "INTERNAL_TOKEN_TTL", 30, minimum=1)
         if internal_ttl > 60:
             raise ConfigError("INTERNAL_TOKEN_TTL must be at most 60 seconds")
-        backend_url = get_str(environ, "BACKEND_URL").rstrip("/")
-        try:
-            Origin(backend_url)
-        except ValueError as exc:
-            # not echoed: a URL with credentials in it would put them in the log
-            raise ConfigError(f"BACKEND_URL: {exc}") from None
+        config_path = environ.get("GATEWAY_CONFIG", "").strip() or None
+        config_max = get_int(environ, "GATEWAY_CONFIG_MAX_BYTES", DEFAULT_MAX_BYTES, minimum=1)
+        policy = None
+        if config_path is not None:
+            # The identity service of the file takes the place of BACKEND_URL and BACKEND_ID:
+            # the gateway's own calls (credentials, lifecycle, readiness) go to it alone.
+            policy = load_policy(config_path, max_bytes=config_max)
+            identity = policy.services[policy.identity]
+            backend_url, backend_id = identity.url, identity.audience
+        else:
+            backend_url = get_str(environ, "BACKEND_URL").rstrip("/")
+            backend_id = get_str(environ, "BACKEND_ID", "tokengate-backend")
+            try:
+                Origin(backend_url)
+            except ValueError as exc:
+                # not echoed: a URL with credentials in it would put them in the log
+                raise ConfigError(f"BACKEND_URL: {exc}") from None
         iat_window = get_int(environ, "DPOP_IAT_WINDOW", 60, minimum=1)
         if iat_window > 600:
             raise ConfigError("DPOP_IAT_WINDOW must be at most 600 seconds")
@@ -299,7 +318,7 @@ class Settings:
             internal_listen_key_file=key_file,
             redis_key_prefix=prefix,
             gateway_id=get_str(environ, "GATEWAY_ID", "tokengate-gateway"),
-            backend_id=get_str(environ, "BACKEND_ID", "tokengate-backend"),
+            backend_id=backend_id,
             access_token_audience=get_str(environ, "ACCESS_TOKEN_AUDIENCE", "tokengate-api"),
             access_token_ttl=access_ttl,
             refresh_token_ttl=refresh_ttl,
@@ -317,6 +336,10 @@ class Settings:
             login_rate_limit_account=_rate(environ, "LOGIN_RATE_LIMIT_ACCOUNT", "5/minute"),
             refresh_rate_limit=_rate(environ, "REFRESH_RATE_LIMIT", "30/minute"),
             proxy_rate_limit_user=_rate(environ, "PROXY_RATE_LIMIT_USER", ""),
+            proxy_rate_limit_ip=_rate(environ, "PROXY_RATE_LIMIT_IP", "120/minute"),
+            gateway_config=config_path,
+            gateway_config_max_bytes=config_max,
+            policy=policy,
             proxy_max_body_bytes=get_int(environ, "PROXY_MAX_BODY_BYTES", 20971520, minimum=1),
             proxy_connect_timeout=get_float(environ, "PROXY_CONNECT_TIMEOUT", 2.0),
             proxy_read_timeout=get_float(environ, "PROXY_READ_TIMEOUT", 30.0),

@@ -240,9 +240,12 @@ class BackendClient:
             raise self._rejected(response)
         return _user(self._json(response))
 
-    async def ready(self) -> bool:
+    async def ready(self, service_url: str | None = None) -> bool:
+        """The identity service's ``/healthz`` answers 200 (or, given ``service_url``, another
+        service's: readiness lists them without depending on them)."""
+        url = "/healthz" if service_url is None else service_url + "/healthz"
         try:
-            response = await self._client.get("/healthz", timeout=2.0)
+            response = await self._client.get(url, timeout=2.0)
         except httpx.HTTPError:
             return False
         return response.status_code == 200

@@ -1,4 +1,5 @@
-"""The proxy's long-lived part: :class:`BackendProxy`, the pool to the backend and its settings.
+"""The proxy's long-lived part: :class:`BackendProxy`, one :class:`Service` (and its pool) per
+service behind the gateway, and the proxy's settings.
 
 Kept apart from the per-request handler (:mod:`gateway.proxy.handler`) so that the app state can
 hold it without importing the handler, which reads that state.
@@ -6,59 +7,62 @@ hold it without importing the handler, which reads that state.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway import metrics
 from gateway.auth.tokens import TokenService
 from gateway.auth.verified_tokens import VerifiedTokens
+from gateway.policy import Policy, ServiceConfig
 from gateway.proxy.upstream import UpstreamPool
 from gateway.proxy.user_limit import UserLimit
 from gateway.settings import Settings
 
+#: The name of the one service without ``GATEWAY_CONFIG`` (``BACKEND_URL``, ``BACKEND_ID``).
+DEFAULT_SERVICE = "backend"
 
-class BackendProxy:
-    """The keep-alive connection pool to the backend plus the proxy's settings; one per app.
 
-    Opened in the gateway's lifespan (:meth:`start`/:meth:`close`) and kept at
-    ``app.state.proxy``. Invariants every request through it keeps (:func:`proxy_request`):
+@dataclass(eq=False)
+class Service:
+    """One service behind the gateway: where it is, the audience of its internal tokens, its own
+    keep-alive pool and timeouts, and the ``service`` label of its failure metrics."""
 
-    - nothing reaches the backend before the access token verified and its session was found
-      not revoked, and nothing but ``/v1/...`` paths :func:`gateway.proxy.paths.backend_path`
-      accepted;
-    - one fresh internal token per request (per attempt, if the pool resends), bound to that
-      method and that exact backend path; the client's ``Authorization``, ``DPoP`` and
-      ``Cookie`` never cross, and neither do ``X-Internal-Auth``/``X-User-*``/``X-Forwarded-*``
-      it sent;
-    - the pool is shared but nothing per-user is: no cookie jar, no auth state, and response
-      bytes pass through untouched (no decompression, so lengths stay true);
-    - every wait is bounded (connect, pool acquire, each read), and a backend failure is a JSON
-      502/504 unless the status line is already out, in which case the connection is cut so the
-      client never takes a truncated body for a whole one.
-    """
+    name: str
+    url: str
+    audience: str
+    connect_timeout: float
+    read_timeout: float
+    #: TLS material for the hop, as the policy file names it (``None``: the pool's defaults)
+    ca_file: str | None = None
+    client_cert_file: str | None = None
+    client_key_file: str | None = None
+    _pool: UpstreamPool | None = field(default=None, repr=False)
+    #: ``backend_failures_total{service=name, kind}``
+    failures: dict[str, Any] = field(init=False, repr=False)
 
-    def __init__(self, settings: Settings, tokens: TokenService) -> None:
-        self.access_tokens = VerifiedTokens(tokens.verify_access)
-        self.backend_url = settings.backend_url
-        self.max_body = settings.proxy_max_body_bytes
-        self.trusted_proxies = settings.trusted_proxies
-        self.connect_timeout = settings.proxy_connect_timeout
-        self.read_timeout = settings.proxy_read_timeout
-        # OpenTelemetry on: the hop gets a CLIENT span (no instrumentation package covers it)
-        self.traced = settings.otel_endpoint is not None
-        self.user_limit = (
-            UserLimit(
-                redis=settings.redis,
-                key_prefix=settings.redis_key_prefix,
-                rate=settings.proxy_rate_limit_user,
-            )
-            if settings.proxy_rate_limit_user
-            else None
+    def __post_init__(self) -> None:
+        self.failures = metrics.failure_counters(self.name)
+
+    @classmethod
+    def from_config(cls, config: ServiceConfig, settings: Settings) -> Service:
+        return cls(
+            name=config.name,
+            url=config.url,
+            audience=config.audience,
+            connect_timeout=config.connect_timeout or settings.proxy_connect_timeout,
+            read_timeout=config.read_timeout or settings.proxy_read_timeout,
+            ca_file=config.ca_file,
+            client_cert_file=config.client_cert_file,
+            client_key_file=config.client_key_file,
         )
-        self._pool: UpstreamPool | None = None
 
     async def start(self) -> None:
-        # connect bounds reaching the backend, read bounds every wait for response bytes, and
+        # connect bounds reaching the service, read bounds every wait for response bytes, and
         # acquire bounds waiting for a free pooled connection under overload; no total, so a
-        # long download that keeps moving is not cut off.
+        # long download that keeps moving is not cut off. (The TLS files above are for the
+        # pool's SSL context: the hook where a per-service CA and client certificate go.)
         self._pool = UpstreamPool(
-            self.backend_url,
+            self.url,
             connect_timeout=self.connect_timeout,
             read_timeout=self.read_timeout,
             acquire_timeout=self.read_timeout,
@@ -76,3 +80,85 @@ class BackendProxy:
         if self._pool is None:
             raise RuntimeError("BackendProxy.start() was not called (gateway lifespan not run)")
         return self._pool
+
+
+class BackendProxy:
+    """The services behind the gateway, each with its keep-alive pool, plus the proxy's settings
+    and the policy that picks a service and decides a request; one per app.
+
+    Opened in the gateway's lifespan (:meth:`start`/:meth:`close`) and kept at
+    ``app.state.proxy``. Invariants every request through it keeps (:func:`proxy_request`):
+
+    - nothing reaches a service before the access token verified and its session was found not
+      revoked (or, with a policy, before a ``public`` allow rule admitted an anonymous request),
+      and nothing but ``/v1/...`` paths :func:`gateway.proxy.paths.backend_path` accepted;
+    - with a policy (``GATEWAY_CONFIG``), nothing reaches a service that no allow rule covers,
+      or that a deny rule covers, and only the service its route names;
+    - one fresh internal token per request (per attempt, if the pool resends), bound to that
+      method and that exact service path, for that service's audience only; the client's
+      ``Authorization``, ``DPoP`` and ``Cookie`` never cross, and neither do
+      ``X-Internal-Auth``/``X-User-*``/``X-Forwarded-*`` it sent;
+    - the pools are shared but nothing per-user is: no cookie jar, no auth state, and response
+      bytes pass through untouched (no decompression, so lengths stay true);
+    - every wait is bounded (connect, pool acquire, each read), and a service failure is a JSON
+      502/504 unless the status line is already out, in which case the connection is cut so the
+      client never takes a truncated body for a whole one.
+    """
+
+    def __init__(self, settings: Settings, tokens: TokenService) -> None:
+        self.access_tokens = VerifiedTokens(tokens.verify_access)
+        self.gateway_id = settings.gateway_id
+        self.max_body = settings.proxy_max_body_bytes
+        self.trusted_proxies = settings.trusted_proxies
+        # OpenTelemetry on: the hop gets a CLIENT span (no instrumentation package covers it)
+        self.traced = settings.otel_endpoint is not None
+        self.user_limit = (
+            UserLimit(
+                redis=settings.redis,
+                key_prefix=settings.redis_key_prefix,
+                rate=settings.proxy_rate_limit_user,
+            )
+            if settings.proxy_rate_limit_user
+            else None
+        )
+        #: ``None``: no ``GATEWAY_CONFIG``, one service and any authenticated user (as before)
+        self.policy: Policy | None = settings.policy
+        if settings.policy is None:
+            services = [
+                Service(
+                    name=DEFAULT_SERVICE,
+                    url=settings.backend_url,
+                    audience=settings.backend_id,
+                    connect_timeout=settings.proxy_connect_timeout,
+                    read_timeout=settings.proxy_read_timeout,
+                )
+            ]
+        else:
+            services = [
+                Service.from_config(config, settings)
+                for config in settings.policy.services.values()
+            ]
+        self.services: dict[str, Service] = {service.name: service for service in services}
+        #: the service of every request without a policy
+        self.default = services[0]
+        #: anonymous requests per client IP (``PROXY_RATE_LIMIT_IP``): only a policy admits them
+        self.ip_limit = (
+            UserLimit(
+                redis=settings.redis,
+                key_prefix=settings.redis_key_prefix,
+                rate=settings.proxy_rate_limit_ip,
+                namespace="proxy-ip",
+                limit="ip",
+                fail_open=False,
+            )
+            if settings.proxy_rate_limit_ip and settings.policy is not None
+            else None
+        )
+
+    async def start(self) -> None:
+        for service in self.services.values():
+            await service.start()
+
+    async def close(self) -> None:
+        for service in self.services.values():
+            await service.close()

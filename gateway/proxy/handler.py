@@ -1,15 +1,19 @@
-"""The reverse proxy: every ``/api/v1/{path}`` that is not an auth route goes to the backend.
+"""The reverse proxy: every ``/api/v1/{path}`` that is not an auth route goes to a service.
 
 One request, top to bottom in :func:`proxy_request`:
 
-0. route: map the path to the backend's ``/v1/...``, refusing anything that could escape it
+0. route: map the path to the service's ``/v1/...``, refusing anything that could escape it
    (before any token work, so garbage costs nothing and unknown auth routes are a plain 404);
+   with a policy (``GATEWAY_CONFIG``), the longest route prefix names the service (none: 404);
 1. authenticate: the ``Authorization: Bearer`` access token (RFC 6750 §2.1), or a DPoP-bound one
    with ``Authorization: DPoP`` and a proof for this request (RFC 9449 §7, :mod:`gateway.dpop`);
+   with a policy, a request without ``Authorization`` is anonymous and passes only where a
+   ``public`` allow rule matches (then the per-IP limit), and a bad token is a 401 everywhere;
 2. check revocation: the token's session (``sid``) against the local revoked set and its ``iat``
    against its user's epoch (account disabled, password or roles changed; no I/O), then the
-   optional per-user limit;
-3. mint: an internal token bound to this method and that exact backend path;
+   optional per-user limit; with a policy, its rules decide (no allow rule, or a deny: 403);
+3. mint: an internal token for that service's audience, bound to this method and that exact
+   service path, naming the allowing rule (``pol``);
 4. forward: method, path, query, end-to-end headers and the body, streamed, size-capped;
 5. stream back: status, end-to-end headers and the body as it arrives.
 
@@ -24,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 from internal_auth import TokenScope
 from servicekit import otel
@@ -37,18 +41,23 @@ from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
 from gateway import metrics
-from gateway.auth.bearer import authenticate_request
+from gateway.auth.bearer import CHALLENGE, authenticate_request
+from gateway.auth.tokens import AccessClaims
 from gateway.errors import (
     BadGateway,
     BadRequest,
+    Forbidden,
     GatewayError,
     GatewayTimeout,
     NotFound,
+    Unauthorized,
 )
+from gateway.policy import Caller
+from gateway.proxy.backend import Service
 from gateway.proxy.headers import INTERNAL_AUTH, Header, request_headers, response_headers
-from gateway.proxy.paths import backend_path
+from gateway.proxy.paths import BACKEND_PREFIX, backend_path
 from gateway.proxy.upstream import InvalidRequest, UpstreamError
-from gateway.state import scope_state
+from gateway.state import GatewayState, scope_state
 
 logger = logging.getLogger("gateway.proxy")
 
@@ -77,34 +86,50 @@ async def proxy_request(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["path"].startswith(GATEWAY_PREFIX):
         _refuse_gateway_path(scope)
     target = backend_path(scope.get("raw_path"), scope["path"])
+    client = scope.get("client")
+    ip, proto = client_and_scheme(
+        client[0] if client else None, scope.get("scheme", "http"), headers, proxy.trusted_proxies
+    )
 
     # 1. Authenticate (Bearer, or DPoP with a proof for this request), 2. check revocation
     #    (a logged-out session's access tokens die at once, and so do those issued before their
-    #    account last changed), then the per-user limit.
-    claims = await authenticate_request(
-        headers=headers,
-        method=method,
-        path=_request_path(scope),
-        verify=proxy.access_tokens.verify,
-        dpop=app_state.dpop,
-        revoked=app_state.revoked,
-        token_denied=app_state.epochs.token_denied,
-    )
-    request_state["user_id"] = claims.sub
-    if proxy.user_limit is not None:
-        await proxy.user_limit.check(claims.sub)
+    #    account last changed), then the per-user limit; with a policy, its decision.
+    rule: str | None = None
+    claims: AccessClaims | None
+    if proxy.policy is None:
+        service = proxy.default
+        claims = await _authenticate(scope, app_state, headers, method)
+    else:
+        service, claims, rule = await _decide(scope, app_state, headers, method, target.path, ip)
+    if claims is not None:
+        request_state["user_id"] = claims.sub
+        if proxy.user_limit is not None:
+            await proxy.user_limit.check(claims.sub)
 
-    # 3. Mint, bound to the method and the exact path the backend will see (its htu check).
+    # 3. Mint, for this service's audience, bound to the method and the exact path the service
+    #    will see (its htu check); an anonymous request gets its own scope, never user_request.
     def mint() -> str:
         try:
-            token: str = app_state.minter.mint(
-                sub=claims.sub,
-                scope=TokenScope.USER_REQUEST,
-                htm=method,
-                htu=target.path,
-                roles=claims.roles,
-                sid=claims.sid,
-            )
+            if claims is None:
+                token: str = app_state.minter.mint(
+                    sub=proxy.gateway_id,
+                    scope=TokenScope.ANONYMOUS,
+                    htm=method,
+                    htu=target.path,
+                    audience=service.audience,
+                    pol=rule,
+                )
+            else:
+                token = app_state.minter.mint(
+                    sub=claims.sub,
+                    scope=TokenScope.USER_REQUEST,
+                    htm=method,
+                    htu=target.path,
+                    roles=claims.roles,
+                    sid=claims.sid,
+                    audience=service.audience,
+                    pol=rule,
+                )
         except ValueError:
             # paths.py refuses every path the minter would; this only keeps a gap a 400.
             raise BadRequest("malformed request path") from None
@@ -127,10 +152,6 @@ async def proxy_request(scope: Scope, receive: Receive, send: Send) -> None:
         body_stream = _BodyStream(receive, proxy.max_body)
         data = body_stream.chunks()
 
-    client = scope.get("client")
-    ip, proto = client_and_scheme(
-        client[0] if client else None, scope.get("scheme", "http"), headers, proxy.trusted_proxies
-    )
     outbound = request_headers(
         headers,
         client_ip=ip,
@@ -142,7 +163,7 @@ async def proxy_request(scope: Scope, receive: Receive, send: Send) -> None:
     query: bytes = scope.get("query_string", b"")
     request_target = target.raw.encode("latin-1") + (b"?" + query if query else b"")
     span: contextlib.AbstractContextManager[otel.ClientSpan | None] = (
-        otel.client_span(method, proxy.backend_url + request_target.decode("latin-1"))
+        otel.client_span(method, service.url + request_target.decode("latin-1"))
         if proxy.traced
         else contextlib.nullcontext()
     )
@@ -160,7 +181,7 @@ async def proxy_request(scope: Scope, receive: Receive, send: Send) -> None:
                     outbound.append((name.encode("latin-1"), value.encode("latin-1")))
             else:
                 outbound += hop.headers
-            response = await proxy.pool.request(
+            response = await service.pool.request(
                 method,
                 request_target,
                 outbound,
@@ -182,7 +203,7 @@ async def proxy_request(scope: Scope, receive: Receive, send: Send) -> None:
             raise BadRequest(str(exc)) from None
         if not isinstance(exc, UpstreamError):
             raise
-        raise _backend_error(exc, method, target.path) from None
+        raise _backend_error(exc, method, target.path, service) from None
 
     # 5. Stream back.
     try:
@@ -194,7 +215,7 @@ async def proxy_request(scope: Scope, receive: Receive, send: Send) -> None:
             try:
                 payload = await response.read()
             except UpstreamError as exc:
-                raise _backend_error(exc, method, target.path) from None
+                raise _backend_error(exc, method, target.path, service) from None
             metrics.proxy_timing(started, time.perf_counter() - backend_started)
             await send(
                 {"type": "http.response.start", "status": response.status, "headers": out_headers}
@@ -211,11 +232,12 @@ async def proxy_request(scope: Scope, receive: Receive, send: Send) -> None:
         except UpstreamError as exc:
             # The status line is already out; all that is left is to cut the connection so the
             # client sees a truncated body rather than a complete-looking one.
-            metrics.backend_failure(exc)
+            metrics.backend_failure(exc, service.failures)
             log_event(
                 logger,
                 "proxy_stream_aborted",
                 logging.WARNING,
+                service=service.name,
                 path=target.path,
                 error=type(exc).__name__,
             )
@@ -240,6 +262,60 @@ def proxy_route() -> Route:
 
 
 # -- helpers, in the order the request uses them --------------------------------------------------
+
+
+def _authenticate(
+    scope: Scope, app_state: GatewayState, headers: list[tuple[bytes, bytes]], method: str
+) -> Awaitable[AccessClaims]:
+    return authenticate_request(
+        headers=headers,
+        method=method,
+        path=_request_path(scope),
+        verify=app_state.proxy.access_tokens.verify,
+        dpop=app_state.dpop,
+        revoked=app_state.revoked,
+        token_denied=app_state.epochs.token_denied,
+    )
+
+
+async def _decide(
+    scope: Scope,
+    app_state: GatewayState,
+    headers: list[tuple[bytes, bytes]],
+    method: str,
+    service_path: str,
+    ip: str | None,
+) -> tuple[Service, AccessClaims | None, str]:
+    """With a policy: the service the route names, the caller (``None``: anonymous) and the
+    allowing rule's name, or 404 (no route), 401 (a bad token, or none where no public rule
+    matches), 403 (no allow rule, or a deny rule) or 429 (the per-IP limit)."""
+    proxy = app_state.proxy
+    policy = proxy.policy
+    assert policy is not None
+    # Rules and routes see the path the internal token binds (its htu), minus "/v1": the one
+    # canonical, decoded form, never the raw path, the query or a header (path confusion).
+    path = service_path[len(BACKEND_PREFIX) - 1 :]
+    name = policy.service_for(path)
+    if name is None:
+        raise NotFound()
+    service = proxy.services[name]
+    claims: AccessClaims | None = None
+    caller: Caller | None = None
+    if _header(headers, b"authorization") is not None:
+        # A token that fails is a 401 even where a public rule would admit an anonymous
+        # request: a broken client must learn it (and a bad token never downgrades silently).
+        claims = await _authenticate(scope, app_state, headers, method)
+        caller = Caller(claims.sub, frozenset(claims.roles))
+    decision = policy.decide(method, path, caller)
+    if not decision.allowed or decision.rule is None:
+        # No rule names reach the client: which rule (or none) decided stays in the log.
+        log_event(logger, "policy_denied", method=method, path=service_path, service=name)
+        if claims is None:
+            raise Unauthorized(headers={"WWW-Authenticate": CHALLENGE})
+        raise Forbidden()
+    if claims is None and proxy.ip_limit is not None:
+        await proxy.ip_limit.check(ip or "unknown")
+    return service, claims, decision.rule
 
 
 def _refuse_gateway_path(scope: Scope) -> None:
@@ -310,15 +386,16 @@ class _BodyStream:
                 yield chunk
 
 
-def _backend_error(exc: BaseException, method: str, path: str) -> GatewayError:
-    """504 for a backend that did not answer in time, 502 for one that could not be reached or
+def _backend_error(exc: BaseException, method: str, path: str, service: Service) -> GatewayError:
+    """504 for a service that did not answer in time, 502 for one that could not be reached or
     broke the connection."""
     timeout = isinstance(exc, TimeoutError)
-    metrics.backend_failure(exc)
+    metrics.backend_failure(exc, service.failures)
     log_event(
         logger,
         "backend_timeout" if timeout else "backend_unreachable",
         logging.WARNING,
+        service=service.name,
         method=method,
         path=path,
         error=type(exc).__name__,

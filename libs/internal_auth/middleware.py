@@ -73,9 +73,9 @@ class InternalAuthMiddleware:
     boundaries: ``/v1/files`` matches ``/v1/files`` and ``/v1/files/x``, never ``/v1/filesystem``
     (a string prefix would hand ``/pub``'s scopes to ``/public-leak``); a prefix ending in ``/``
     matches the paths below it. A path matching no rule and not public is refused (fail closed):
-    a new route is protected before anyone remembers to list it. The token is verified with ``htm`` =
-    ``scope["method"]`` and ``htu`` = ``scope["path"]``. On success the :class:`Principal` is at
-    ``scope["state"]["principal"]`` (``request.state.principal``).
+    a new route is protected before anyone remembers to list it. The token is verified with
+    ``htm`` = ``scope["method"]`` and ``htu`` = ``scope["path"]``. On success the
+    :class:`Principal` is at ``scope["state"]["principal"]`` (``request.state.principal``).
 
     Responses: 401 ``{"error": {"code": "unauthorized", ...}}`` for a missing, invalid or
     already used token (and for unlisted paths), 403 ``{"error": {"code": "forbidden", ...}}``

@@ -10,8 +10,9 @@ __all__ = ["TokenScope"]
 class TokenScope(enum.StrEnum):
     """The ``scope`` claim of an internal token (one value, RFC 9068 §2.2.3 style).
 
-    Each protected route names the scopes it accepts (usually one), so a token minted for one kind of call cannot be
-    used for another. Add a member only for a new kind of gateway-to-service call.
+    Each protected route names the scopes it accepts (usually one), so a token minted for one
+    kind of call cannot be used for another. Add a member only for a new kind of
+    gateway-to-service call.
 
     Named ``TokenScope`` (not ``Scope``) because in an ASGI codebase ``Scope`` is the ASGI
     connection scope; the old name is a deprecated alias (see :func:`internal_auth.__getattr__`).

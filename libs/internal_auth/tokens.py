@@ -3,8 +3,9 @@
 A token is a JWS compact serialisation (RFC 7515 §7.1) with the protected header
 ``{"alg": "EdDSA", "typ": "internal+jwt", "kid": <RFC 7638 thumbprint>}`` and the claims
 ``iss aud sub scope roles [sid] [pol] jti iat nbf exp htm htu``; ``pol`` names the gateway policy
-rule that allowed the request (so a service's own log shows why it was let in). ``htm``/``htu`` bind it to one method
-and path (the idea of RFC 9449 §4.2), so a leaked header cannot be replayed on another route.
+rule that allowed the request (so a service's own log shows why it was let in). ``htm``/``htu``
+bind it to one method and path (the idea of RFC 9449 §4.2), so a leaked header cannot be replayed
+on another route.
 """
 
 from __future__ import annotations

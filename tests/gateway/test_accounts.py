@@ -42,7 +42,7 @@ from tests.gateway.conftest import (
     refresh_cookie,
     refresh_with,
 )
-from tests.gateway.test_proxy_live import serve
+from tests.support.asgi_server import serve
 from tests.support.redis_keys import forget_prefix
 from tests.support.stack import free_port
 
