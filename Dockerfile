@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
-# One image definition, two final targets: `backend` and `gateway`. The wheel is built in a
-# throw-away stage so no compiler, no dev extra and no source tree reach the final images.
+# One image definition, three final targets: `backend`, `gateway` and the example `files`
+# service. The wheel is built in a throw-away stage so no compiler, no dev extra and no source
+# tree reach the final images.
 
 FROM python:3.11-slim AS build
 WORKDIR /src
@@ -33,3 +34,15 @@ EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
 CMD ["tokengate", "gateway", "--host", "0.0.0.0", "--port", "8000"]
+
+# The example service behind the gateway (examples/files/): the runtime plus FastAPI and the
+# example's source; it holds the gateway's public key only (compose.yaml).
+FROM runtime AS files
+USER root
+RUN pip install --no-cache-dir "fastapi>=0.115,<1"
+COPY examples /app/examples
+USER 10001
+EXPOSE 8002
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8002/healthz', timeout=2)"]
+CMD ["python", "-m", "examples.files", "--host", "0.0.0.0", "--port", "8002"]

@@ -33,11 +33,11 @@ def test_only_the_gateway_publishes_a_port() -> None:
     assert published == {"gateway"}
 
 
-def test_private_key_only_in_the_gateway_public_key_only_in_the_backend() -> None:
+def test_private_key_only_in_the_gateway_public_key_only_in_the_services() -> None:
     for name in SERVICES:
         env = _env(name)
         assert ("INTERNAL_JWT_PRIVATE_KEY" in env) == (name == "gateway"), name
-        assert ("INTERNAL_JWT_PUBLIC_KEY" in env) == (name == "backend"), name
+        assert ("INTERNAL_JWT_PUBLIC_KEY" in env) == (name in ("backend", "files")), name
         assert ("JWT_ACCESS_SECRET" in env) == (name == "gateway"), name
         assert ("JWT_REFRESH_SECRET" in env) == (name == "gateway"), name
         assert "env_file" not in SERVICES[name], "env_file would hand every secret to " + name
@@ -46,7 +46,7 @@ def test_private_key_only_in_the_gateway_public_key_only_in_the_backend() -> Non
 def test_networks_keep_data_and_backend_internal() -> None:
     assert COMPOSE["networks"]["internal"]["internal"] is True
     assert not COMPOSE["networks"]["public"] or not COMPOSE["networks"]["public"].get("internal")
-    for name in ("postgres", "redis", "backend", "migrate"):
+    for name in ("postgres", "redis", "backend", "migrate", "files"):
         assert _networks(name) == {"internal"}, name
     assert _networks("gateway") == {"internal", "public"}
 
@@ -71,12 +71,12 @@ def test_images_run_as_non_root_without_build_tools() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     stages = re.split(r"^FROM ", dockerfile, flags=re.M)[1:]
     final = {s.split()[2]: s for s in stages if " AS " in s.split("\n")[0]}
-    assert {"backend", "gateway"} <= set(final)
+    assert {"backend", "gateway", "files"} <= set(final)
     runtime = final["runtime"]
     assert "-slim" in runtime.split("\n")[0]
     assert re.search(r"^USER 10001$", runtime, flags=re.M)
     assert "[dev]" not in dockerfile and "gcc" not in dockerfile
-    for target in ("backend", "gateway"):
+    for target in ("backend", "gateway", "files"):
         assert "HEALTHCHECK" in final[target]
         assert final[target].split("\n")[0].startswith("runtime AS")
 

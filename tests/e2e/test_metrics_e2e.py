@@ -146,7 +146,7 @@ def test_scrapes_count_real_traffic_exactly(scraped: Scraped) -> None:
     # five proxied requests, each timed in two parts
     for part in ("gateway", "backend"):
         assert gd("proxy_duration_seconds_count", part=part) == 5
-    assert gd("backend_failures_total", kind="connect") == 0
+    assert gd("backend_failures_total", service="backend", kind="connect") == 0
 
     assert bd("requests_total", route="/internal/auth/validate", method="POST", status="200") == 2
     assert bd("requests_total", route="/internal/auth/validate", method="POST", status="401") == 3

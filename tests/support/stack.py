@@ -30,6 +30,7 @@ from pathlib import Path
 import httpx
 from internal_auth import Minter, PrivateKey, TokenScope, generate_private_key
 
+ROOT = Path(__file__).resolve().parents[2]
 GATEWAY_ID = "tokengate-gateway"
 BACKEND_ID = "tokengate-backend"
 START_TIMEOUT = 30.0
@@ -51,10 +52,18 @@ class StackError(RuntimeError):
 
 class _Service:
     def __init__(
-        self, name: str, env: dict[str, str], port: int, logdir: Path, args: tuple[str, ...] = ()
+        self,
+        name: str,
+        env: dict[str, str],
+        port: int,
+        logdir: Path,
+        args: tuple[str, ...] = (),
+        command: list[str] | None = None,
     ) -> None:
         self.name = name
         self.args = args
+        #: the program, when it is not ``tokengate NAME`` (an example service)
+        self.command = command
         self.env = env
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
@@ -65,9 +74,11 @@ class _Service:
         if self.proc is not None and self.proc.poll() is None:
             return
         with self.log_path.open("ab") as log:
+            program = self.command or _tokengate(self.name)
             self.proc = subprocess.Popen(
-                _tokengate(self.name, "--host", "127.0.0.1", "--port", str(self.port), *self.args),
+                [*program, "--host", "127.0.0.1", "--port", str(self.port), *self.args],
                 env=self.env,
+                cwd=ROOT,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

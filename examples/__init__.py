@@ -1,0 +1,1 @@
+"""Examples of services behind tokengate; not part of the ``tokengate`` distribution."""
