@@ -22,6 +22,8 @@ PACKAGES = {
     "tokengate_client": (ROOT / "libs" / "tokengate_client", 0),
     "gateway": (ROOT / "gateway", 1),
     "backend": (ROOT / "backend", 1),
+    # not installed, but a service all the same: internal_auth only, never the gateway's code
+    "examples": (ROOT / "examples", 1),
     "tokengate": (ROOT / "tokengate", 2),
 }
 

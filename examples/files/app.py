@@ -13,8 +13,8 @@ on); a token the gateway minted for the backend's audience is refused. The servi
 gateway's public key(s) only: ``INTERNAL_JWT_PUBLIC_KEY`` (PEM, several allowed during a
 rotation) or ``INTERNAL_JWT_PUBLIC_KEY_FILE``.
 
-Run: ``python -m examples.files --host 127.0.0.1 --port 8002`` from the repository root (or
-``uvicorn --factory examples.files.app:app_from_env``).
+Run: ``python -m examples.files --host 127.0.0.1 --port 8002`` from the repository root, or
+``uvicorn examples.files.app:app`` (the app is built from the environment when first asked for).
 """
 
 from __future__ import annotations
@@ -139,21 +139,21 @@ def create_app(settings: FilesSettings) -> FastAPI:
         return {"status": "ok"}
 
     # GET implies HEAD at the gateway (RFC 9110 §9.3.2); FastAPI needs it said
-    @app.api_route("/v1/files/public/{name}", methods=["GET", "HEAD"])
+    @app.api_route("/v1/files/public/{name:path}", methods=["GET", "HEAD"])
     async def read_public(name: str, who: Caller) -> Any:
         logger.info("files_request route=public pol=%s scope=%s", who.pol, who.scope.value)
         if name not in public:
             return _error(404, "not_found", "no such file")
         return {"name": name, "content": public[name], "caller": _who(who)}
 
-    @app.api_route("/v1/files/docs/{name}", methods=["GET", "HEAD"])
+    @app.api_route("/v1/files/docs/{name:path}", methods=["GET", "HEAD"])
     async def read_doc(name: str, who: Caller) -> Any:
         logger.info("files_request route=docs pol=%s", who.pol)
         if name not in documents:
             return _error(404, "not_found", "no such document")
         return {"name": name, "content": documents[name], "caller": _who(who)}
 
-    @app.put("/v1/files/docs/{name}")
+    @app.put("/v1/files/docs/{name:path}")
     async def write_doc(name: str, request: Request, who: Caller) -> Any:
         if "admin" not in who.roles:
             return _error(403, "forbidden", "admin role required")
@@ -170,7 +170,7 @@ def create_app(settings: FilesSettings) -> FastAPI:
             return _error(422, "validation_error", "document must be UTF-8 text")
         return {"name": name, "size": len(body), "caller": _who(who)}
 
-    @app.delete("/v1/files/docs/{name}")
+    @app.delete("/v1/files/docs/{name:path}")
     async def delete_doc(name: str, who: Caller) -> Any:
         if "admin" not in who.roles:
             return _error(403, "forbidden", "admin role required")
@@ -182,3 +182,11 @@ def create_app(settings: FilesSettings) -> FastAPI:
 
 def app_from_env() -> FastAPI:
     return create_app(FilesSettings.from_env(os.environ))
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: ``uvicorn examples.files.app:app`` reads ``app``; building it only then keeps this
+    # module importable (by the tests) without the service's environment.
+    if name == "app":
+        return app_from_env()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -111,3 +111,19 @@ def test_settings_need_exactly_one_public_key_source() -> None:
         {"INTERNAL_JWT_PUBLIC_KEY": key.public_pem(), "FILES_ID": "x"}
     )
     assert settings.audience == "x"
+
+
+def test_uvicorn_can_load_the_app_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    import examples.files.app as module
+
+    monkeypatch.setenv("INTERNAL_JWT_PUBLIC_KEY", generate_private_key().public_pem())
+    assert module.app.title == "files (example service)"
+    with pytest.raises(AttributeError):
+        module.nothing  # noqa: B018
+
+
+async def test_nested_document_names(files: httpx.AsyncClient, minter: Minter) -> None:
+    path = "/v1/files/docs/team/plan"
+    put = await files.put(path, content=b"p", headers=_token(minter, "PUT", path, roles=("admin",)))
+    assert put.status_code == 200
+    assert (await files.get(path, headers=_token(minter, "GET", path))).json()["content"] == "p"
