@@ -294,3 +294,24 @@ def test_settings_take_the_identity_service_from_the_file(
     # without the file, BACKEND_URL is still required
     with pytest.raises(Exception, match="BACKEND_URL"):
         Settings.from_env(environ)
+
+
+async def test_the_ip_limit_fails_closed_and_the_user_limit_open_without_redis() -> None:
+    from gateway.errors import ServiceUnavailable
+    from gateway.proxy.user_limit import UserLimit
+
+    dead = "redis://127.0.0.1:1/0"
+    ip = UserLimit(
+        redis_url=dead,
+        key_prefix="t:",
+        rate="5/minute",
+        namespace="proxy-ip",
+        limit="ip",
+        fail_open=False,
+    )
+    with pytest.raises(ServiceUnavailable) as refused:
+        await ip.check("203.0.113.9")
+    assert refused.value.headers["Retry-After"]
+    await UserLimit(redis_url=dead, key_prefix="t:", rate="5/minute").check(
+        "some-user"
+    )  # per user: let through, logged
