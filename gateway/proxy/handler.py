@@ -95,12 +95,26 @@ async def proxy_request(scope: Scope, receive: Receive, send: Send) -> None:
     #    (a logged-out session's access tokens die at once, and so do those issued before their
     #    account last changed), then the per-user limit; with a policy, its decision.
     rule: str | None = None
+    # the minter's own audience (BACKEND_ID) unless a route table names the service's
+    audience: str | None = None
     claims: AccessClaims | None
     if proxy.policy is None:
+        # Without GATEWAY_CONFIG: the one service, any authenticated user, the same work as
+        # before the route table existed (bench/README.md, "no-file case").
         service = proxy.default
-        claims = await _authenticate(scope, app_state, headers, method)
+        claims = await authenticate_request(
+            headers=headers,
+            method=method,
+            path=_request_path(scope),
+            verify=proxy.access_tokens.verify,
+            dpop=app_state.dpop,
+            revoked=app_state.revoked,
+            token_denied=app_state.epochs.token_denied,
+        )
     else:
         service, claims, rule = await _decide(scope, app_state, headers, method, target.path, ip)
+        audience = service.audience
+    minter = app_state.minter
     if claims is not None:
         request_state["user_id"] = claims.sub
         if proxy.user_limit is not None:
@@ -111,23 +125,23 @@ async def proxy_request(scope: Scope, receive: Receive, send: Send) -> None:
     def mint() -> str:
         try:
             if claims is None:
-                token: str = app_state.minter.mint(
+                token: str = minter.mint(
                     sub=proxy.gateway_id,
                     scope=TokenScope.ANONYMOUS,
                     htm=method,
                     htu=target.path,
-                    audience=service.audience,
+                    audience=audience,
                     pol=rule,
                 )
             else:
-                token = app_state.minter.mint(
+                token = minter.mint(
                     sub=claims.sub,
                     scope=TokenScope.USER_REQUEST,
                     htm=method,
                     htu=target.path,
                     roles=claims.roles,
                     sid=claims.sid,
-                    audience=service.audience,
+                    audience=audience,
                     pol=rule,
                 )
         except ValueError:
