@@ -55,7 +55,7 @@ from gateway.errors import (
 from gateway.policy import Caller
 from gateway.proxy.backend import Service
 from gateway.proxy.headers import INTERNAL_AUTH, Header, request_headers, response_headers
-from gateway.proxy.paths import BACKEND_PREFIX, backend_path
+from gateway.proxy.paths import BackendPath, backend_path
 from gateway.proxy.upstream import InvalidRequest, UpstreamError
 from gateway.state import GatewayState, scope_state
 
@@ -112,7 +112,7 @@ async def proxy_request(scope: Scope, receive: Receive, send: Send) -> None:
             token_denied=app_state.epochs.token_denied,
         )
     else:
-        service, claims, rule = await _decide(scope, app_state, headers, method, target.path, ip)
+        service, claims, rule = await _decide(scope, app_state, headers, method, target, ip)
         audience = service.audience
     minter = app_state.minter
     if claims is not None:
@@ -297,7 +297,7 @@ async def _decide(
     app_state: GatewayState,
     headers: list[tuple[bytes, bytes]],
     method: str,
-    service_path: str,
+    target: BackendPath,
     ip: str | None,
 ) -> tuple[Service, AccessClaims | None, str]:
     """With a policy: the service the route names, the caller (``None``: anonymous) and the
@@ -308,7 +308,7 @@ async def _decide(
     assert policy is not None
     # Rules and routes see the path the internal token binds (its htu), minus "/v1": the one
     # canonical, decoded form, never the raw path, the query or a header (path confusion).
-    path = service_path[len(BACKEND_PREFIX) - 1 :]
+    path = target.rule_path
     name = policy.service_for(path)
     if name is None:
         raise NotFound()
@@ -323,7 +323,7 @@ async def _decide(
     decision = policy.decide(method, path, caller)
     if not decision.allowed or decision.rule is None:
         # No rule names reach the client: which rule (or none) decided stays in the log.
-        log_event(logger, "policy_denied", method=method, path=service_path, service=name)
+        log_event(logger, "policy_denied", method=method, path=target.path, service=name)
         if claims is None:
             raise Unauthorized(headers={"WWW-Authenticate": CHALLENGE})
         raise Forbidden()

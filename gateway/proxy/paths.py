@@ -54,6 +54,12 @@ class BackendPath:
     raw: str  # what goes on the wire to the backend (percent-encoding kept)
     path: str  # what the backend's ASGI scope["path"] will be; the internal token's htu
 
+    @property
+    def rule_path(self) -> str:
+        """What routes and rules of ``GATEWAY_CONFIG`` match: ``htu`` minus ``/v1`` (decoded,
+        canonical; never the raw path, the query or a header)."""
+        return self.path[len(BACKEND_PREFIX) - 1 :]
+
 
 @functools.lru_cache(maxsize=4096)
 def backend_path(raw_path: bytes | None, path: str) -> BackendPath:
