@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import ssl
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 from servicekit.config import ConfigError
 
 from gateway.policy.patterns import Pattern, parse_pattern, parse_prefix
-from gateway.policy.table import Policy, Rule, ServiceConfig
+from gateway.policy.table import Policy, Rule, ServiceConfig, tls_context
 from gateway.proxy.upstream import Origin
 
 #: Default of ``GATEWAY_CONFIG_MAX_BYTES``: far above any real policy, far below harm.
@@ -342,6 +343,20 @@ def _services(value: Any, check: _Checker) -> dict[str, ServiceConfig]:
             check.fail(
                 at, label, name, "needs both client_cert_file and client_key_file, or neither"
             )
+        elif any(files.values()):
+            if url is not None and not url.startswith("https://"):
+                check.fail(
+                    lines.of("services", name, "url", url),
+                    f"{label}.url",
+                    url,
+                    "must be https:// when ca_file or a client certificate is given",
+                )
+            try:
+                tls_context(files["ca_file"], files["client_cert_file"], files["client_key_file"])
+            except (ssl.SSLError, OSError, ValueError):
+                check.fail(
+                    at, label, name, "has TLS files that do not load (PEM CA, certificate, key)"
+                )
         if url is not None and audience is not None:
             out[name] = ServiceConfig(
                 name=name,

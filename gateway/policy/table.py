@@ -19,6 +19,7 @@ allowing rules the internal token names in ``pol``).
 from __future__ import annotations
 
 import functools
+import ssl
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -162,10 +163,33 @@ class ServiceConfig:
     audience: str
     connect_timeout: float | None = None
     read_timeout: float | None = None
-    # TLS for the hop (read by the pool's SSL-context builder where the deployment has one)
+    # TLS for the hop: the CA the service's certificate must chain to (instead of the system's
+    # trust store) and the gateway's client certificate for it (mutual TLS)
     ca_file: str | None = None
     client_cert_file: str | None = None
     client_key_file: str | None = None
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The hop's TLS context from the files above (``None``: the pool's default)."""
+        return tls_context(self.ca_file, self.client_cert_file, self.client_key_file)
+
+
+def tls_context(
+    ca_file: str | None, cert_file: str | None, key_file: str | None
+) -> ssl.SSLContext | None:
+    """A client context verifying the peer against ``ca_file`` (or the system's CAs) and
+    presenting ``cert_file``/``key_file``; raises ``ssl.SSLError``/``OSError`` on a bad file."""
+    if ca_file is None and cert_file is None:
+        return None
+    # create_default_context: certificate and host name checked, TLS 1.2 at least
+    context = ssl.create_default_context(cafile=ca_file)
+    if ca_file is not None and not context.get_ca_certs():
+        # OpenSSL accepts a file with no certificate in it, which would trust nothing silently
+        raise ValueError("ca_file holds no CA certificate")
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert_file is not None:
+        context.load_cert_chain(cert_file, key_file)
+    return context
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ hold it without importing the handler, which reads that state.
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,10 +33,9 @@ class Service:
     audience: str
     connect_timeout: float
     read_timeout: float
-    #: TLS material for the hop, as the policy file names it (``None``: the pool's defaults)
-    ca_file: str | None = None
-    client_cert_file: str | None = None
-    client_key_file: str | None = None
+    #: the hop's TLS context from the policy file's CA and client certificate (``None``: the
+    #: pool's default, the system's trust store for https)
+    ssl_context: ssl.SSLContext | None = field(default=None, repr=False)
     _pool: UpstreamPool | None = field(default=None, repr=False)
     #: ``backend_failures_total{service=name, kind}``
     failures: dict[str, Any] = field(init=False, repr=False)
@@ -51,16 +51,13 @@ class Service:
             audience=config.audience,
             connect_timeout=config.connect_timeout or settings.proxy_connect_timeout,
             read_timeout=config.read_timeout or settings.proxy_read_timeout,
-            ca_file=config.ca_file,
-            client_cert_file=config.client_cert_file,
-            client_key_file=config.client_key_file,
+            ssl_context=config.ssl_context(),
         )
 
     async def start(self) -> None:
         # connect bounds reaching the service, read bounds every wait for response bytes, and
         # acquire bounds waiting for a free pooled connection under overload; no total, so a
-        # long download that keeps moving is not cut off. (The TLS files above are for the
-        # pool's SSL context: the hook where a per-service CA and client certificate go.)
+        # long download that keeps moving is not cut off.
         self._pool = UpstreamPool(
             self.url,
             connect_timeout=self.connect_timeout,
@@ -68,6 +65,7 @@ class Service:
             acquire_timeout=self.read_timeout,
             limit=256,
             keepalive=30.0,
+            ssl_context=self.ssl_context,
         )
 
     async def close(self) -> None:

@@ -423,15 +423,20 @@ class UpstreamPool:
         acquire_timeout: float,
         limit: int = 256,
         keepalive: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.origin = Origin(url)
+        if ssl_context is not None and not self.origin.tls:
+            raise ValueError("a TLS context needs an https:// URL")
         self.loop = asyncio.get_running_loop()
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.acquire_timeout = acquire_timeout
         self.limit = limit
         self.keepalive = keepalive
-        self._ssl = ssl.create_default_context() if self.origin.tls else None
+        # the service's own CA and client certificate when given (GATEWAY_CONFIG), else the
+        # system's trust store for https
+        self._ssl = ssl_context or (ssl.create_default_context() if self.origin.tls else None)
         self._idle: deque[_Connection] = deque()
         self._open = 0
         self._waiters: deque[asyncio.Future[None]] = deque()

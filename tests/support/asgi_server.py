@@ -11,7 +11,8 @@ import uvicorn
 
 
 @contextlib.asynccontextmanager
-async def serve(app: Any, port: int) -> AsyncIterator[uvicorn.Server]:
+async def serve(app: Any, port: int, **options: Any) -> AsyncIterator[uvicorn.Server]:
+    """``options`` go to ``uvicorn.Config`` (``ssl_certfile``, ``ssl_keyfile``, ...)."""
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
@@ -20,6 +21,7 @@ async def serve(app: Any, port: int) -> AsyncIterator[uvicorn.Server]:
         access_log=False,
         lifespan="on",
         proxy_headers=False,
+        **options,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
