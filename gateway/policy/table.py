@@ -100,7 +100,9 @@ class Rule:
 @dataclass(frozen=True, slots=True)
 class Decision:
     allowed: bool
-    #: the allowing rule (the first in the file, when several allow), for the ``pol`` claim
+    #: allowed: the allowing rule (the first in the file, when several allow), for the ``pol``
+    #: claim; denied: the deny rule that matched, or ``None`` when no allow rule did (for the
+    #: gateway's own log only, never a response)
     rule: str | None = None
 
 
@@ -255,7 +257,7 @@ class Policy:
             if not rule.matches_caller(caller):
                 continue
             if not rule.allow:
-                return DENIED
+                return Decision(False, rule.name)
             if allowing is None:
                 allowing = rule
         return DENIED if allowing is None else Decision(True, allowing.name)

@@ -323,7 +323,15 @@ async def _decide(
     decision = policy.decide(method, path, caller)
     if not decision.allowed or decision.rule is None:
         # No rule names reach the client: which rule (or none) decided stays in the log.
-        log_event(logger, "policy_denied", method=method, path=target.path, service=name)
+        log_event(
+            logger,
+            "policy_denied",
+            method=method,
+            path=target.path,
+            service=name,
+            rule=decision.rule or "no allow rule",
+            user_id=claims.sub if claims is not None else None,
+        )
         if claims is None:
             raise Unauthorized(headers={"WWW-Authenticate": CHALLENGE})
         raise Forbidden()

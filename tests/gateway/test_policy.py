@@ -75,6 +75,8 @@ def test_deny_overrides_allow_whatever_the_order() -> None:
         assert table.decide("GET", "/notes/1", ALICE).allowed
         assert not table.decide("DELETE", "/notes/1", ALICE).allowed
         assert not table.decide("DELETE", "/notes/1", ADMIN).allowed
+        # the deny rule is named for the gateway's log; nothing matching names none
+        assert table.decide("DELETE", "/notes/1", ALICE).rule == "no-delete"
 
 
 def test_nothing_matching_is_denied() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -172,7 +173,10 @@ async def test_routes_pick_the_service_by_segment_anchored_longest_prefix(
 
 
 async def test_deny_overrides_allow_and_nothing_matching_is_403(
-    env: dict[str, str], internal_key: PrivateKey, tmp_path: Path
+    env: dict[str, str],
+    internal_key: PrivateKey,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     async with multi(env, internal_key, tmp_path) as m:
         admin = m.auth("user", "admin")
@@ -180,8 +184,13 @@ async def test_deny_overrides_allow_and_nothing_matching_is_403(
             "files-admin-write"
         )
         # files-admin-write allows DELETE for admins, no-file-deletes denies it: deny wins
-        deleted = await m.client.delete("/api/v1/files/docs/a", headers=admin)
+        with caplog.at_level(logging.INFO, logger="gateway.proxy"):
+            deleted = await m.client.delete("/api/v1/files/docs/a", headers=admin)
         assert deleted.status_code == 403
+        # the operator's log says which rule decided; the client is not told
+        assert any(
+            getattr(r, "fields", {}).get("rule") == "no-file-deletes" for r in caplog.records
+        )
         assert deleted.json() == {"error": {"code": "forbidden", "message": "forbidden"}}
         assert_no_rule_name(deleted)
         # default deny: no rule for a plain user
