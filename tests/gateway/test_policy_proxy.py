@@ -306,12 +306,14 @@ def test_settings_take_the_identity_service_from_the_file(
 
 
 async def test_the_ip_limit_fails_closed_and_the_user_limit_open_without_redis() -> None:
+    from servicekit import redis_url
+
     from gateway.errors import ServiceUnavailable
     from gateway.proxy.user_limit import UserLimit
 
-    dead = "redis://127.0.0.1:1/0"
+    dead = redis_url.parse("redis://127.0.0.1:1/0")
     ip = UserLimit(
-        redis_url=dead,
+        redis=dead,
         key_prefix="t:",
         rate="5/minute",
         namespace="proxy-ip",
@@ -321,6 +323,6 @@ async def test_the_ip_limit_fails_closed_and_the_user_limit_open_without_redis()
     with pytest.raises(ServiceUnavailable) as refused:
         await ip.check("203.0.113.9")
     assert refused.value.headers["Retry-After"]
-    await UserLimit(redis_url=dead, key_prefix="t:", rate="5/minute").check(
+    await UserLimit(redis=dead, key_prefix="t:", rate="5/minute").check(
         "some-user"
     )  # per user: let through, logged
