@@ -157,7 +157,7 @@ async def readyz(request: Request) -> Response:
         state.backend.ready(),
         postgres(),
         redis_ok(),
-        *(state.backend.ready(service.url) for service in others),
+        *(state.backend.ready(service.url, tls=service.ssl_context) for service in others),
     )
     checks = {"backend": backend, "postgres": pg, "redis": rd}
     ready = all(checks.values())
@@ -223,9 +223,16 @@ def create_app(
             socket_timeout=5.0,
             health_check_interval=15,
         )
+        # the identity service's own CA and client certificate, when GATEWAY_CONFIG gives them
+        identity_tls = (
+            settings.policy.services[settings.policy.identity].ssl_context()
+            if settings.policy is not None
+            else None
+        )
         http = httpx.AsyncClient(
             base_url=settings.backend_url,
             transport=backend_transport,
+            verify=identity_tls if identity_tls is not None else True,
             timeout=httpx.Timeout(
                 settings.proxy_read_timeout, connect=settings.proxy_connect_timeout
             ),

@@ -9,6 +9,7 @@ and epochs), bound to that exact method and path so it cannot be replayed on any
 from __future__ import annotations
 
 import logging
+import ssl
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -240,12 +241,19 @@ class BackendClient:
             raise self._rejected(response)
         return _user(self._json(response))
 
-    async def ready(self, service_url: str | None = None) -> bool:
+    async def ready(
+        self, service_url: str | None = None, *, tls: ssl.SSLContext | None = None
+    ) -> bool:
         """The identity service's ``/healthz`` answers 200 (or, given ``service_url``, another
-        service's: readiness lists them without depending on them)."""
+        service's: readiness lists them without depending on them; ``tls``: that service's own
+        CA and client certificate, on a client of its own)."""
         url = "/healthz" if service_url is None else service_url + "/healthz"
         try:
-            response = await self._client.get(url, timeout=2.0)
+            if tls is None:
+                response = await self._client.get(url, timeout=2.0)
+            else:
+                async with httpx.AsyncClient(verify=tls, timeout=2.0) as client:
+                    response = await client.get(url)
         except httpx.HTTPError:
             return False
         return response.status_code == 200

@@ -57,6 +57,8 @@ class EchoService:
         self.app = Starlette(
             routes=[
                 Route("/healthz", self.healthz),
+                # the identity service's epoch list, empty: start-up need not retry
+                Route("/internal/lifecycle/epochs", self.epochs),
                 Route(
                     "/v1/{rest:path}", self.echo, methods=["GET", "HEAD", "POST", "PUT", "DELETE"]
                 ),
@@ -65,13 +67,19 @@ class EchoService:
                 Middleware(
                     InternalAuthMiddleware,
                     verifier=self.verifier,
-                    rules=[("/v1", {TokenScope.USER_REQUEST, TokenScope.ANONYMOUS})],
+                    rules=[
+                        ("/v1", {TokenScope.USER_REQUEST, TokenScope.ANONYMOUS}),
+                        ("/internal/lifecycle", TokenScope.REFRESH_LIFECYCLE),
+                    ],
                 )
             ],
         )
 
     async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
+
+    async def epochs(self, request: Request) -> Response:
+        return JSONResponse({"epochs": []})
 
     async def echo(self, request: Request) -> Response:
         who = get_principal(request)
