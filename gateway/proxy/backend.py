@@ -6,6 +6,8 @@ hold it without importing the handler, which reads that state.
 
 from __future__ import annotations
 
+import ssl
+
 from gateway.auth.tokens import TokenService
 from gateway.auth.verified_tokens import VerifiedTokens
 from gateway.proxy.upstream import UpstreamPool
@@ -33,7 +35,9 @@ class BackendProxy:
       client never takes a truncated body for a whole one.
     """
 
-    def __init__(self, settings: Settings, tokens: TokenService) -> None:
+    def __init__(
+        self, settings: Settings, tokens: TokenService, *, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.access_tokens = VerifiedTokens(tokens.verify_access)
         self.backend_url = settings.backend_url
         self.max_body = settings.proxy_max_body_bytes
@@ -51,6 +55,7 @@ class BackendProxy:
             if settings.proxy_rate_limit_user
             else None
         )
+        self.tls = tls
         self._pool: UpstreamPool | None = None
 
     async def start(self) -> None:
@@ -64,6 +69,7 @@ class BackendProxy:
             acquire_timeout=self.read_timeout,
             limit=256,
             keepalive=30.0,
+            ssl_context=self.tls,
         )
 
     async def close(self) -> None:

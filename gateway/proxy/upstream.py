@@ -423,15 +423,21 @@ class UpstreamPool:
         acquire_timeout: float,
         limit: int = 256,
         keepalive: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.origin = Origin(url)
+        if self.origin.tls and ssl_context is None:
+            # fail closed: an https:// service is verified against its own CA, never the
+            # system store (gateway.proxy.tls.client_context)
+            raise ValueError("an https:// backend needs its TLS context (a CA file)")
         self.loop = asyncio.get_running_loop()
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.acquire_timeout = acquire_timeout
         self.limit = limit
         self.keepalive = keepalive
-        self._ssl = ssl.create_default_context() if self.origin.tls else None
+        # the handshake (SNI = the URL's host, verified) runs inside connect_timeout
+        self._ssl = ssl_context if self.origin.tls else None
         self._idle: deque[_Connection] = deque()
         self._open = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -598,6 +604,10 @@ class UpstreamPool:
                 )
         except TimeoutError:
             raise ConnectTimeout("connecting to the backend timed out") from None
+        except ssl.SSLError as exc:
+            # refused handshake: another CA, another host name, no client certificate
+            reason = getattr(exc, "reason", None) or type(exc).__name__
+            raise BackendUnreachable(f"the backend's TLS handshake failed: {reason}") from None
         except OSError as exc:
             raise BackendUnreachable(f"cannot connect to the backend: {exc.strerror}") from None
         return conn
