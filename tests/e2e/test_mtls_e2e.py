@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import ssl
@@ -25,7 +26,7 @@ import httpx
 import pytest
 
 from tests.support.hop_tls import HopTLS
-from tests.support.scrape import delta, scrape, value
+from tests.support.scrape import delta, names, scrape, value
 from tests.support.stack import Stack, free_port, running_stack
 from tokengate import certs
 
@@ -244,6 +245,13 @@ def test_an_impostor_backend_gets_no_handshake_and_no_password(hop: Hop, tmp_pat
     finally:
         relay.close()
     assert relay.handshakes == 0 and PASSWORD.encode() not in relay.seen
+
+
+def test_every_tls_metric_the_alert_rules_use_is_in_a_live_scrape(hop: Hop) -> None:
+    rules = (Path(__file__).resolve().parents[2] / "docs" / "prometheus" / "alerts.yml").read_text()
+    used = set(re.findall(r"\btokengate_tls_[a-z_]+", rules))
+    assert used
+    assert used <= names(scrape(hop.metrics)) & names(scrape(hop.gateway_metrics))
 
 
 def test_expiry_gauges_on_both_services(hop: Hop) -> None:
