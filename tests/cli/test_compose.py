@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import re
 import shutil
+import ssl
+import stat
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +114,93 @@ def test_compose_config_validates() -> None:
     assert done.returncode == 0, done.stderr
     rendered = yaml.safe_load(done.stdout)
     assert {n for n, s in rendered["services"].items() if s.get("ports")} == {"gateway"}
+
+
+def test_the_hop_is_mutual_tls() -> None:
+    gateway = _env("gateway")
+    assert gateway["BACKEND_URL"].startswith("https://backend:")
+    for name in ("BACKEND_CA_FILE", "BACKEND_CLIENT_CERT_FILE", "BACKEND_CLIENT_KEY_FILE"):
+        assert gateway[name].startswith("/tls/gateway/"), name
+    command = SERVICES["backend"]["command"]
+    assert "--ssl-cert-reqs=required" in command and "--ssl-ca-certs=/tls/backend/ca.pem" in command
+    # two workers: SIGHUP reloads certificates one worker at a time
+    assert "--workers=2" in command
+    assert "https://backend:8001/healthz" in " ".join(SERVICES["backend"]["healthcheck"]["test"])
+
+
+def test_certificates_come_from_a_one_shot_service_and_each_service_gets_only_its_own() -> None:
+    certs = SERVICES["certs"]
+    assert certs["restart"] == "no" and certs["network_mode"] == "none"
+    for name in ("backend", "gateway"):
+        assert SERVICES[name]["depends_on"]["certs"]["condition"] == (
+            "service_completed_successfully"
+        )
+    mounts = {name: SERVICES[name].get("volumes", []) for name in SERVICES}
+    # the CA key's volume is the one-shot's alone
+    assert [n for n, v in mounts.items() if any(m.startswith("tls-ca:") for m in v)] == ["certs"]
+    assert mounts["backend"] == ["backend-tls:/tls/backend:ro"]
+    assert mounts["gateway"] == ["gateway-tls:/tls/gateway:ro"]
+
+
+def test_the_certs_script_outside_docker(tmp_path: Path) -> None:
+    dirs = [tmp_path / d for d in ("ca", "backend", "gateway")]
+    for folder in dirs[1:]:
+        folder.mkdir()
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "TOKENGATE": f"{sys.executable} -m tokengate.cli",
+        "HOME": str(tmp_path),
+    }
+
+    def run() -> None:
+        done = subprocess.run(
+            [str(ROOT / "scripts" / "compose-certs"), *map(str, dirs)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+
+    run()
+    ca, backend, gateway = dirs
+    listing = {d.name: sorted(p.name for p in d.iterdir()) for d in dirs}
+    assert listing == {
+        "ca": ["backend.pem", "ca-key.pem", "ca.pem", "gateway.pem", "probe.pem"],
+        "backend": ["backend-key.pem", "backend.pem", "ca.pem", "probe-key.pem", "probe.pem"],
+        "gateway": ["ca.pem", "gateway-key.pem", "gateway.pem"],
+    }
+    for key in (ca / "ca-key.pem", backend / "backend-key.pem", gateway / "gateway-key.pem"):
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600, key
+
+    # the two volumes really make a mutual-TLS handshake for the name "backend"
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(backend / "backend.pem", backend / "backend-key.pem")
+    server.load_verify_locations(backend / "ca.pem")
+    server.verify_mode = ssl.CERT_REQUIRED
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.load_verify_locations(gateway / "ca.pem")
+    client.load_cert_chain(gateway / "gateway.pem", gateway / "gateway-key.pem")
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    sides = [
+        (client.wrap_bio(c_in, c_out, server_hostname="backend"), c_out, s_in),
+        (server.wrap_bio(s_in, s_out, server_side=True), s_out, c_in),
+    ]
+    done = [False, False]
+    for _ in range(10):
+        for i, (side, outgoing, peer) in enumerate(sides):
+            try:
+                side.do_handshake()
+                done[i] = True
+            except ssl.SSLWantReadError:
+                pass
+            peer.write(outgoing.read())
+    assert done == [True, True]
+    assert sides[1][0].getpeercert() is not None  # the server saw the gateway's certificate
+
+    # a rerun keeps the CA and renews the leaf certificates
+    kept, renewed = (ca / "ca.pem").read_bytes(), (backend / "backend.pem").read_bytes()
+    run()
+    assert (ca / "ca.pem").read_bytes() == kept
+    assert (backend / "backend.pem").read_bytes() != renewed
