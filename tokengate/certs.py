@@ -235,10 +235,11 @@ def issue(
 ) -> Issued:
     """Issue ``folder/name.pem`` and ``folder/name-key.pem``, signed by the CA in ``folder``.
 
-    The subject alternative names are exactly ``dns`` and ``ips``; a server certificate needs
-    one at least (host-name verification matches nothing else), a client certificate may have
-    none. A server certificate is good for ``serverAuth`` only and a client one for
-    ``clientAuth`` only, so neither can stand in for the other.
+    The subject alternative names are exactly ``dns`` and ``ips``, nothing added: a server
+    certificate without any matches no host name (clients that check names, the gateway among
+    them, refuse it; the command warns), a client certificate needs none. A server certificate
+    is good for ``serverAuth`` only and a client one for ``clientAuth`` only, so neither can
+    stand in for the other.
     """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
@@ -250,8 +251,6 @@ def issue(
         )
     _check_days(days, MAX_DAYS)
     alt = _alt_names(list(dns), list(ips))
-    if not alt and not client:
-        raise CertsError("a server certificate needs at least one --dns or --ip")
     ca_cert, ca_key = _load_ca(folder)
     cert_path, key_path = folder / f"{name}.pem", folder / f"{name}-key.pem"
     _refuse_existing([cert_path, key_path], force)
@@ -313,6 +312,12 @@ def _issue(args: argparse.Namespace) -> int:
     except (CertsError, OSError) as exc:
         print(f"tokengate certs issue: {_message(exc)}", file=sys.stderr)
         return 1
+    if not args.client and not args.dns and not args.ip:
+        print(
+            "tokengate certs issue: warning: a server certificate without --dns or --ip matches"
+            " no host name; clients that check names (the gateway does) will refuse it",
+            file=sys.stderr,
+        )
     _report(issued)
     return 0
 

@@ -93,6 +93,14 @@ def test_a_client_certificate_has_no_names_unless_given(ca_dir: Path) -> None:
     assert _mode(ca_dir / "gateway-key.pem") == 0o600
 
 
+def test_nothing_is_added_to_a_server_certificate_by_default(
+    ca_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["certs", "issue", "--dir", str(ca_dir), "--name", "bare"]) == 0
+    assert _names(_cert(ca_dir / "bare.pem")) == []  # no localhost, no 127.0.0.1, no CN copy
+    assert "matches no host name" in capsys.readouterr().err
+
+
 def test_issue_overwrites_nothing_without_force(ca_dir: Path) -> None:
     args = ["certs", "issue", "--dir", str(ca_dir), "--name", "backend", "--dns", "backend"]
     assert main(args) == 0
@@ -106,7 +114,6 @@ def test_issue_overwrites_nothing_without_force(ca_dir: Path) -> None:
 @pytest.mark.parametrize(
     "extra",
     [
-        [],  # a server certificate with no name would match no host
         ["--dns", "bad host"],
         ["--dns=-lead.example"],
         ["--ip", "10.0.0.300"],

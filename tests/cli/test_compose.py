@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support.hop_tls import memory_handshake
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]
@@ -182,22 +184,8 @@ def test_the_certs_script_outside_docker(tmp_path: Path) -> None:
     client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     client.load_verify_locations(gateway / "ca.pem")
     client.load_cert_chain(gateway / "gateway.pem", gateway / "gateway-key.pem")
-    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
-    sides = [
-        (client.wrap_bio(c_in, c_out, server_hostname="backend"), c_out, s_in),
-        (server.wrap_bio(s_in, s_out, server_side=True), s_out, c_in),
-    ]
-    done = [False, False]
-    for _ in range(10):
-        for i, (side, outgoing, peer) in enumerate(sides):
-            try:
-                side.do_handshake()
-                done[i] = True
-            except ssl.SSLWantReadError:
-                pass
-            peer.write(outgoing.read())
-    assert done == [True, True]
-    assert sides[1][0].getpeercert() is not None  # the server saw the gateway's certificate
+    _, seen_by_server = memory_handshake(client, server, "backend")
+    assert seen_by_server.getpeercert() is not None  # the server saw the gateway's certificate
 
     # a rerun keeps the CA and renews the leaf certificates
     kept, renewed = (ca / "ca.pem").read_bytes(), (backend / "backend.pem").read_bytes()

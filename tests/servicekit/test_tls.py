@@ -13,7 +13,7 @@ import pytest
 from servicekit import tls
 from servicekit.config import ConfigError
 
-from tests.support.hop_tls import HopTLS
+from tests.support.hop_tls import HopTLS, memory_handshake
 
 
 @pytest.fixture(scope="module")
@@ -110,22 +110,9 @@ def test_refused_handshakes_are_counted_by_reason(hop: HopTLS) -> None:
 
     config = argparse.Namespace(ssl_certfile=hop.cert("backend"))
     server = tls.server_context(config, default, service="unit")
-    client = hop.client(None)
-    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
-    client_side = client.wrap_bio(c_in, c_out, server_hostname="127.0.0.1")
-    server_side = server.wrap_bio(s_in, s_out, server_side=True)
     counter = tls.HANDSHAKE_FAILURES.labels("unit", "no_certificate")
     before = counter._value.get()
     with pytest.raises(ssl.SSLError):
-        for _ in range(10):
-            for side, outgoing, peer_in in (
-                (client_side, c_out, s_in),
-                (server_side, s_out, c_in),
-            ):
-                try:
-                    side.do_handshake()
-                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-                    pass
-                peer_in.write(outgoing.read())
+        memory_handshake(hop.client(None), server, "127.0.0.1")
     assert counter._value.get() == before + 1
     assert tls.reason_of(ssl.SSLError()) == "other"
