@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import logging
+import signal
 import ssl
 import time
 from collections.abc import Callable
@@ -26,6 +28,9 @@ from typing import Any
 from prometheus_client import Counter, Gauge
 
 from servicekit.config import ConfigError
+from servicekit.logs import log_event
+
+logger = logging.getLogger("servicekit.tls")
 
 HANDSHAKE_FAILURES = Counter(
     "tokengate_tls_handshake_failures_total",
@@ -131,7 +136,34 @@ def server_context(
     """
     context = harden(default_factory(), service)
     watch_expiry(service, "server", str(config.ssl_certfile))
+    if getattr(config, "workers", 1) in (None, 1):
+        # one process: no supervisor to restart workers on SIGHUP (uvicorn's single server
+        # handles only SIGINT and SIGTERM, and SIGHUP would end it), so reload in place
+        certfile, keyfile = str(config.ssl_certfile), config.ssl_keyfile
+        signal.signal(
+            signal.SIGHUP,
+            lambda signum, frame: reload_certificate(context, certfile, keyfile, service),
+        )
     return context
+
+
+def reload_certificate(
+    context: ssl.SSLContext, certfile: str, keyfile: str | None, service: str
+) -> bool:
+    """Load the certificate and key again into the live ``context``: handshakes from now on
+    present them, connections already open keep theirs (OpenSSL copies the certificate into each
+    connection). The files are tried on a scratch context first, so a bad or half-written pair
+    leaves the old one serving; ``False`` then, and the expiry gauge keeps the old date."""
+    scratch = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        scratch.load_cert_chain(certfile, keyfile)
+        context.load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        log_event(logger, "certificate_reload_failed", logging.ERROR, error=type(exc).__name__)
+        return False
+    watch_expiry(service, "server", certfile)
+    log_event(logger, "certificate_reloaded")
+    return True
 
 
 @dataclass(frozen=True)

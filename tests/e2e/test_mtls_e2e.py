@@ -16,6 +16,8 @@ import re
 import signal
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -333,3 +335,68 @@ def test_a_certificate_swap_under_steady_traffic_fails_no_request(hop: Hop) -> N
     )[-3000:]
     failed = [r for r in results if r != 200]
     assert len(results) > 200 and failed == [], (len(results), failed[:10])
+
+
+def _request(conn: ssl.SSLSocket) -> bytes:
+    """One keep-alive ``GET /healthz`` on an open connection: its whole answer (a JSON body)."""
+    conn.sendall(b"GET /healthz HTTP/1.1\r\nhost: backend\r\n\r\n")
+    answer = b""
+    while not (b"\r\n\r\n" in answer and answer.endswith(b"}")):
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        answer += chunk
+    return answer
+
+
+@pytest.mark.fault
+def test_one_worker_reloads_its_certificate_in_place_on_sighup(hop: Hop, tmp_path: Path) -> None:
+    """Without a supervisor there is no worker to swap: SIGHUP loads the files again into the
+    live context. New handshakes get the new certificate, open connections keep working, the
+    process stays up, and a broken file leaves the certificate that was serving."""
+    tls = HopTLS.issue(tmp_path / "one")
+    port = free_port()
+    env = {**hop.stack.backend_env, "METRICS_PORT": ""}
+    cmd = [
+        sys.executable,
+        "-m",
+        "tokengate.cli",
+        "backend",
+        "--port",
+        str(port),
+        *tls.backend_args(),
+    ]
+    log = tmp_path / "backend.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError):
+                if _raw_exchange(port, tls.client()).startswith(b"HTTP/1.1 200"):
+                    break
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        old = _served_serial(port, tls)
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+            tls.client().wrap_socket(raw, server_hostname="127.0.0.1") as kept,
+        ):
+            assert _request(kept).startswith(b"HTTP/1.1 200")
+            certs.issue(tls.folder, "backend", ips=["127.0.0.1"], force=True)
+            proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while _served_serial(port, tls) == old:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+            assert _request(kept).startswith(b"HTTP/1.1 200")  # the open connection lives on
+        new = _served_serial(port, tls)
+        Path(tls.cert("backend")).write_text("-----BEGIN CERTIFICATE-----\nbroken\n")
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        assert proc.poll() is None
+        assert _served_serial(port, tls) == new
+        assert "certificate_reload_failed" in log.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(15)

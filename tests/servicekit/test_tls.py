@@ -108,7 +108,8 @@ def test_refused_handshakes_are_counted_by_reason(hop: HopTLS) -> None:
         context.verify_mode = ssl.CERT_REQUIRED
         return context
 
-    config = argparse.Namespace(ssl_certfile=hop.cert("backend"))
+    # workers=2: no SIGHUP handler in this process (that is the single-worker reload)
+    config = argparse.Namespace(ssl_certfile=hop.cert("backend"), ssl_keyfile=None, workers=2)
     server = tls.server_context(config, default, service="unit")
     counter = tls.HANDSHAKE_FAILURES.labels("unit", "no_certificate")
     before = counter._value.get()
@@ -116,3 +117,18 @@ def test_refused_handshakes_are_counted_by_reason(hop: HopTLS) -> None:
         memory_handshake(hop.client(None), server, "127.0.0.1")
     assert counter._value.get() == before + 1
     assert tls.reason_of(ssl.SSLError()) == "other"
+
+
+def test_a_reload_takes_a_good_pair_and_keeps_the_old_one_over_a_bad_one(
+    hop: HopTLS, tmp_path: Path
+) -> None:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(hop.cert("backend"), hop.key("backend"))
+    broken = tmp_path / "half.pem"
+    broken.write_text(Path(hop.cert("backend")).read_text()[:200])
+    assert not tls.reload_certificate(context, str(broken), hop.key("backend"), "unit")
+    # the mismatched pair (the gateway's key) is refused too, and the context still serves
+    assert not tls.reload_certificate(context, hop.cert("backend"), hop.key("gateway"), "unit")
+    client_side, _ = memory_handshake(hop.client(None), context, "127.0.0.1")
+    assert client_side.getpeercert() is not None
+    assert tls.reload_certificate(context, hop.cert("backend"), hop.key("backend"), "unit")
