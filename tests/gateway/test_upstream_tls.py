@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from servicekit.tls import HANDSHAKE_FAILURES
 
 from gateway.proxy.tls import client_context
 from gateway.proxy.upstream import BackendUnreachable, ConnectTimeout, UpstreamPool
@@ -95,6 +96,8 @@ async def test_one_handshake_per_connection_and_the_host_sent_as_sni(hop: HopTLS
 
 async def test_a_certificate_from_another_ca_is_refused_once(hop: HopTLS, tmp_path: Path) -> None:
     impostor = HopTLS.issue(tmp_path / "other", dns=("localhost",))
+    refused = HANDSHAKE_FAILURES.labels("gateway", "untrusted_certificate")
+    before = refused._value.get()
     async with tls_server(hop, impostor.folder) as server:
         pool = _pool(f"https://localhost:{server.port}", hop.client())
         try:
@@ -102,8 +105,9 @@ async def test_a_certificate_from_another_ca_is_refused_once(hop: HopTLS, tmp_pa
                 await pool.request("GET", b"/v1/me", [])
         finally:
             await pool.close()
-    # one handshake attempt, refused; the pool did not try again
+    # one handshake attempt, refused; the pool did not try again; the gateway counted it
     assert server.connections == 0 and server.server_names == ["localhost"]
+    assert refused._value.get() == before + 1
 
 
 async def test_a_host_name_the_certificate_lacks_is_refused(hop: HopTLS, tmp_path: Path) -> None:
