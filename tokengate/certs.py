@@ -14,16 +14,16 @@ reload the service, as the README's rotation steps say.)
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import ipaddress
 import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tokengate.files import write_atomic
 
 CA_FILE = "ca.pem"
 CA_KEY_FILE = "ca-key.pem"
@@ -114,23 +114,6 @@ def _refuse_existing(paths: list[Path], force: bool) -> None:
         raise CertsError(f"{', '.join(existing)} exist(s); --force replaces")
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to a new file beside ``path`` with ``mode`` from the start, then rename it
-    over ``path`` (atomic: a reader sees the old file or the new one)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _check_days(days: int, maximum: int) -> None:
     if not 1 <= days <= maximum:
         raise CertsError(f"--days must be between 1 and {maximum}, got {days}")
@@ -183,8 +166,8 @@ def init_ca(folder: Path, *, days: int = DEFAULT_CA_DAYS, force: bool = False) -
         .sign(key, hashes.SHA256())
     )
     # the key first: a CA certificate without its key on disk would be a CA nobody can use
-    _write(key_path, _key_pem(key), 0o600)
-    _write(cert_path, _cert_pem(cert), 0o644)
+    write_atomic(key_path, _key_pem(key), 0o600)
+    write_atomic(cert_path, _cert_pem(cert), 0o644)
     return Issued(cert_path, key_path)
 
 
@@ -279,8 +262,8 @@ def issue(
     if alt:
         builder = builder.add_extension(x509.SubjectAlternativeName(alt), critical=False)
     cert = builder.sign(ca_key, hashes.SHA256())
-    _write(key_path, _key_pem(key), 0o600)
-    _write(cert_path, _cert_pem(cert), 0o644)
+    write_atomic(key_path, _key_pem(key), 0o600)
+    write_atomic(cert_path, _cert_pem(cert), 0o644)
     return Issued(cert_path, key_path)
 
 
