@@ -20,6 +20,10 @@ COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin tokengate
 COPY db /app/db
+COPY scripts/compose-certs /app/compose-certs
+# mount points of compose's certificate volumes: a new volume takes this owner and mode
+RUN mkdir -p /tls/ca /tls/backend /tls/gateway \
+    && chown 10001 /tls/ca /tls/backend /tls/gateway && chmod 0700 /tls/ca /tls/backend /tls/gateway
 WORKDIR /app
 USER 10001
 

@@ -26,7 +26,7 @@ from internal_auth import (
     Verifier,
     get_principal,
 )
-from servicekit import db, otel
+from servicekit import db, otel, tls
 from servicekit.bodies import BodyError, refuse_foreign_body
 from servicekit.config import ConfigError
 from servicekit.http_errors import body_error, error_response, http_exception
@@ -313,9 +313,12 @@ def create_app(settings: Settings, *, passwords: Passwords | None = None) -> Sta
         if isinstance(keys, RemoteKeySet):
             await keys.start()
         log_event(logger, "backend_started")
+        # the served certificate's expiry gauge (nothing to report without --ssl-certfile)
+        sampler = asyncio.create_task(tls.expiry_sampler(), name="tls-expiry")
         try:
             yield
         finally:
+            sampler.cancel()
             mark_worker_stopped()
             otel.shutdown()
             if isinstance(keys, RemoteKeySet):

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
-from servicekit import config, pg_url
+from servicekit import config, pg_url, tls
 from servicekit.logs import configure_logging
 
 from backend import audit, broadcast
@@ -70,6 +70,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     serve.add_argument(
         "--workers", type=int, default=1, help="worker processes (default 1; see README)"
     )
+    tls.add_server_arguments(serve)
     serve.set_defaults(func=_serve)
 
 
@@ -223,6 +224,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     # Validated here, once, before any worker starts.
     check_workers(args.workers)
+    server_tls = tls.ServerTLS.from_args(args)
     settings = Settings.from_env()
     metrics = MetricsSettings.from_env(config.environ())
     configure_logging(settings.log_level, settings.log_format)
@@ -234,4 +236,5 @@ def _serve(args: argparse.Namespace) -> int:
         metrics=metrics,
         loop="uvloop",
         http="httptools",
+        **(server_tls.uvicorn_options("backend") if server_tls else {}),
     )

@@ -269,7 +269,7 @@ def tokengate_rows(
     return rows
 
 
-def run_server(role: str, port: int, upstream: str) -> None:
+def run_server(role: str, port: int, upstream: str, **uvicorn_options: Any) -> None:
     import uvicorn
 
     app: Any
@@ -289,6 +289,7 @@ def run_server(role: str, port: int, upstream: str) -> None:
         http="httptools",
         log_level="error",
         access_log=False,
+        **uvicorn_options,
     )
 
 

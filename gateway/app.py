@@ -8,13 +8,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 from internal_auth import KeyHolder, Minter
-from servicekit import db, otel, redis_url
+from servicekit import db, otel, redis_url, tls
 from servicekit.bodies import BodyError
 from servicekit.config import ConfigError
 from servicekit.logs import log_event
@@ -43,6 +44,7 @@ from gateway.edge import Edge, error_response, proxy_only_paths
 from gateway.errors import GatewayError
 from gateway.proxy.backend import BackendProxy
 from gateway.proxy.handler import PROXY_PATH, proxy_request, proxy_route
+from gateway.proxy.tls import client_context
 from gateway.sessions.epochs import UserEpochs
 from gateway.sessions.ledger import Ledger
 from gateway.sessions.pruner import LedgerPruner
@@ -201,6 +203,20 @@ def route_templates(routes: list[BaseRoute]) -> RouteTemplates:
     return RouteTemplates([*templates, *metrics.PROXIED_ROUTES])
 
 
+def _backend_tls(settings: Settings) -> ssl.SSLContext | None:
+    """The hop's TLS context (an https:// BACKEND_URL): one for the pool and httpx alike."""
+    if settings.backend_ca_file is None:
+        return None
+    context = client_context(
+        settings.backend_ca_file,
+        settings.backend_client_cert_file,
+        settings.backend_client_key_file,
+    )
+    if settings.backend_client_cert_file is not None:
+        tls.watch_expiry("gateway", "client", settings.backend_client_cert_file)
+    return context
+
+
 def create_app(
     settings: Settings, *, backend_transport: httpx.AsyncBaseTransport | None = None
 ) -> Starlette:
@@ -209,6 +225,7 @@ def create_app(
         raise ConfigError("CORS_ALLOWED_ORIGINS must not contain '*' (credentials are allowed)")
     tokens = TokenService(settings)
     signing_keys, minter = _load_minter(settings)
+    backend_tls = _backend_tls(settings)
     # app.state, typed; installed below before any request or lifespan can read it
     state = GatewayState()
 
@@ -223,11 +240,12 @@ def create_app(
             socket_timeout=5.0,
             health_check_interval=15,
         )
-        # the identity service's own CA and client certificate, when GATEWAY_CONFIG gives them
+        # the identity calls and the readiness probe verify the service like the pool does: the
+        # one backend's BACKEND_CA_FILE..., or the identity service's files in GATEWAY_CONFIG
         identity_tls = (
             settings.policy.services[settings.policy.identity].ssl_context()
             if settings.policy is not None
-            else None
+            else backend_tls
         )
         http = httpx.AsyncClient(
             base_url=settings.backend_url,
@@ -267,7 +285,7 @@ def create_app(
         state.backend = backend
         state.ratelimits = RateLimits(settings)
         dpop = state.dpop = DPoP.from_settings(settings, redis_client)
-        proxy = BackendProxy(settings, tokens)
+        proxy = BackendProxy(settings, tokens, tls=backend_tls)
         await proxy.start()
         state.proxy = proxy
         # epochs first: the durable source, so even with Redis down (or flushed) this instance

@@ -1,5 +1,6 @@
-"""Gauges sampled in the background: listener state, revoked-set size, database pool use, and
-which PostgreSQL host and Redis master are in use.
+"""Gauges sampled in the background: listener state, revoked-set size, database pool use,
+which PostgreSQL host and Redis master are in use, and the expiry of the hop's client
+certificate.
 
 Apart from :mod:`gateway.metrics` because it reads the app state, and the state's parts count in
 :mod:`gateway.metrics`: a counters module imports no app state.
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from servicekit import redis_url
+from servicekit import redis_url, tls
 
 from gateway import metrics
 from gateway.state import GatewayState
@@ -26,6 +27,8 @@ async def sample_gauges(state: GatewayState, interval: float = SAMPLE_INTERVAL) 
 
 
 def sample_once(state: GatewayState) -> None:
+    # the client certificate presented on the hop: seconds until its notAfter
+    tls.sample_expiry()
     revoked_set = getattr(state, "revoked", None)
     if revoked_set is not None:
         metrics.LISTENER_CONNECTED.set(1 if revoked_set.connected else 0)

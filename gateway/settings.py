@@ -28,6 +28,7 @@ from servicekit.forwarded import Network
 from servicekit.logs import log_format_from_env
 
 from gateway.policy import DEFAULT_MAX_BYTES, Policy, load_policy
+from gateway.proxy.tls import TLSFileError, client_context
 from gateway.proxy.upstream import Origin
 
 # RFC 7518 §3.2: an HS256 key must be at least as long as the hash output (256 bits).
@@ -167,6 +168,45 @@ def _port(environ: Mapping[str, str], name: str) -> int | None:
     return port
 
 
+def _backend_tls(
+    environ: Mapping[str, str], https: bool
+) -> tuple[str | None, str | None, str | None]:
+    """``BACKEND_CA_FILE``, ``BACKEND_CLIENT_CERT_FILE``, ``BACKEND_CLIENT_KEY_FILE``: checked
+    against the URL's scheme and loaded once, so a bad file stops the start, named."""
+    ca_file = environ.get("BACKEND_CA_FILE") or None
+    cert_file = environ.get("BACKEND_CLIENT_CERT_FILE") or None
+    key_file = environ.get("BACKEND_CLIENT_KEY_FILE") or None
+    given = [
+        name
+        for name, value in (
+            ("BACKEND_CA_FILE", ca_file),
+            ("BACKEND_CLIENT_CERT_FILE", cert_file),
+            ("BACKEND_CLIENT_KEY_FILE", key_file),
+        )
+        if value
+    ]
+    if not https:
+        if given:
+            # fail closed: TLS files with an http:// URL mean the operator believes the hop is
+            # encrypted while passwords cross it in the clear
+            raise ConfigError(f"{', '.join(given)} set but BACKEND_URL is not https://")
+        return None, None, None
+    if ca_file is None:
+        # the hop never trusts the system store: any public CA could issue the backend's name
+        raise ConfigError("BACKEND_URL is https:// but BACKEND_CA_FILE is not set")
+    if key_file is not None and cert_file is None:
+        raise ConfigError("BACKEND_CLIENT_KEY_FILE is set without BACKEND_CLIENT_CERT_FILE")
+    try:
+        client_context(ca_file, cert_file, key_file)
+    except TLSFileError as exc:
+        names = {
+            "CA file": "BACKEND_CA_FILE",
+            "client key": "BACKEND_CLIENT_KEY_FILE",
+        }.get(exc.which, "BACKEND_CLIENT_CERT_FILE/BACKEND_CLIENT_KEY_FILE")
+        raise ConfigError(f"{names}: {exc}") from None
+    return ca_file, cert_file, key_file
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str
@@ -219,6 +259,11 @@ class Settings:
     proxy_max_body_bytes: int = 20971520
     proxy_connect_timeout: float = 2.0
     proxy_read_timeout: float = 30.0
+    # the hop's TLS (https:// BACKEND_URL): the service's CA, and the gateway's client
+    # certificate for mutual TLS; paths, read again by each worker
+    backend_ca_file: str | None = None
+    backend_client_cert_file: str | None = None
+    backend_client_key_file: str | None = None
     epoch_reload_interval: float = 30.0
     epoch_reload_page_size: int = 1000
     log_level: str = "INFO"
@@ -278,9 +323,11 @@ class Settings:
         config_path = environ.get("GATEWAY_CONFIG", "").strip() or None
         config_max = get_int(environ, "GATEWAY_CONFIG_MAX_BYTES", DEFAULT_MAX_BYTES, minimum=1)
         policy = None
+        ca_file = cert_file = key_file = None
         if config_path is not None:
             # The identity service of the file takes the place of BACKEND_URL and BACKEND_ID:
-            # the gateway's own calls (credentials, lifecycle, readiness) go to it alone.
+            # the gateway's own calls (credentials, lifecycle, readiness) go to it alone, over
+            # its own TLS files (the file's ca_file, client_cert_file, client_key_file).
             policy = load_policy(config_path, max_bytes=config_max)
             identity = policy.services[policy.identity]
             backend_url, backend_id = identity.url, identity.audience
@@ -288,10 +335,11 @@ class Settings:
             backend_url = get_str(environ, "BACKEND_URL").rstrip("/")
             backend_id = get_str(environ, "BACKEND_ID", "tokengate-backend")
             try:
-                Origin(backend_url)
+                origin = Origin(backend_url)
             except ValueError as exc:
                 # not echoed: a URL with credentials in it would put them in the log
                 raise ConfigError(f"BACKEND_URL: {exc}") from None
+            ca_file, cert_file, key_file = _backend_tls(environ, origin.tls)
         iat_window = get_int(environ, "DPOP_IAT_WINDOW", 60, minimum=1)
         if iat_window > 600:
             raise ConfigError("DPOP_IAT_WINDOW must be at most 600 seconds")
@@ -343,6 +391,9 @@ class Settings:
             proxy_max_body_bytes=get_int(environ, "PROXY_MAX_BODY_BYTES", 20971520, minimum=1),
             proxy_connect_timeout=get_float(environ, "PROXY_CONNECT_TIMEOUT", 2.0),
             proxy_read_timeout=get_float(environ, "PROXY_READ_TIMEOUT", 30.0),
+            backend_ca_file=ca_file,
+            backend_client_cert_file=cert_file,
+            backend_client_key_file=key_file,
             epoch_reload_interval=get_float(environ, "EPOCH_RELOAD_INTERVAL", 30.0),
             epoch_reload_page_size=_epoch_page_size(environ),
             log_level=level,

@@ -15,11 +15,12 @@ def build_parser() -> argparse.ArgumentParser:
     # embedded stack) cannot stop the other commands from loading.
     from backend import cli as backend_cli
     from gateway import cli as gateway_cli
-    from tokengate import client, dev, keys, migrate
+    from tokengate import certs, client, dev, keys, migrate
 
     parser = argparse.ArgumentParser(prog="tokengate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     keys.register(sub)
+    certs.register(sub)
     migrate.register(sub)
     backend_cli.register(sub)
     gateway_cli.register(sub)

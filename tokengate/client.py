@@ -30,13 +30,14 @@ import json
 import os
 import stat
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import httpx
 from servicekit.config import ConfigError
 from tokengate_client import AuthenticationError, DPoPAuth, DPoPKey
+
+from tokengate.files import write_atomic
 
 KEY_FILE = "dpop-key.pem"
 SESSION_FILE = "session.json"
@@ -115,18 +116,7 @@ def _check_private(path: Path) -> None:
 
 def _write_private(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` whole: a 0600 file in the same folder, renamed over it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, text.encode("utf-8"), 0o600)
 
 
 def _make_folder(folder: Path) -> None:

@@ -7,6 +7,11 @@ backend and the gateway start as child processes, and the URLs are printed. Ctrl
 everything; the next run reuses the folder. With ``DATABASE_URL``/``REDIS_URL`` (or the matching
 options) it uses those servers instead of the embedded ones.
 
+The gateway -> backend hop runs over mutual TLS, as in production: a CA of the stack's own in
+``tls/`` (``tokengate certs``; made once, key 0600), a server certificate for the backend's host
+and a client certificate for the gateway, both re-issued at every start so they never expire
+under a running stack. ``--no-internal-tls`` runs the hop over plain HTTP instead.
+
 This is for development only: cookies are sent without ``Secure`` (plain HTTP on localhost), and
 the demo password is printed.
 """
@@ -19,6 +24,7 @@ import contextlib
 import os
 import secrets
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -30,6 +36,9 @@ from typing import Any
 
 import httpx
 from servicekit.config import ConfigError
+
+from gateway.proxy.tls import client_context
+from tokengate import certs
 
 SECRET_FILES = ("internal_jwt_private_key.pem", "jwt_access_secret", "jwt_refresh_secret")
 START_TIMEOUT = 60.0
@@ -52,6 +61,12 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     )
     dev.add_argument("--database-url", help="use this PostgreSQL instead of the embedded one")
     dev.add_argument("--redis-url", help="use this Redis instead of the embedded one")
+    dev.add_argument(
+        "--no-internal-tls",
+        dest="internal_tls",
+        action="store_false",
+        help="plain HTTP between gateway and backend (default: mutual TLS, CA in DATA/tls)",
+    )
     dev.set_defaults(func=run)
 
 
@@ -186,6 +201,10 @@ def embedded_redis(folder: Path, port: int, run: Path | None = None) -> Iterator
         server.shutdown()
 
 
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 def _free_port() -> int:
     import socket
 
@@ -229,6 +248,53 @@ async def ensure_demo_user(dsn: str, email: str, password: str | None) -> str | 
         await pool.close()
 
 
+@dataclass(frozen=True)
+class HopCertificates:
+    """The dev stack's hop over mutual TLS: file paths in the data folder's ``tls/``."""
+
+    folder: Path
+
+    @property
+    def ca(self) -> str:
+        return str(self.folder / certs.CA_FILE)
+
+    def cert(self, name: str) -> str:
+        return str(self.folder / f"{name}.pem")
+
+    def key(self, name: str) -> str:
+        return str(self.folder / f"{name}-key.pem")
+
+    def backend_args(self) -> list[str]:
+        return [
+            "--ssl-certfile", self.cert("backend"),
+            "--ssl-keyfile", self.key("backend"),
+            "--ssl-ca-certs", self.ca,
+            "--ssl-cert-reqs", "required",
+        ]  # fmt: skip
+
+    def gateway_env(self) -> dict[str, str]:
+        return {
+            "BACKEND_CA_FILE": self.ca,
+            "BACKEND_CLIENT_CERT_FILE": self.cert("gateway"),
+            "BACKEND_CLIENT_KEY_FILE": self.key("gateway"),
+        }
+
+
+def ensure_hop_certificates(folder: Path, host: str) -> HopCertificates:
+    """The CA (made once), then fresh certificates: the backend's names exactly ``host``."""
+    import ipaddress
+
+    if not (folder / certs.CA_FILE).exists() or not (folder / certs.CA_KEY_FILE).exists():
+        certs.init_ca(folder, force=True)
+    try:
+        ips, dns = [str(ipaddress.ip_address(host))], []
+    except ValueError:
+        ips, dns = [], [host]
+    certs.issue(folder, "backend", dns=dns, ips=ips, force=True)
+    certs.issue(folder, "gateway", client=True, force=True)
+    return HopCertificates(folder)
+
+
 def _service_env(base: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
     # Never hand one service the other's secrets through the inherited environment.
     clean = {
@@ -239,13 +305,15 @@ def _service_env(base: Mapping[str, str], extra: Mapping[str, str]) -> dict[str,
     return {**clean, **extra}
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen[bytes], name: str) -> None:
+def _wait_healthy(
+    url: str, proc: subprocess.Popen[bytes], name: str, verify: ssl.SSLContext | bool = True
+) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise ConfigError(f"the {name} exited during start-up (see its log above)")
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url + "/healthz", timeout=1.0).status_code == 200:
+            if httpx.get(url + "/healthz", timeout=1.0, verify=verify).status_code == 200:
                 return
         time.sleep(0.2)
     raise ConfigError(f"the {name} did not become healthy within {START_TIMEOUT:.0f} s")
@@ -274,7 +342,8 @@ def run(args: argparse.Namespace) -> int:
     redis_url = args.redis_url or environ.get("REDIS_URL")
     host = args.host
     gateway_url = f"http://{host}:{args.gateway_port}"
-    backend_url = f"http://{host}:{args.backend_port}"
+    hop = ensure_hop_certificates(data / "tls", host) if args.internal_tls else None
+    backend_url = f"{'https' if hop else 'http'}://{_url_host(host)}:{args.backend_port}"
     stopping = False
 
     def request_stop(signum: int, frame: object) -> None:
@@ -332,6 +401,7 @@ def run(args: argparse.Namespace) -> int:
                 "LOG_FORMAT": log_format,
                 "METRICS_HOST": host,
                 "METRICS_PORT": str(gateway_metrics),
+                **(hop.gateway_env() if hop else {}),
             },
         )
         procs: list[subprocess.Popen[bytes]] = []
@@ -342,12 +412,22 @@ def run(args: argparse.Namespace) -> int:
         # Own sessions: a terminal's Ctrl-C reaches only this process, which then stops the
         # services in order (gateway first) instead of all of them racing to exit.
         backend = subprocess.Popen(  # noqa: S603 - fixed argv: this interpreter and our CLI
-            [*cli, "backend", "--host", host, "--port", str(args.backend_port)],
+            [
+                *cli,
+                "backend",
+                "--host",
+                host,
+                "--port",
+                str(args.backend_port),
+                *(hop.backend_args() if hop else []),
+            ],
             env=backend_env,
             start_new_session=True,
         )
         procs.append(backend)
-        _wait_healthy(backend_url, backend, "backend")
+        # over mutual TLS the probe is the gateway's own client: the backend requires one
+        probe = client_context(hop.ca, hop.cert("gateway"), hop.key("gateway")) if hop else True
+        _wait_healthy(backend_url, backend, "backend", probe)
         gateway = subprocess.Popen(  # noqa: S603 - fixed argv: this interpreter and our CLI
             [*cli, "gateway", "--host", host, "--port", str(args.gateway_port)],
             env=gateway_env,
@@ -361,7 +441,8 @@ def run(args: argparse.Namespace) -> int:
             "tokengate is running (Ctrl-C to stop)",
             f"  gateway:   {gateway_url}  (API under /api/v1/)",
             f"  demo page: {gateway_url}/demo/",
-            f"  backend:   {backend_url}  (internal; needs an internal token)",
+            f"  backend:   {backend_url}  (internal; needs an internal token"
+            + (f", and a client certificate of the CA in {hop.folder})" if hop else ")"),
             f"  metrics:   http://{host}:{gateway_metrics}/metrics (gateway), "
             f"http://{host}:{backend_metrics}/metrics (backend)",
             f"  data:      {data}",

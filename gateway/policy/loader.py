@@ -24,6 +24,7 @@ from servicekit.config import ConfigError
 
 from gateway.policy.patterns import Pattern, parse_pattern, parse_prefix
 from gateway.policy.table import Policy, Rule, ServiceConfig, tls_context
+from gateway.proxy.tls import TLSFileError
 from gateway.proxy.upstream import Origin
 
 #: Default of ``GATEWAY_CONFIG_MAX_BYTES``: far above any real policy, far below harm.
@@ -339,11 +340,21 @@ def _services(value: Any, check: _Checker) -> dict[str, ServiceConfig]:
                 )
             else:
                 files[key] = raw
-        if (table.get("client_cert_file") is None) != (table.get("client_key_file") is None):
+        paired = (table.get("client_cert_file") is None) == (table.get("client_key_file") is None)
+        if not paired:
             check.fail(
                 at, label, name, "needs both client_cert_file and client_key_file, or neither"
             )
-        elif any(files.values()):
+        if url is not None and url.startswith("https://") and table.get("ca_file") is None:
+            # the hop trusts the service's own CA only, never the system store (backend
+            # impersonation by any publicly trusted certificate for its name)
+            check.fail(
+                lines.of("services", name, "url", url),
+                f"{label}.url",
+                url,
+                "is https:// but the service has no ca_file (the system store is never used)",
+            )
+        if paired and any(files.values()):
             if url is not None and not url.startswith("https://"):
                 check.fail(
                     lines.of("services", name, "url", url),
@@ -353,7 +364,7 @@ def _services(value: Any, check: _Checker) -> dict[str, ServiceConfig]:
                 )
             try:
                 tls_context(files["ca_file"], files["client_cert_file"], files["client_key_file"])
-            except (ssl.SSLError, OSError, ValueError):
+            except (ssl.SSLError, OSError, ValueError, TLSFileError):
                 check.fail(
                     at, label, name, "has TLS files that do not load (PEM CA, certificate, key)"
                 )

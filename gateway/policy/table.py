@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from gateway.policy.patterns import ONE, Pattern
+from gateway.proxy.tls import client_context
 
 #: Distinct (method, path) candidate sets remembered per table (a client asks for the same few).
 CANDIDATE_CACHE = 4096
@@ -179,19 +180,13 @@ class ServiceConfig:
 def tls_context(
     ca_file: str | None, cert_file: str | None, key_file: str | None
 ) -> ssl.SSLContext | None:
-    """A client context verifying the peer against ``ca_file`` (or the system's CAs) and
-    presenting ``cert_file``/``key_file``; raises ``ssl.SSLError``/``OSError`` on a bad file."""
-    if ca_file is None and cert_file is None:
+    """The hop's client context (:func:`gateway.proxy.tls.client_context`: the service's CA
+    only, never the system store; host name checked; TLS 1.2+), or ``None`` without a CA file
+    (the loader refuses an https:// service without one). Raises ``TLSFileError`` on a bad
+    file."""
+    if ca_file is None:
         return None
-    # create_default_context: certificate and host name checked, TLS 1.2 at least
-    context = ssl.create_default_context(cafile=ca_file)
-    if ca_file is not None and not context.get_ca_certs():
-        # OpenSSL accepts a file with no certificate in it, which would trust nothing silently
-        raise ValueError("ca_file holds no CA certificate")
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if cert_file is not None:
-        context.load_cert_chain(cert_file, key_file)
-    return context
+    return client_context(ca_file, cert_file, key_file)
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,8 @@ class Service:
     audience: str
     connect_timeout: float
     read_timeout: float
-    #: the hop's TLS context from the policy file's CA and client certificate (``None``: the
-    #: pool's default, the system's trust store for https)
+    #: the hop's TLS context: the service's own CA and client certificate (``None``: plain
+    #: HTTP; an https:// service without one is refused at start-up)
     ssl_context: ssl.SSLContext | None = field(default=None, repr=False)
     _pool: UpstreamPool | None = field(default=None, repr=False)
     #: ``backend_failures_total{service=name, kind}``
@@ -103,7 +103,11 @@ class BackendProxy:
       client never takes a truncated body for a whole one.
     """
 
-    def __init__(self, settings: Settings, tokens: TokenService) -> None:
+    def __init__(
+        self, settings: Settings, tokens: TokenService, *, tls: ssl.SSLContext | None = None
+    ) -> None:
+        """``tls``: the context of the one service without a policy (``BACKEND_CA_FILE``...,
+        :func:`gateway.proxy.tls.client_context`); a policy's services bring their own."""
         self.access_tokens = VerifiedTokens(tokens.verify_access)
         self.gateway_id = settings.gateway_id
         self.max_body = settings.proxy_max_body_bytes
@@ -129,6 +133,7 @@ class BackendProxy:
                     audience=settings.backend_id,
                     connect_timeout=settings.proxy_connect_timeout,
                     read_timeout=settings.proxy_read_timeout,
+                    ssl_context=tls,
                 )
             ]
         else:

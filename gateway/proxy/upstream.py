@@ -428,15 +428,18 @@ class UpstreamPool:
         self.origin = Origin(url)
         if ssl_context is not None and not self.origin.tls:
             raise ValueError("a TLS context needs an https:// URL")
+        if self.origin.tls and ssl_context is None:
+            # fail closed: an https:// service is verified against its own CA, never the
+            # system store (gateway.proxy.tls.client_context)
+            raise ValueError("an https:// backend needs its TLS context (a CA file)")
         self.loop = asyncio.get_running_loop()
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.acquire_timeout = acquire_timeout
         self.limit = limit
         self.keepalive = keepalive
-        # the service's own CA and client certificate when given (GATEWAY_CONFIG), else the
-        # system's trust store for https
-        self._ssl = ssl_context or (ssl.create_default_context() if self.origin.tls else None)
+        # the handshake (SNI = the URL's host, verified) runs inside connect_timeout
+        self._ssl = ssl_context if self.origin.tls else None
         self._idle: deque[_Connection] = deque()
         self._open = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -603,6 +606,10 @@ class UpstreamPool:
                 )
         except TimeoutError:
             raise ConnectTimeout("connecting to the backend timed out") from None
+        except ssl.SSLError as exc:
+            # refused handshake: another CA, another host name, no client certificate
+            reason = getattr(exc, "reason", None) or type(exc).__name__
+            raise BackendUnreachable(f"the backend's TLS handshake failed: {reason}") from None
         except OSError as exc:
             raise BackendUnreachable(f"cannot connect to the backend: {exc.strerror}") from None
         return conn

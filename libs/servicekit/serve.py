@@ -25,6 +25,11 @@ from servicekit.metrics import (
 )
 
 MAX_WORKERS = 64
+#: Seconds a replacement worker may take to start serving during a SIGHUP restart (and a worker
+#: to answer the supervisor's ping). uvicorn's 5 s aborts the restart on a loaded host (the old
+#: workers stay, with the old certificates: the expiry gauge shows it); starting the app takes
+#: 1-2 s on an idle 2-core machine and over 5 s when it is saturated.
+WORKER_START_TIMEOUT = 30
 
 
 def check_workers(workers: int) -> int:
@@ -54,6 +59,7 @@ def serve(
             host=host,
             port=port,
             workers=workers if workers > 1 else None,
+            timeout_worker_healthcheck=WORKER_START_TIMEOUT,
             log_config=None,
             access_log=False,
             server_header=False,

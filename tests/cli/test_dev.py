@@ -97,6 +97,10 @@ def test_dev_runs_stops_on_ctrl_c_and_reuses_its_data(tmp_path: Path) -> None:
         assert any(p.name.startswith("redis-") for p in (data / "run").iterdir() if p.is_dir())
         assert f"http://127.0.0.1:{gateway_port}/demo/" in output
         assert "migration(s) applied" in output
+        # the hop is mutual TLS by default: the backend refuses plain HTTP
+        assert f"https://127.0.0.1:{backend_port}" in output
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{backend_port}/healthz", timeout=5)
         response = _login(gateway_port)
         assert response.status_code == 200
         token = response.json()["access_token"]
@@ -126,6 +130,13 @@ def test_dev_runs_stops_on_ctrl_c_and_reuses_its_data(tmp_path: Path) -> None:
     files = sorted(secrets_dir.iterdir())
     assert files and all(path.stat().st_mode & 0o777 == 0o600 for path in files)
     before = {path.name: path.read_bytes() for path in files}
+    tls_dir = data / "tls"
+    assert sorted(p.name for p in tls_dir.iterdir()) == [
+        "backend-key.pem", "backend.pem", "ca-key.pem", "ca.pem", "gateway-key.pem", "gateway.pem"
+    ]  # fmt: skip
+    for key in ("ca-key.pem", "backend-key.pem", "gateway-key.pem"):
+        assert (tls_dir / key).stat().st_mode & 0o777 == 0o600
+    ca = (tls_dir / "ca.pem").read_bytes()
 
     proc, output = _start(data, gateway_port, backend_port)
     try:
@@ -142,6 +153,7 @@ def test_dev_runs_stops_on_ctrl_c_and_reuses_its_data(tmp_path: Path) -> None:
     finally:
         assert _stop(proc) == 0
     assert {path.name: path.read_bytes() for path in sorted(secrets_dir.iterdir())} == before
+    assert (tls_dir / "ca.pem").read_bytes() == ca  # the CA is kept; leaf certificates renewed
 
 
 def test_dev_uses_the_given_database_and_redis(
@@ -158,17 +170,24 @@ def test_dev_uses_the_given_database_and_redis(
     proc = subprocess.Popen(
         [sys.executable, "-m", "tokengate.cli", "dev", "--data-dir", str(tmp_path / "data"),
          "--gateway-port", str(gateway_port), "--backend-port", str(backend_port),
-         "--demo-email", "dev@example.test", "--demo-password", PASSWORD],
+         "--demo-email", "dev@example.test", "--demo-password", PASSWORD,
+         "--no-internal-tls"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
     )  # fmt: skip
     try:
         assert proc.stdout is not None
+        seen = []
         for line in proc.stdout:
+            seen.append(line)
             if "demo user:" in line:
                 break
         assert _login(gateway_port).status_code == 200
+        # --no-internal-tls: the hop is plain HTTP, and no CA was made
+        assert f"http://127.0.0.1:{backend_port}" in "".join(seen)
+        assert httpx.get(f"http://127.0.0.1:{backend_port}/healthz", timeout=5).status_code == 200
     finally:
         assert _stop(proc) == 0
     # nothing embedded was started: no cluster or Redis data in the folder
     assert not (tmp_path / "data" / "postgres").exists()
     assert not (tmp_path / "data" / "redis").exists()
+    assert not (tmp_path / "data" / "tls").exists()

@@ -159,7 +159,7 @@ def multi(migrated_dsn: str, redis_url: str, redis_prefix: str) -> Iterator[Mult
             "GATEWAY_CONFIG": str(config),
             "REDIS_KEY_PREFIX": f"{redis_prefix}multi{ports['gateway']}:",
         }
-        assert gateway_env["BACKEND_URL"] == "http://backend:8001"  # unused with the file
+        assert gateway_env["BACKEND_URL"] == "https://backend:8001"  # unused with the file
         assert "INTERNAL_JWT_PRIVATE_KEY" not in files_env
         backend = _Service("backend", backend_env, ports["backend"], logdir)
         files = _Service(

@@ -20,6 +20,7 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -29,6 +30,8 @@ from pathlib import Path
 
 import httpx
 from internal_auth import Minter, PrivateKey, TokenScope, generate_private_key
+
+from tests.support.hop_tls import HopTLS
 
 ROOT = Path(__file__).resolve().parents[2]
 GATEWAY_ID = "tokengate-gateway"
@@ -59,6 +62,7 @@ class _Service:
         logdir: Path,
         args: tuple[str, ...] = (),
         command: list[str] | None = None,
+        tls: HopTLS | None = None,
     ) -> None:
         self.name = name
         self.args = args
@@ -66,7 +70,9 @@ class _Service:
         self.command = command
         self.env = env
         self.port = port
-        self.url = f"http://127.0.0.1:{port}"
+        # a backend over mutual TLS is probed with the gateway's client certificate
+        self.verify: ssl.SSLContext | bool = tls.client() if tls is not None else True
+        self.url = f"{'https' if tls is not None else 'http'}://127.0.0.1:{port}"
         self.log_path = logdir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -91,7 +97,8 @@ class _Service:
             if self.proc is not None and self.proc.poll() is not None:
                 raise StackError(f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + "/healthz", timeout=1.0).status_code == 200:
+                health = httpx.get(self.url + "/healthz", timeout=1.0, verify=self.verify)
+                if health.status_code == 200:
                     return
             time.sleep(0.1)
         raise StackError(f"{self.name} did not become healthy:\n{self.tail()}")
@@ -138,6 +145,12 @@ class Stack:
     def logdir(self) -> Path:
         """The folder holding every process's log (``*.log``)."""
         return self._logdir
+
+    @property
+    def backend_pid(self) -> int | None:
+        """The backend's process (with ``--workers N``, the parent that SIGHUP restarts)."""
+        proc = self._backend.proc
+        return proc.pid if proc is not None else None
 
     @property
     def gateway_pid(self) -> int | None:
@@ -222,7 +235,9 @@ def running_stack(
     gateway_port: int | None = None,
     gateway_args: tuple[str, ...] = (),
     backend_args: tuple[str, ...] = (),
+    tls: HopTLS | None = None,
 ) -> Iterator[Stack]:
+    """``tls``: the hop over mutual TLS with those certificates (the backend's for 127.0.0.1)."""
     key = generate_private_key()
     base = {k: v for k, v in os.environ.items() if not k.startswith(("JWT_", "INTERNAL_JWT"))}
     base.update({"GATEWAY_ID": GATEWAY_ID, "BACKEND_ID": BACKEND_ID, "LOG_LEVEL": "INFO"})
@@ -239,7 +254,8 @@ def running_stack(
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
         "REDIS_KEY_PREFIX": f"{redis_prefix}stack{gateway_port}:",
-        "BACKEND_URL": f"http://127.0.0.1:{backend_port}",
+        "BACKEND_URL": f"{'https' if tls else 'http'}://127.0.0.1:{backend_port}",
+        **(tls.gateway_env() if tls else {}),
         "JWT_ACCESS_SECRET": secrets.token_urlsafe(32),
         "JWT_REFRESH_SECRET": secrets.token_urlsafe(32),
         "INTERNAL_JWT_PRIVATE_KEY": key.private_pem(),
@@ -248,7 +264,9 @@ def running_stack(
         **(gateway_env or {}),
     }
     with tempfile.TemporaryDirectory(prefix="tokengate-stack-") as tmp:
-        backend = _Service("backend", benv, backend_port, Path(tmp), backend_args)
+        if tls is not None:
+            backend_args = (*tls.backend_args(), *backend_args)
+        backend = _Service("backend", benv, backend_port, Path(tmp), backend_args, tls=tls)
         gateway = _Service("gateway", genv, gateway_port, Path(tmp), gateway_args)
         try:
             backend.start()
