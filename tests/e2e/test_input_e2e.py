@@ -9,6 +9,7 @@ integer query parameter, every body-reading endpoint of both services.
 from __future__ import annotations
 
 import json
+import socket
 import statistics
 import time
 import uuid
@@ -215,6 +216,30 @@ def test_nul_in_login_email_is_a_4xx_not_a_503(stack: Stack, email: str) -> None
         headers={"Content-Type": "application/json"},
     )
     assert r.status_code == 400 and _is_json_4xx(r), r.text
+
+
+def test_a_head_at_the_gateways_limits_is_not_refused_one_hop_later(
+    stack: Stack, client: httpx.Client
+) -> None:
+    """The gateway accepts heads up to 16 KiB and 100 fields (the defaults) and adds its own to
+    what it forwards (the internal token, request id, trace context, forwarded-for): the backend's
+    defaults leave room for that, so such a request is served, not a 431 from the backend."""
+    port = int(stack.gateway_url.rsplit(":", 1)[1])
+    auth = client.headers["Authorization"].encode()
+    fields = b"".join(b"X-F-%d: 1\r\n" % i for i in range(96))  # + Host, Authorization, X-Pad
+    head = b"GET /api/v1/me HTTP/1.1\r\nHost: localhost\r\nAuthorization: " + auth + b"\r\n"
+    head += fields
+    pad = 16384 - len(head) - len(b"X-Pad: \r\n\r\n") - 1
+    head += b"X-Pad: " + b"a" * pad + b"\r\n\r\n"
+    assert 16300 < len(head) < 16384
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(65536)
+            assert chunk, answer
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
 
 
 def test_paths_over_the_cap_are_414(client: httpx.Client) -> None:

@@ -1,0 +1,240 @@
+"""uvicorn's httptools protocol with the limits of :class:`ConnectionLimits`, counted as bytes
+arrive and before llhttp or uvicorn buffer them (issue 21, findings 3 and 4).
+
+httptools stays (h11 costs more CPU than the gateway's budget); this subclass counts what it is fed:
+
+- **head bytes**: while a head is being read, at most ``max_request_head_bytes`` are fed to the
+  parser; a head not complete by then is 431. Before this, 300 MiB of header lines were buffered
+  whole (the gateway went from 67 to 416 MiB) and answered 200. A pipelined request that follows a
+  body in the same read is counted from the next read on: at most one read (256 KiB) past the
+  limit, then refused.
+- **header fields**: the ``max_request_headers``-th + 1 field is 431; **the request target**: over
+  ``max_request_line_bytes`` is 414 (RFC 9112 §3 asks servers for at least 8,000 octets).
+- **head time**: a timer from accept, or from the end of the previous response, to the end of the
+  head. A slowloris client that trickles a head gets 408; a connection that sends nothing is
+  closed. uvicorn's own keep-alive timer is cancelled by any byte, so it stops neither.
+- **connections**: a connection accepted while ``max_connections`` are open is answered 503 with
+  ``Retry-After`` at once and closed. uvicorn's ``limit_concurrency`` is not used: it counts idle
+  keep-alive connections and the asking one (so N lets N - 1 in), decides only when a head
+  completes, so connections that never send one hold their descriptors for ever, and answers a
+  ``text/plain`` 503 without ``Retry-After``.
+
+Every refusal is the JSON error body with ``Connection: close``; the connection is then half
+closed (our FIN after the answer) and read and discarded for at most :data:`LINGER_SECONDS`
+before it is closed, so a client still sending its head reads the answer rather than a reset
+(RFC 9112 §9.6).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from asyncio import TimerHandle
+from typing import Any
+
+import httptools
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from servicekit.connections.limits import ConnectionLimits
+
+__all__ = ["LINGER_SECONDS", "LimitedHttpToolsProtocol"]
+
+#: How long a refused connection is read and discarded before it is closed: long enough for the
+#: client to read the answer, short enough that refused connections cannot pile up.
+LINGER_SECONDS = 1.0
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop llhttp; the status is answered by data_received."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        limits: ConnectionLimits,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self._limits = limits
+        self._in_head = True
+        self._head_bytes = 0
+        self._fields = 0
+        self._head_timer: TimerHandle | None = None
+        self._refusal: _Refused | None = None
+        self._refused = False
+
+    # -- connection -------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self._limits.max_connections:
+            # Answered at once and not counted: a refused connection holds its descriptor for
+            # LINGER_SECONDS at most, whether it sends a head or not.
+            self.connections.discard(self)
+            self._refuse(
+                503,
+                "server_busy",
+                "too many connections; retry shortly",
+                b"retry-after: 1\r\n",
+            )
+            return
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # lingering after a refusal: read and dropped
+        self._unset_keepalive_if_required()
+        limit = self._limits.max_request_head_bytes
+        # Feed a head no further than its limit: what llhttp is given, it (or uvicorn) keeps.
+        while self._in_head and self._head_bytes + len(data) > limit:
+            room = limit - self._head_bytes
+            self._head_bytes = limit
+            if not self._feed(data[:room]):
+                return
+            data = data[room:]
+            if self._in_head:  # the limit reached, the head still not complete
+                self._refuse(431, "request_head_too_large", f"request head over {limit} bytes")
+                return
+        if self._in_head:
+            self._head_bytes += len(data)
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> bool:
+        """Feed the parser; ``False`` when the connection was refused and nothing may follow."""
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return True
+        except httptools.HttpParserError:
+            refusal, self._refusal = self._refusal, None
+            if refusal is None:
+                refusal = _Refused(400, "bad_request", "invalid HTTP request")
+            self._refuse(refusal.status, refusal.code, refusal.message)
+            return False
+        return not self._refused
+
+    # -- parser callbacks -------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._fields = 0
+        super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        if len(self.url) + len(url) > self._limits.max_request_line_bytes:
+            self._refusal = _Refused(
+                414,
+                "uri_too_long",
+                f"request target over {self._limits.max_request_line_bytes} bytes",
+            )
+            raise self._refusal
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._fields += 1
+        if self._fields > self._limits.max_request_headers:
+            self._refusal = _Refused(
+                431,
+                "too_many_headers",
+                f"more than {self._limits.max_request_headers} header fields",
+            )
+            raise self._refusal
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._cancel_head_timer()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        # What follows is the next request's head (pipelined, or after keep-alive).
+        self._in_head = True
+        self._head_bytes = 0
+
+    def on_response_complete(self) -> None:
+        pipelined = bool(self.pipeline)
+        super().on_response_complete()
+        if not pipelined and not self.transport.is_closing():
+            # The next head's clock starts now (keep-alive), not when its first byte comes.
+            self._arm_head_timer()
+
+    # -- timers and refusals ----------------------------------------------------------------
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(
+            self._limits.request_head_timeout, self._head_timed_out
+        )
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing() or self._refused:
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            return  # a request is being answered; its head is complete
+        if self._head_bytes == 0:
+            # Nothing of a next request came: an idle connection, closed as nginx does.
+            self.transport.close()
+            return
+        self._refuse(
+            408,
+            "request_timeout",
+            f"request head not complete within {self._limits.request_head_timeout:g} s",
+        )
+
+    def _refuse(self, status: int, code: str, message: str, extra: bytes = b"") -> None:
+        self._refused = True
+        self._cancel_head_timer()
+        self._unset_keepalive_if_required()
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A pipelined head refused while the previous answer is still being written: a
+            # second answer would interleave with it, so the connection just ends.
+            self.cycle.keep_alive = False
+            self.transport.close()
+            return
+        body = json.dumps({"error": {"code": code, "message": message}}).encode()
+        self.transport.write(
+            b"".join(
+                (
+                    STATUS_LINE[status],
+                    b"content-type: application/json\r\n",
+                    b"content-length: %d\r\n" % len(body),
+                    b"connection: close\r\n",
+                    extra,
+                    b"\r\n",
+                    body,
+                )
+            )
+        )
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self.loop.call_later(LINGER_SECONDS, self._close)
+        else:
+            self.transport.close()
+
+    def _close(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.close()
