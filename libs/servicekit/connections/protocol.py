@@ -5,9 +5,10 @@ httptools stays (h11 costs more CPU than the gateway's budget); this subclass co
 
 - **head bytes**: while a head is being read, at most ``max_request_head_bytes`` are fed to the
   parser; a head not complete by then is 431. Before this, 300 MiB of header lines were buffered
-  whole (the gateway went from 67 to 416 MiB) and answered 200. A pipelined request that follows a
-  body in the same read is counted from the next read on: at most one read (256 KiB) past the
-  limit, then refused.
+  whole (the gateway went from 67 to 416 MiB) and answered 200. The parser does not say where a
+  request ended inside a read, so the bytes of a pipelined head that arrive in the same read as
+  the end of the request before it are not counted: such a head may get one more read (at most
+  the limit, or 256 KiB after a body) before it is refused.
 - **header fields**: the ``max_request_headers``-th + 1 field is 431; **the request target**: over
   ``max_request_line_bytes`` is 414 (RFC 9112 §3 asks servers for at least 8,000 octets).
 - **head time**: a timer from accept, or from the end of the previous response, to the end of the
@@ -20,9 +21,9 @@ httptools stays (h11 costs more CPU than the gateway's budget); this subclass co
   ``text/plain`` 503 without ``Retry-After``.
 
 Every refusal is the JSON error body with ``Connection: close``; the connection is then half
-closed (our FIN after the answer) and read and discarded for at most :data:`LINGER_SECONDS`
-before it is closed, so a client still sending its head reads the answer rather than a reset
-(RFC 9112 §9.6).
+closed (our FIN after the answer) and read and discarded for at most :data:`LINGER_SECONDS` and
+:data:`LINGER_BYTES` before it is closed, so a client still sending its head reads the answer
+rather than a reset (RFC 9112 §9.6).
 """
 
 from __future__ import annotations
@@ -39,11 +40,14 @@ from uvicorn.server import ServerState
 
 from servicekit.connections.limits import ConnectionLimits
 
-__all__ = ["LINGER_SECONDS", "LimitedHttpToolsProtocol"]
+__all__ = ["LINGER_BYTES", "LINGER_SECONDS", "LimitedHttpToolsProtocol"]
 
 #: How long a refused connection is read and discarded before it is closed: long enough for the
 #: client to read the answer, short enough that refused connections cannot pile up.
 LINGER_SECONDS = 1.0
+#: How much of it is read and discarded at most: a client pushing a 300 MiB head at loopback
+#: speed would otherwise cost a second of reading per refusal.
+LINGER_BYTES = 256 * 1024
 
 
 class _Refused(Exception):
@@ -68,10 +72,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._limits = limits
         self._in_head = True
         self._head_bytes = 0
+        self._heads = 0
         self._fields = 0
         self._head_timer: TimerHandle | None = None
         self._refusal: _Refused | None = None
         self._refused = False
+        self._discarded = 0
 
     # -- connection -------------------------------------------------------------------------
 
@@ -96,19 +102,26 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
-            return  # lingering after a refusal: read and dropped
+            # lingering after a refusal: read and dropped, up to a bound
+            self._discarded += len(data)
+            if self._discarded > LINGER_BYTES:
+                self._close()
+            return
         self._unset_keepalive_if_required()
         limit = self._limits.max_request_head_bytes
         # Feed a head no further than its limit: what llhttp is given, it (or uvicorn) keeps.
         while self._in_head and self._head_bytes + len(data) > limit:
             room = limit - self._head_bytes
+            heads = self._heads
             self._head_bytes = limit
             if not self._feed(data[:room]):
                 return
             data = data[room:]
-            if self._in_head:  # the limit reached, the head still not complete
+            if self._heads == heads:  # the limit reached, the head still not complete
                 self._refuse(431, "request_head_too_large", f"request head over {limit} bytes")
                 return
+            # A head ended within the limit (pipelined requests): what follows is counted for
+            # the next one.
         if self._in_head:
             self._head_bytes += len(data)
         self._feed(data)
@@ -160,6 +173,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._heads += 1
         self._cancel_head_timer()
         super().on_headers_complete()
 
