@@ -205,6 +205,24 @@ def test_too_many_header_fields_is_431_and_the_limit_itself_is_served(
         _assert_refused(_read_until_closed(sock), 431, "too_many_headers")
 
 
+def test_fields_arriving_read_by_read_are_refused_before_the_head_ends(
+    service: tuple[str, int, int],
+) -> None:
+    """Fields are counted after every read: a head that never ends is refused once it holds
+    too many, not kept (with all its fields) until the head timeout."""
+    _, port, _ = service
+    start = time.monotonic()
+    with _connect(port) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")
+        with contextlib.suppress(OSError):
+            for i in range(FIELDS + 20):
+                sock.sendall(b"X-F-%d: 1\r\n" % i)
+                time.sleep(0.005)
+        raw = _read_until_closed(sock)
+    _assert_refused(raw, 431, "too_many_headers")
+    assert time.monotonic() - start < HEAD_TIMEOUT  # refused, not timed out
+
+
 def test_a_request_target_over_the_limit_is_414(service: tuple[str, int, int]) -> None:
     _, port, _ = service
     base = b"/healthz?q="

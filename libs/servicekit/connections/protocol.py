@@ -9,11 +9,14 @@ httptools stays (h11 costs more CPU than the gateway's budget); this subclass co
   request ended inside a read, so the bytes of a pipelined head that arrive in the same read as
   the end of the request before it are not counted: such a head may get one more read (at most
   the limit, or 256 KiB after a body) before it is refused.
-- **header fields**: the ``max_request_headers``-th + 1 field is 431; **the request target**: over
-  ``max_request_line_bytes`` is 414 (RFC 9112 §3 asks servers for at least 8,000 octets).
-- **head time**: a timer from accept, or from the end of the previous response, to the end of the
-  head. A slowloris client that trickles a head gets 408; a connection that sends nothing is
-  closed. uvicorn's own keep-alive timer is cancelled by any byte, so it stops neither.
+- **header fields**: more than ``max_request_headers`` is 431; **the request target**: over
+  ``max_request_line_bytes`` is 414 (RFC 9112 §3 asks servers for at least 8,000 octets). Both
+  are counted after each read and when the head ends, not per field (a Python call per field
+  would sit on every request's path), and the byte limit already bounds what one read adds.
+- **head time**: a deadline from accept, or from the end of the previous response, to the end of
+  the head, checked by one timer per connection that is re-armed only when it fires. A
+  slowloris client that trickles a head gets 408; a connection that sends nothing is closed.
+  uvicorn's own keep-alive timer is cancelled by any byte, so it stops neither.
 - **connections**: a connection accepted while ``max_connections`` are open is answered 503 with
   ``Retry-After`` at once and closed. uvicorn's ``limit_concurrency`` is not used: it counts idle
   keep-alive connections and the asking one (so N lets N - 1 in), decides only when a head
@@ -70,10 +73,17 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self._limits = limits
+        self._max_head_bytes = limits.max_request_head_bytes
+        self._max_fields = limits.max_request_headers
+        self._max_target = limits.max_request_line_bytes
+        self.url = b""  # uvicorn sets it when a message begins; read before that here
         self._in_head = True
         self._head_bytes = 0
         self._heads = 0
-        self._fields = 0
+        # When the head being waited for is due (loop time), or None while a request is being
+        # answered. One timer per connection checks it, re-armed only when it fires, rather than
+        # a timer armed and cancelled for every request.
+        self._deadline: float | None = None
         self._head_timer: TimerHandle | None = None
         self._refusal: _Refused | None = None
         self._refused = False
@@ -94,10 +104,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 b"retry-after: 1\r\n",
             )
             return
-        self._arm_head_timer()
+        self._await_head()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_head_timer()
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -108,8 +120,20 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 self._close()
             return
         self._unset_keepalive_if_required()
-        limit = self._limits.max_request_head_bytes
+        if self._in_head:
+            if self._head_bytes + len(data) > self._max_head_bytes:
+                self._feed_up_to_the_limit(data)
+                return
+            self._head_bytes += len(data)
+        self._feed(data)
+        # Fields and target counted per read, not per field (a Python call per field costs the
+        # hot path): a head still arriving holds at most one read's worth over the count.
+        if self._in_head and not self._refused and self.headers is not None:
+            self._check_partial_head()
+
+    def _feed_up_to_the_limit(self, data: bytes) -> None:
         # Feed a head no further than its limit: what llhttp is given, it (or uvicorn) keeps.
+        limit = self._max_head_bytes
         while self._in_head and self._head_bytes + len(data) > limit:
             room = limit - self._head_bytes
             heads = self._heads
@@ -124,7 +148,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             # the next one.
         if self._in_head:
             self._head_bytes += len(data)
-        self._feed(data)
+        if self._feed(data) and self._in_head and self.headers is not None:
+            self._check_partial_head()
 
     def _feed(self, data: bytes) -> bool:
         """Feed the parser; ``False`` when the connection was refused and nothing may follow."""
@@ -144,37 +169,29 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             return False
         return not self._refused
 
+    def _head_refusal(self) -> _Refused | None:
+        if len(self.url) > self._max_target:
+            return _Refused(414, "uri_too_long", f"request target over {self._max_target} bytes")
+        if len(self.headers) > self._max_fields:
+            message = f"more than {self._max_fields} header fields"
+            return _Refused(431, "too_many_headers", message)
+        return None
+
+    def _check_partial_head(self) -> None:
+        refusal = self._head_refusal()
+        if refusal is not None:
+            self._refuse(refusal.status, refusal.code, refusal.message)
+
     # -- parser callbacks -------------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self._fields = 0
-        super().on_message_begin()
-
-    def on_url(self, url: bytes) -> None:
-        if len(self.url) + len(url) > self._limits.max_request_line_bytes:
-            self._refusal = _Refused(
-                414,
-                "uri_too_long",
-                f"request target over {self._limits.max_request_line_bytes} bytes",
-            )
-            raise self._refusal
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._fields += 1
-        if self._fields > self._limits.max_request_headers:
-            self._refusal = _Refused(
-                431,
-                "too_many_headers",
-                f"more than {self._limits.max_request_headers} header fields",
-            )
-            raise self._refusal
-        super().on_header(name, value)
-
     def on_headers_complete(self) -> None:
+        refusal = self._head_refusal()
+        if refusal is not None:
+            self._refusal = refusal
+            raise refusal  # stops llhttp; answered by _feed
         self._in_head = False
         self._heads += 1
-        self._cancel_head_timer()
+        self._deadline = None
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -188,27 +205,24 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_response_complete()
         if not pipelined and not self.transport.is_closing():
             # The next head's clock starts now (keep-alive), not when its first byte comes.
-            self._arm_head_timer()
+            self._await_head()
 
     # -- timers and refusals ----------------------------------------------------------------
 
-    def _arm_head_timer(self) -> None:
-        self._cancel_head_timer()
-        self._head_timer = self.loop.call_later(
-            self._limits.request_head_timeout, self._head_timed_out
-        )
+    def _await_head(self) -> None:
+        timeout = self._limits.request_head_timeout
+        self._deadline = self.loop.time() + timeout
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(timeout, self._head_check)
 
-    def _cancel_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
-    def _head_timed_out(self) -> None:
+    def _head_check(self) -> None:
         self._head_timer = None
-        if self.transport.is_closing() or self._refused:
+        if self.transport.is_closing() or self._refused or self._deadline is None:
+            return  # no head awaited: the next response's end arms the timer again
+        left = self._deadline - self.loop.time()
+        if left > 0:  # the deadline moved on since this timer was armed
+            self._head_timer = self.loop.call_later(left, self._head_check)
             return
-        if self.cycle is not None and not self.cycle.response_complete:
-            return  # a request is being answered; its head is complete
         if self._head_bytes == 0:
             # Nothing of a next request came: an idle connection, closed as nginx does.
             self.transport.close()
@@ -221,7 +235,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: int, code: str, message: str, extra: bytes = b"") -> None:
         self._refused = True
-        self._cancel_head_timer()
+        self._deadline = None
+        self.headers = []  # what a refused head buffered is not kept while lingering
         self._unset_keepalive_if_required()
         if self.cycle is not None and not self.cycle.response_complete:
             # A pipelined head refused while the previous answer is still being written: a
