@@ -234,7 +234,8 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers,
         metrics=metrics,
+        limits=settings.connections,
+        pooled=settings.pool.max_size + 8,
         loop="uvloop",
-        http="httptools",
         **(server_tls.uvicorn_options("backend") if server_tls else {}),
     )

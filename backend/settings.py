@@ -10,6 +10,7 @@ from internal_auth import KeyLoadError, KeySet, load_public_keys
 from internal_auth.replay import DEFAULT_MAX_ENTRIES
 from servicekit import config, otel, pg_url
 from servicekit.config import ConfigError
+from servicekit.connections import BACKEND_DEFAULTS, ConnectionLimits
 from servicekit.db import PoolSettings
 from servicekit.logs import log_format_from_env
 
@@ -26,6 +27,8 @@ class Settings:
     # Live internal-token jti values remembered for single use; 0 turns single use off.
     replay_cache_size: int = DEFAULT_MAX_ENTRIES
     pool: PoolSettings = field(default_factory=PoolSettings)
+    #: head size, fields, head time, keep-alive and the connection cap (servicekit.connections)
+    connections: ConnectionLimits = BACKEND_DEFAULTS
     log_level: str = "INFO"
     log_format: str = "json"
     otel_endpoint: str | None = None
@@ -71,6 +74,7 @@ class Settings:
                 env, "INTERNAL_TOKEN_REPLAY_CACHE_SIZE", DEFAULT_MAX_ENTRIES, minimum=0
             ),
             pool=PoolSettings.from_env(env),
+            connections=ConnectionLimits.from_env(env, defaults=BACKEND_DEFAULTS),
             log_level=config.get_str(env, "LOG_LEVEL", "INFO"),
             log_format=log_format_from_env(env),
             otel_endpoint=otel.endpoint_from_env(env),

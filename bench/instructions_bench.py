@@ -13,7 +13,13 @@ work are not in the figure; everything the app does per request, aiohttp's hop i
 target runs twice (``--small`` and ``--large`` requests after a warm-up) and the figure is the
 difference divided by the difference in requests, so start-up and import costs cancel.
 
-Usage: ``python bench/instructions_bench.py [--baseline-src DIR] [--small 320] [--large 1280]``
+With ``--through-protocol`` each request goes in as bytes through uvicorn's HTTP protocol (the
+gateway's own, with its connection limits, when the checkout has one; uvicorn's
+``HttpToolsProtocol`` otherwise, and for the reference) over an in-memory transport, 32 kept
+connections: the cost of parsing the head and of the limits is then in the figure too.
+
+Usage: ``python bench/instructions_bench.py [--baseline-src DIR] [--small 320] [--large 1280]
+[--through-protocol]``
 (about two minutes per target; needs ``valgrind`` and the services the gateway's lifespan opens:
 ``BENCH_DATABASE_URL``, ``BENCH_REDIS_URL``).
 """
@@ -75,6 +81,14 @@ async def _drive(app: ASGI, token: str, requests: int) -> None:
         if sent[0]["status"] != 200:
             raise RuntimeError(f"the app answered {sent[0]['status']}: {sent[1:]}")
 
+    async def batches() -> None:
+        for _ in range((WARM_UP + requests) // CONCURRENCY):
+            await asyncio.gather(*(one() for _ in range(CONCURRENCY)))
+
+    await _in_lifespan(app, batches)
+
+
+async def _in_lifespan(app: ASGI, work: Callable[[], Awaitable[None]]) -> None:
     inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     await inbox.put({"type": "lifespan.startup"})
@@ -84,11 +98,93 @@ async def _drive(app: ASGI, token: str, requests: int) -> None:
     started = await outbox.get()
     if started["type"] != "lifespan.startup.complete":
         raise RuntimeError(f"lifespan start-up failed: {started}")
-    for _ in range((WARM_UP + requests) // CONCURRENCY):
-        await asyncio.gather(*(one() for _ in range(CONCURRENCY)))
+    await work()
     await inbox.put({"type": "lifespan.shutdown"})
     await outbox.get()
     await lifespan
+
+
+class _Transport(asyncio.Transport):
+    """An in-memory socket: what the protocol writes is kept, nothing is sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.data = bytearray()
+        self.closing = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.data.extend(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        extra = {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}
+        return extra.get(name, default)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        pass
+
+
+def _protocol_factory(target: str) -> Callable[..., asyncio.Protocol]:
+    """The protocol ``tokengate gateway`` serves with in the checkout on the path; uvicorn's own
+    for the reference and for checkouts before the connection limits."""
+    import servicekit
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    # Looked for in the checkout's own folder: the editable install's finder would otherwise
+    # supply this checkout's module to a baseline that has none.
+    if target == "reference" or not (Path(servicekit.__file__).parent / "connections").is_dir():
+        return HttpToolsProtocol
+    from servicekit.connections import ConnectionLimits, uvicorn_options
+
+    factory: Callable[..., asyncio.Protocol] = uvicorn_options(ConnectionLimits())["http"]
+    return factory
+
+
+async def _drive_protocol(app: ASGI, token: str, requests: int, target: str) -> None:
+    """``_drive`` with each request fed as bytes to the HTTP protocol, on 32 kept connections."""
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
+
+    config = Config(app=app, lifespan="off", proxy_headers=False, log_config=None)
+    config.load()
+    factory = _protocol_factory(target)
+    request = b"GET /api/v1/me HTTP/1.1\r\n" + b"".join(
+        name + b": " + value + b"\r\n" for name, value in HEADERS
+    )
+    request += b"authorization: Bearer " + token.encode() + b"\r\n\r\n"
+    loop = asyncio.get_running_loop()
+
+    async def connection(count: int) -> None:
+        state, transport = ServerState(), _Transport()
+        protocol = factory(config=config, server_state=state, app_state={}, _loop=loop)
+        protocol.connection_made(transport)
+        for _ in range(count):
+            protocol.data_received(request)
+            await asyncio.gather(*state.tasks)
+            if not transport.data.startswith(b"HTTP/1.1 200 "):
+                raise RuntimeError(f"the app answered {bytes(transport.data[:200])!r}")
+            transport.data.clear()
+        protocol.connection_lost(None)
+
+    async def connections() -> None:
+        count = (WARM_UP + requests) // CONCURRENCY
+        await asyncio.gather(*(connection(count) for _ in range(CONCURRENCY)))
+
+    await _in_lifespan(app, connections)
 
 
 def drive_main(target: str, requests: int, environment: Path) -> None:
@@ -113,7 +209,10 @@ def drive_main(target: str, requests: int, environment: Path) -> None:
         from gateway.app import create_app
 
         app = create_app(settings)
-    uvloop.run(_drive(app, token, requests))
+    if os.environ.get("BENCH_THROUGH_PROTOCOL") == "1":
+        uvloop.run(_drive_protocol(app, token, requests, target))
+    else:
+        uvloop.run(_drive(app, token, requests))
 
 
 def instructions(command: list[str], cwd: Path, env: dict[str, str]) -> int:
@@ -140,6 +239,12 @@ def main() -> int:
     parser.add_argument("--small", type=int, default=320)
     parser.add_argument("--large", type=int, default=1280)
     parser.add_argument(
+        "--through-protocol",
+        action="store_true",
+        help="feed each request as bytes through uvicorn's HTTP protocol (the head parsing and "
+        "the gateway's connection limits counted too)",
+    )
+    parser.add_argument(
         "--drive", nargs=3, metavar=("TARGET", "REQUESTS", "ENV"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
@@ -154,6 +259,8 @@ def main() -> int:
 
     with upstream_and_database("WARNING") as env, tempfile.TemporaryDirectory() as tmp:
         environment = Path(tmp) / "env.json"
+        if args.through_protocol:
+            env = {**env, "BENCH_THROUGH_PROTOCOL": "1"}
         environment.write_text(json.dumps({k: v for k, v in env.items() if k.isupper()}))
         # name -> (working directory, extra path entries): the script itself puts its own
         # checkout on the path, so a baseline's folders go first through PYTHONPATH
@@ -163,8 +270,9 @@ def main() -> int:
             targets["baseline"] = (src, f"{src}{os.pathsep}{src / 'libs'}")
         targets["gateway"] = (HERE.parent, "")
         targets["reference"] = (HERE.parent, "")
+        how = "through the HTTP protocol" if args.through_protocol else "in-process"
         print(
-            f"instructions per in-process GET /api/v1/me ({CONCURRENCY} at a time, bearer token), "
+            f"instructions per {how} GET /api/v1/me ({CONCURRENCY} at a time, bearer token), "
             f"from runs of {args.small} and {args.large} requests"
         )
         figures: dict[str, float] = {}

@@ -118,6 +118,9 @@ def _run_gateway(args: argparse.Namespace) -> int:
             port=args.port,
             workers=args.workers,
             metrics=metrics,
+            limits=settings.connections,
+            # the backend pool (proxy/backend.py: 256), PostgreSQL, Redis and its pub/sub
+            pooled=256 + settings.pool.max_size + 8,
             proxy_headers=False,
         )
     finally:

@@ -23,6 +23,7 @@ from servicekit.config import (
     get_list,
     get_str,
 )
+from servicekit.connections import ConnectionLimits
 from servicekit.db import PoolSettings
 from servicekit.forwarded import Network
 from servicekit.logs import log_format_from_env
@@ -270,6 +271,8 @@ class Settings:
     log_format: str = "json"
     otel_endpoint: str | None = None
     pool: PoolSettings = field(default_factory=PoolSettings)
+    #: head size, fields, head time, keep-alive and the connection cap (servicekit.connections)
+    connections: ConnectionLimits = field(default_factory=ConnectionLimits)
     # DPoP (RFC 9449): empty public_origins disables it (proofs are refused, fail closed).
     public_origins: tuple[str, ...] = ()
     dpop_iat_window: int = 60
@@ -400,6 +403,7 @@ class Settings:
             log_format=log_format_from_env(environ),
             otel_endpoint=otel.endpoint_from_env(environ),
             pool=PoolSettings.from_env(environ),
+            connections=ConnectionLimits.from_env(environ),
             public_origins=_public_origins(environ, "PUBLIC_ORIGIN"),
             dpop_iat_window=iat_window,
             dpop_nonce_required=get_bool(environ, "DPOP_NONCE_REQUIRED", False),

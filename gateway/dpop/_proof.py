@@ -353,7 +353,9 @@ class ProofVerifier:
             raise ProofError("malformed")
         try:
             header = json.loads(_b64decode(parts[0]))
-        except ValueError:
+        except (ValueError, RecursionError):
+            # RecursionError: a header of 3,000 "[" fits in MAX_PROOF_LENGTH and, read before any
+            # signature check, was a 500 at /auth/login for anyone (issue 21, finding 1's class).
             raise ProofError("malformed") from None
         if not isinstance(header, dict):
             raise ProofError("malformed")
@@ -372,7 +374,7 @@ class ProofVerifier:
             raise ProofError("signature") from None
         try:
             claims = json.loads(_b64decode(parts[1]))
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ProofError("malformed") from None
         if not isinstance(claims, dict):
             raise ProofError("malformed")

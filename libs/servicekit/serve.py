@@ -17,6 +17,12 @@ import shutil
 from typing import Any
 
 from servicekit.config import ConfigError
+from servicekit.connections import (
+    ConnectionLimits,
+    descriptor_budget,
+    ensure_descriptors,
+    uvicorn_options,
+)
 from servicekit.metrics import (
     MetricsSettings,
     prepare_multiprocess_dir,
@@ -45,11 +51,17 @@ def serve(
     port: int,
     workers: int,
     metrics: MetricsSettings,
-    **uvicorn_options: Any,
+    limits: ConnectionLimits,
+    pooled: int,
+    **options: Any,
 ) -> int:
+    """Serve ``factory`` with ``limits`` on every client connection; ``pooled`` is how many
+    connections of its own (backend pool, database, Redis) one worker may open, for the
+    file-descriptor budget (:func:`servicekit.connections.descriptor_budget`)."""
     import uvicorn
 
     check_workers(workers)
+    ensure_descriptors(descriptor_budget(limits, pooled))
     folder, made = prepare_multiprocess_dir() if workers > 1 else (None, False)
     server = serve_metrics(metrics)
     try:
@@ -63,7 +75,8 @@ def serve(
             log_config=None,
             access_log=False,
             server_header=False,
-            **uvicorn_options,
+            **uvicorn_options(limits),
+            **options,
         )
     finally:
         stop_metrics(server)
