@@ -15,6 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     # embedded stack) cannot stop the other commands from loading.
     from backend import cli as backend_cli
     from gateway import cli as gateway_cli
+    from gateway.policy import cli as policy_cli
     from tokengate import certs, client, dev, keys, migrate
 
     parser = argparse.ArgumentParser(prog="tokengate", description=__doc__)
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.register(sub)
     backend_cli.register(sub)
     gateway_cli.register(sub)
+    policy_cli.register(sub)
     dev.register(sub)
     client.register(sub)
     return parser

@@ -2,7 +2,13 @@
 to and whether a request may go there. :func:`load_policy` reads and validates the file,
 :class:`Policy` is the compiled, immutable table the proxy decides with."""
 
-from gateway.policy.loader import DEFAULT_MAX_BYTES, PolicyFileError, load_policy, parse_policy
+from gateway.policy.loader import (
+    DEFAULT_MAX_BYTES,
+    PolicyFileError,
+    load_policy,
+    parse_policy,
+    read_policy_file,
+)
 from gateway.policy.table import Caller, Decision, Policy, Rule, ServiceConfig
 
 __all__ = [
@@ -15,4 +21,5 @@ __all__ = [
     "ServiceConfig",
     "load_policy",
     "parse_policy",
+    "read_policy_file",
 ]

@@ -10,6 +10,7 @@ and of a value inside a multi-line array.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -165,6 +166,11 @@ class _Checker:
 
 def load_policy(path: str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Policy:
     """Read, validate and compile ``path``; raise :class:`PolicyFileError` naming every problem."""
+    return parse_policy(read_policy_file(path, max_bytes=max_bytes), path)
+
+
+def read_policy_file(path: str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """The bytes of ``path``, at most ``max_bytes`` (a reload hashes exactly what it parses)."""
     try:
         with Path(path).open("rb") as handle:
             raw = handle.read(max_bytes + 1)
@@ -180,7 +186,7 @@ def load_policy(path: str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Policy:
                 f"GATEWAY_CONFIG_MAX_BYTES ({max_bytes})"
             ],
         )
-    return parse_policy(raw, path)
+    return raw
 
 
 def parse_policy(raw: bytes, path: str = "gateway.toml") -> Policy:
@@ -206,7 +212,7 @@ def parse_policy(raw: bytes, path: str = "gateway.toml") -> Policy:
         ordered = [text for _, text in sorted(check.problems, key=lambda p: p[0])]
         raise PolicyFileError(path, ordered)
     assert policy is not None
-    return Policy(**{**policy, "source": path})
+    return Policy(**{**policy, "source": path, "digest": hashlib.sha256(raw).hexdigest()})
 
 
 def _validate(data: dict[str, Any], check: _Checker) -> dict[str, Any] | None:

@@ -198,6 +198,8 @@ class Policy:
     routes: tuple[tuple[tuple[str, ...], str], ...]
     rules: tuple[Rule, ...]
     source: str = ""
+    #: SHA-256 (hex) of the bytes this table was compiled from: what a reload compares
+    digest: str = ""
     _route_root: _RouteNode = field(init=False, repr=False, compare=False)
     _by_method: dict[str, _RuleNode] = field(init=False, repr=False, compare=False)
     _any_method: _RuleNode = field(init=False, repr=False, compare=False)
