@@ -8,8 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from gateway.auth.tokens import TokenService
 from gateway.dpop import DPoP
 from gateway.edge import Edge, error_response, proxy_only_paths
 from gateway.errors import GatewayError
+from gateway.policy.reload import PolicyReloader
 from gateway.proxy.backend import BackendProxy
 from gateway.proxy.handler import PROXY_PATH, proxy_request, proxy_route
 from gateway.proxy.tls import client_context
@@ -181,6 +183,16 @@ async def readyz(request: Request) -> Response:
     )
 
 
+def _on_sighup(callback: Callable[[], None]) -> bool:
+    """Run ``callback`` on SIGHUP; ``False`` where this loop cannot take signals (not the main
+    thread: an app served in a test's thread, whose process has its own)."""
+    try:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, callback)
+    except (RuntimeError, ValueError, NotImplementedError):
+        return False
+    return True
+
+
 def _load_minter(settings: Settings) -> tuple[KeyHolder, Minter]:
     keys = signing.load_keys(settings)
     return keys, Minter(
@@ -288,6 +300,19 @@ def create_app(
         proxy = BackendProxy(settings, tokens, tls=backend_tls)
         await proxy.start()
         state.proxy = proxy
+        reloader: PolicyReloader | None = None
+        if settings.gateway_config is not None and proxy.policy is not None:
+            reloader = PolicyReloader(
+                proxy,
+                settings.gateway_config,
+                interval=settings.gateway_config_reload_interval,
+                max_bytes=settings.gateway_config_max_bytes,
+            )
+            reloader.start()
+        state.policy_reloader = reloader
+        # SIGHUP is "look at GATEWAY_CONFIG now"; without a handler a single-process uvicorn
+        # dies of it (it handles SIGINT and SIGTERM only)
+        sighup = reloader is not None and _on_sighup(reloader.wake)
         # epochs first: the durable source, so even with Redis down (or flushed) this instance
         # refuses the access tokens of accounts changed within one access-token lifetime
         await epochs.start(backend.epochs_since)
@@ -322,6 +347,10 @@ def create_app(
             sampler.cancel()
             if key_watch is not None:
                 key_watch.cancel()
+            if sighup:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+            if reloader is not None:
+                await reloader.stop()
             mark_worker_stopped()
             otel.shutdown()
             await pruner.stop()

@@ -21,6 +21,9 @@ Names (all prefixed ``tokengate_gateway_``):
   (``in_use``/``idle``), ``redis_errors_total{operation}``; PostgreSQL failures are
   ``tokengate_postgres_errors_total{service="gateway"}`` (:mod:`servicekit.metrics`).
 - ``signing_keys_reloads_total{outcome}``: key file re-reads that changed the set or failed.
+- ``config_reloads_total{outcome}`` (``applied``, ``failed``, ``refused``),
+  ``config_hash`` (per worker: the first 48 bits of the served file's SHA-256, as
+  ``tokengate policy check`` prints it) and ``config_last_reload_timestamp_seconds``.
 - ``dpop_proofs_total{outcome}``: DPoP proofs accepted (``ok``) or refused, by the check that
   refused them (``replay``, ``htu``, ``iat_window``, ``ath``, ``jkt``, ``nonce``, ...);
   ``dpop_replay_round_trips_total`` and ``dpop_replay_claims_total``: Redis round trips of the
@@ -135,6 +138,24 @@ REDIS_MASTER = Gauge(
 #: REDIS_MASTER's label values, bounded: Sentinel may name any address, a label set must not grow
 MAX_MASTER_LABELS = 8
 _masters: set[str] = set()
+
+CONFIG_RELOADS = Counter(
+    "tokengate_gateway_config_reloads_total",
+    "GATEWAY_CONFIG changes seen by a worker: applied, failed (invalid), refused (services).",
+    ["outcome"],
+)
+# One numeric series per worker (pid in multiprocess mode), never a label holding the hash: the
+# multiprocess mode keeps every label value a worker ever wrote, so an old hash would stay.
+CONFIG_HASH = Gauge(
+    "tokengate_gateway_config_hash",
+    "First 48 bits of the SHA-256 of the GATEWAY_CONFIG this worker serves (0: no file).",
+    multiprocess_mode="liveall",
+)
+CONFIG_LOADED_AT = Gauge(
+    "tokengate_gateway_config_last_reload_timestamp_seconds",
+    "When this worker last loaded GATEWAY_CONFIG successfully (start-up or reload).",
+    multiprocess_mode="liveall",
+)
 
 _PROXY_GATEWAY = PROXY_DURATION.labels("gateway")
 _PROXY_BACKEND = PROXY_DURATION.labels("backend")

@@ -234,7 +234,8 @@ class Settings:
     #: the key file the gateway re-reads (INTERNAL_JWT_PRIVATE_KEY[S]_FILE); None: keys from
     #: the environment, fixed for the process's life
     internal_jwt_private_keys_file: str | None = None
-    #: seconds between two reads of the key file (GATEWAY_CONFIG_RELOAD_INTERVAL)
+    #: seconds between two reads of the key file and of GATEWAY_CONFIG by every worker
+    #: (GATEWAY_CONFIG_RELOAD_INTERVAL)
     gateway_config_reload_interval: float = 5.0
     #: the internal listener of the published key set (off unless a port is set)
     internal_listen_host: str = "127.0.0.1"
@@ -359,9 +360,7 @@ class Settings:
             jwt_refresh_secret_previous=refresh_prev,
             internal_jwt_private_key=private_key,
             internal_jwt_private_keys_file=keys_file,
-            gateway_config_reload_interval=get_float(
-                environ, "GATEWAY_CONFIG_RELOAD_INTERVAL", 5.0, minimum=0.1
-            ),
+            gateway_config_reload_interval=_reload_interval(environ),
             internal_listen_host=get_str(environ, "INTERNAL_LISTEN_HOST", "127.0.0.1"),
             internal_listen_port=_port(environ, "INTERNAL_LISTEN_PORT"),
             internal_jwks_max_age=get_int(environ, "INTERNAL_JWKS_MAX_AGE", 300, minimum=1),
@@ -456,3 +455,16 @@ class PruneSettings:
             retention=ledger_retention(environ, access_ttl),
             access_token_ttl=access_ttl,
         )
+
+
+#: Longest GATEWAY_CONFIG_RELOAD_INTERVAL: a change must show within the hour at worst.
+MAX_RELOAD_INTERVAL = 3600.0
+
+
+def _reload_interval(environ: Mapping[str, str]) -> float:
+    value = get_float(environ, "GATEWAY_CONFIG_RELOAD_INTERVAL", 5.0, minimum=0.1)
+    if value > MAX_RELOAD_INTERVAL:
+        raise ConfigError(
+            f"GATEWAY_CONFIG_RELOAD_INTERVAL must be at most {MAX_RELOAD_INTERVAL:.0f} seconds"
+        )
+    return value

@@ -18,6 +18,7 @@ from gateway.auth.backend_client import BackendClient
 from gateway.auth.ratelimit import RateLimits
 from gateway.auth.tokens import TokenService
 from gateway.dpop import DPoP
+from gateway.policy.reload import PolicyReloader
 from gateway.proxy.backend import BackendProxy
 from gateway.sessions.epochs import UserEpochs
 from gateway.sessions.ledger import Ledger
@@ -59,6 +60,8 @@ class GatewayState(TypedState):
     #: the keep-alive pool to the backend that :func:`gateway.proxy.handler.proxy_request` forwards
     #: on
     proxy: BackendProxy
+    #: watches GATEWAY_CONFIG and swaps ``proxy.policy`` (``None`` without the file)
+    policy_reloader: PolicyReloader | None
     pruner: LedgerPruner
 
 

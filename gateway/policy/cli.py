@@ -24,15 +24,8 @@ from gateway.policy.cases import CasesError, caller_from, describe, load_cases
 from gateway.policy.coverage import DocumentError, read_document, uncovered
 from gateway.policy.explain import exercised, explain
 from gateway.policy.loader import DEFAULT_MAX_BYTES, load_policy
+from gateway.policy.reload import hash_metric
 from gateway.policy.table import Policy
-
-#: Hex digits of the SHA-256 the ``config_hash`` metric shows (48 bits: exact in a float64).
-HASH_DIGITS = 12
-
-
-def hash_metric(digest: str) -> int:
-    """The value of ``tokengate_gateway_config_hash`` for a file of SHA-256 ``digest``."""
-    return int(digest[:HASH_DIGITS], 16)
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:

@@ -200,6 +200,9 @@ def parse_policy(raw: bytes, path: str = "gateway.toml") -> Policy:
     except tomllib.TOMLDecodeError as exc:
         found = re.search(r"line (\d+)", str(exc))
         line = int(found.group(1)) if found else 0
+        if found is None and "end of document" in str(exc):
+            # a file cut short (a half-written reload): the problem is on its last line
+            line = len(text.splitlines())
         reason = str(exc).split(" (at ")[0]
         shown = text.splitlines()[line - 1] if 0 < line <= len(text.splitlines()) else ""
         raise PolicyFileError(

@@ -210,6 +210,17 @@ class Stack:
             text=True,
             timeout=60,
         )
+    def logged_in(self, email: str, password: str) -> dict[str, str]:
+        """A new user's ``Authorization`` header, from a login through the gateway."""
+        self.create_user(email, password)
+        login = httpx.post(
+            self.gateway_url + "/api/v1/auth/login",
+            json={"email": email, "password": password},
+            timeout=30,
+        )
+        if login.status_code != 200:
+            raise StackError(f"login failed: {login.status_code} {login.text}")
+        return {"Authorization": f"Bearer {login.json()['access_token']}"}
 
     def internal_token(
         self, *, sub: str, method: str, path: str, roles: tuple[str, ...] = ("user",)
@@ -236,13 +247,15 @@ def running_stack(
     gateway_args: tuple[str, ...] = (),
     backend_args: tuple[str, ...] = (),
     tls: HopTLS | None = None,
+    backend_port: int | None = None,
 ) -> Iterator[Stack]:
     """``tls``: the hop over mutual TLS with those certificates (the backend's for 127.0.0.1)."""
     key = generate_private_key()
     base = {k: v for k, v in os.environ.items() if not k.startswith(("JWT_", "INTERNAL_JWT"))}
     base.update({"GATEWAY_ID": GATEWAY_ID, "BACKEND_ID": BACKEND_ID, "LOG_LEVEL": "INFO"})
     # a caller may pick the gateway port up front when its settings must name its own origin
-    backend_port, gateway_port = free_port(), gateway_port or free_port()
+    # (and the backend's, when a GATEWAY_CONFIG file written up front must name it)
+    backend_port, gateway_port = backend_port or free_port(), gateway_port or free_port()
     benv = {
         **base,
         "DATABASE_URL": database_url,
