@@ -18,8 +18,12 @@ gateway's own, with its connection limits, when the checkout has one; uvicorn's
 ``HttpToolsProtocol`` otherwise, and for the reference) over an in-memory transport, 32 kept
 connections: the cost of parsing the head and of the limits is then in the figure too.
 
-Usage: ``python bench/instructions_bench.py [--baseline-src DIR] [--small 320] [--large 1280]
-[--through-protocol]``
+``--policy`` adds the gateway with a ``GATEWAY_CONFIG`` of one service and one rule
+(``policy-1``) and of 100 services and 1,000 rules (``policy``, ``bench/policy_config.py``) next
+to the one-service, no-file gateway (issue 25: within 5 %).
+
+Usage: ``python bench/instructions_bench.py [--baseline-src DIR] [--policy] [--small 320]
+[--large 1280] [--through-protocol]``
 (about two minutes per target; needs ``valgrind`` and the services the gateway's lifespan opens:
 ``BENCH_DATABASE_URL``, ``BENCH_REDIS_URL``).
 """
@@ -236,6 +240,9 @@ def instructions(command: list[str], cwd: Path, env: dict[str, str]) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--baseline-src", type=Path, help="another checkout's gateway, counted too")
+    parser.add_argument(
+        "--policy", action="store_true", help="also the gateway with 100 services, 1,000 rules"
+    )
     parser.add_argument("--small", type=int, default=320)
     parser.add_argument("--large", type=int, default=1280)
     parser.add_argument(
@@ -258,25 +265,40 @@ def main() -> int:
     from bench.cpu_bench import upstream_and_database
 
     with upstream_and_database("WARNING") as env, tempfile.TemporaryDirectory() as tmp:
+        variables = {k: v for k, v in env.items() if k.isupper()}
         environment = Path(tmp) / "env.json"
         if args.through_protocol:
             env = {**env, "BENCH_THROUGH_PROTOCOL": "1"}
-        environment.write_text(json.dumps({k: v for k, v in env.items() if k.isupper()}))
-        # name -> (working directory, extra path entries): the script itself puts its own
-        # checkout on the path, so a baseline's folders go first through PYTHONPATH
-        targets: dict[str, tuple[Path, str]] = {}
+            variables["BENCH_THROUGH_PROTOCOL"] = "1"
+        environment.write_text(json.dumps(variables))
+        # name -> (working directory, extra path entries, environment): the script itself
+        # puts its own checkout on the path, so a baseline's folders go first through PYTHONPATH
+        targets: dict[str, tuple[Path, str, Path]] = {}
         if args.baseline_src is not None:
             src = args.baseline_src.resolve()
-            targets["baseline"] = (src, f"{src}{os.pathsep}{src / 'libs'}")
-        targets["gateway"] = (HERE.parent, "")
-        targets["reference"] = (HERE.parent, "")
+            targets["baseline"] = (src, f"{src}{os.pathsep}{src / 'libs'}", environment)
+        targets["gateway"] = (HERE.parent, "", environment)
+        if args.policy:
+            from bench.policy_config import large_config
+
+            # a file of one service and one rule, then the large one: what having a file
+            # costs, and what its size adds
+            for name, services, rules in (("policy-1", 1, 1), ("policy", 100, 1000)):
+                config = Path(tmp) / f"{name}.toml"
+                config.write_text(
+                    large_config(variables["BACKEND_URL"], services=services, rules=rules)
+                )
+                with_file = Path(tmp) / f"env-{name}.json"
+                with_file.write_text(json.dumps({**variables, "GATEWAY_CONFIG": str(config)}))
+                targets[name] = (HERE.parent, "", with_file)
+        targets["reference"] = (HERE.parent, "", environment)
         how = "through the HTTP protocol" if args.through_protocol else "in-process"
         print(
             f"instructions per {how} GET /api/v1/me ({CONCURRENCY} at a time, bearer token), "
             f"from runs of {args.small} and {args.large} requests"
         )
         figures: dict[str, float] = {}
-        for name, (cwd, path) in targets.items():
+        for name, (cwd, path, target_env) in targets.items():
             run_env = {**env, "PYTHONPATH": path} if path else dict(env)
             target = "reference" if name == "reference" else "gateway"
             counts = [
@@ -287,7 +309,7 @@ def main() -> int:
                         "--drive",
                         target,
                         str(n),
-                        str(environment),
+                        str(target_env),
                     ],
                     cwd,
                     run_env,
@@ -304,6 +326,9 @@ def main() -> int:
         for name, value in figures.items():
             if name != "reference":
                 print(f"{name}/reference: {value / figures['reference']:.3f}")
+        for name in ("policy-1", "policy"):
+            if name in figures:
+                print(f"{name}/gateway: {figures[name] / figures['gateway']:.3f}")
     return 0
 
 
