@@ -17,7 +17,7 @@ from urllib.parse import quote, unquote
 from gateway.errors import GatewayError
 from gateway.policy.patterns import ONE, Pattern
 from gateway.policy.table import Caller, Policy, Rule
-from gateway.proxy.paths import BACKEND_PREFIX, PUBLIC_PREFIX, backend_path
+from gateway.proxy.paths import PUBLIC_PREFIX, backend_path
 
 #: The criteria of a rule, in the order a trace shows them.
 CRITERIA = ("methods", "paths", "public", "authenticated", "roles_any", "roles_all", "users")
@@ -86,7 +86,7 @@ def canonical(path: str) -> tuple[str | None, str | None]:
         target = backend_path(raw.encode("ascii"), unquote(raw))
     except GatewayError as exc:
         return None, f"{exc.status} {exc.message}"
-    return target.path[len(BACKEND_PREFIX) - 1 :], None
+    return target.rule_path, None
 
 
 def pattern_matches(pattern: Pattern, segments: list[str]) -> bool:

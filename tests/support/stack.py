@@ -210,6 +210,7 @@ class Stack:
             text=True,
             timeout=60,
         )
+
     def logged_in(self, email: str, password: str) -> dict[str, str]:
         """A new user's ``Authorization`` header, from a login through the gateway."""
         self.create_user(email, password)
