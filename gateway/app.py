@@ -183,14 +183,30 @@ async def readyz(request: Request) -> Response:
     )
 
 
-def _on_sighup(callback: Callable[[], None]) -> bool:
-    """Run ``callback`` on SIGHUP; ``False`` where this loop cannot take signals (not the main
-    thread: an app served in a test's thread, whose process has its own)."""
+def on_sighup(callback: Callable[[], None]) -> Callable[[], None] | None:
+    """Run ``callback`` on SIGHUP, and whatever Python handler was there before (a certificate
+    reload in place, ``servicekit.tls``): SIGHUP means "look at your files now" to each. Returns
+    the undo, or ``None`` where this loop cannot take signals (not the main thread: an app
+    served in a test's thread, whose process has its own)."""
+    previous = signal.getsignal(signal.SIGHUP)
+
+    def both() -> None:
+        callback()
+        if callable(previous):
+            previous(signal.SIGHUP, None)
+
+    loop = asyncio.get_running_loop()
     try:
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, callback)
+        loop.add_signal_handler(signal.SIGHUP, both)
     except (RuntimeError, ValueError, NotImplementedError):
-        return False
-    return True
+        return None
+
+    def undo() -> None:
+        loop.remove_signal_handler(signal.SIGHUP)
+        if previous is not None:
+            signal.signal(signal.SIGHUP, previous)
+
+    return undo
 
 
 def _load_minter(settings: Settings) -> tuple[KeyHolder, Minter]:
@@ -312,7 +328,7 @@ def create_app(
         state.policy_reloader = reloader
         # SIGHUP is "look at GATEWAY_CONFIG now"; without a handler a single-process uvicorn
         # dies of it (it handles SIGINT and SIGTERM only)
-        sighup = reloader is not None and _on_sighup(reloader.wake)
+        sighup = on_sighup(reloader.wake) if reloader is not None else None
         # epochs first: the durable source, so even with Redis down (or flushed) this instance
         # refuses the access tokens of accounts changed within one access-token lifetime
         await epochs.start(backend.epochs_since)
@@ -347,8 +363,8 @@ def create_app(
             sampler.cancel()
             if key_watch is not None:
                 key_watch.cancel()
-            if sighup:
-                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+            if sighup is not None:
+                sighup()
             if reloader is not None:
                 await reloader.stop()
             mark_worker_stopped()

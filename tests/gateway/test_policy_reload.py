@@ -226,3 +226,23 @@ def test_the_reload_interval_is_bounded(
             Settings.from_env(environ)
     else:
         assert Settings.from_env(environ).gateway_config_reload_interval == expected
+
+
+async def test_sighup_wakes_the_reloader_and_keeps_the_handler_before_it() -> None:
+    import signal
+
+    from gateway.app import on_sighup
+
+    seen: list[str] = []
+    # a handler already there, as servicekit.tls installs for a certificate reload in place
+    before = signal.signal(signal.SIGHUP, lambda signum, frame: seen.append("certificate"))
+    try:
+        undo = on_sighup(lambda: seen.append("policy"))
+        assert undo is not None
+        os.kill(os.getpid(), signal.SIGHUP)
+        await _until(lambda: len(seen) == 2, 2.0)
+        assert sorted(seen) == ["certificate", "policy"]
+        undo()
+        assert signal.getsignal(signal.SIGHUP) is not signal.SIG_DFL  # the one before is back
+    finally:
+        signal.signal(signal.SIGHUP, before)
