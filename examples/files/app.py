@@ -19,9 +19,10 @@ Run: ``python -m examples.files --host 127.0.0.1 --port 8002`` from the reposito
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -34,6 +35,7 @@ from internal_auth import (
     KeySet,
     Principal,
     Reason,
+    RemoteKeySet,
     TokenScope,
     Verifier,
     get_principal,
@@ -58,6 +60,9 @@ class FilesSettings:
     keys: KeySet
     gateway_id: str = "tokengate-gateway"
     audience: str = "tokengate-files"
+    #: the gateway's published key set (``INTERNAL_JWKS_URL``, plain HTTP: its signed copy is
+    #: checked against ``keys``); ``None``: the pinned keys only
+    jwks_url: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> FilesSettings:
@@ -73,10 +78,19 @@ class FilesSettings:
             raise ConfigError(
                 "INTERNAL_JWT_PUBLIC_KEY is not a valid Ed25519 public key (PEM)"
             ) from None
+        jwks_url = environ.get("INTERNAL_JWKS_URL") or None
+        if jwks_url is not None and not (
+            jwks_url.startswith("http://") and jwks_url.endswith("/jwks.json")
+        ):
+            raise ConfigError(
+                "INTERNAL_JWKS_URL must be the gateway's http://.../.well-known/jwks.json (the "
+                "signed copy beside it is what is fetched and checked)"
+            )
         return cls(
             keys=keys,
             gateway_id=environ.get("GATEWAY_ID") or "tokengate-gateway",
             audience=environ.get("FILES_ID") or "tokengate-files",
+            jwks_url=jwks_url,
         )
 
 
@@ -104,7 +118,30 @@ def _who(principal: Principal) -> dict[str, Any]:
 def create_app(settings: FilesSettings) -> FastAPI:
     documents: dict[str, str] = {"readme": "the public readme"}
     public: dict[str, str] = {"readme": "anyone may read this"}
-    app = FastAPI(title="files (example service)", openapi_url=None, docs_url=None, redoc_url=None)
+    # The pinned keys, plus (INTERNAL_JWKS_URL) the gateway's published set: a rotation reaches
+    # this service with no change to its environment (internal_auth.RemoteKeySet).
+    keys: KeySet = settings.keys
+    remote = RemoteKeySet(settings.keys, settings.jwks_url) if settings.jwks_url else None
+    if remote is not None:
+        keys = remote
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if remote is not None:
+            await remote.start()
+        try:
+            yield
+        finally:
+            if remote is not None:
+                await remote.close()
+
+    app = FastAPI(
+        title="files (example service)",
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
 
     def on_reject(reason: Reason, scope: Any, iss: str | None) -> None:
         # the reason stays here, in the service's own log; the caller gets a generic 401/403
@@ -112,7 +149,7 @@ def create_app(settings: FilesSettings) -> FastAPI:
 
     app.add_middleware(
         InternalAuthMiddleware,
-        verifier=Verifier(settings.keys, issuer=settings.gateway_id, audience=settings.audience),
+        verifier=Verifier(keys, issuer=settings.gateway_id, audience=settings.audience),
         rules=[
             # the public routes opt into the anonymous scope explicitly; nothing else does
             ("/v1/files/public", {TokenScope.USER_REQUEST, TokenScope.ANONYMOUS}),

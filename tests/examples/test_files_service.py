@@ -127,3 +127,38 @@ async def test_nested_document_names(files: httpx.AsyncClient, minter: Minter) -
     put = await files.put(path, content=b"p", headers=_token(minter, "PUT", path, roles=("admin",)))
     assert put.status_code == 200
     assert (await files.get(path, headers=_token(minter, "GET", path))).json()["content"] == "p"
+
+
+async def test_a_key_the_gateway_publishes_is_learnt_from_the_signed_set(key: PrivateKey) -> None:
+    """INTERNAL_JWKS_URL: a key promoted after the service started verifies without a restart,
+    and a set nobody it trusts signed teaches it nothing."""
+    import json
+
+    from internal_auth import signed_key_set
+
+    from tests.support.document_server import document_server
+
+    promoted, stranger = generate_private_key(), generate_private_key()
+    with document_server() as server:
+        server.documents["/.well-known/jwks.jws"] = json.dumps(
+            signed_key_set([key, promoted])
+        ).encode()
+        settings = FilesSettings.from_env(
+            {
+                "INTERNAL_JWT_PUBLIC_KEY": key.public_pem(),
+                "INTERNAL_JWKS_URL": server.url + "/.well-known/jwks.json",
+            }
+        )
+        app = create_app(settings)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://files") as client:
+                for signer, status in ((promoted, 200), (stranger, 401)):
+                    minter = Minter(signer, issuer=GATEWAY_ID, audience="tokengate-files")
+                    path = "/v1/files/docs/readme"
+                    answer = await client.get(path, headers=_token(minter, "GET", path))
+                    assert answer.status_code == status, answer.text
+    with pytest.raises(ConfigError, match="INTERNAL_JWKS_URL"):
+        FilesSettings.from_env(
+            {"INTERNAL_JWT_PUBLIC_KEY": key.public_pem(), "INTERNAL_JWKS_URL": "http://gw/keys"}
+        )
