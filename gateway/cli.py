@@ -129,30 +129,34 @@ def _run_gateway(args: argparse.Namespace) -> int:
 
 
 async def _resolve_user(settings: OperatorSettings, args: argparse.Namespace) -> str:
-    if args.user_id:
+    return await resolve_user_id(settings.users_database_url, args.email, args.user_id)
+
+
+async def resolve_user_id(users_database_url: str, email: str | None, user_id: str | None) -> str:
+    """``--user-id`` checked, or ``--email`` looked up through a DSN that may read users
+    (``tokengate sessions`` and ``tokengate audit query``)."""
+    if user_id:
         try:
-            return str(uuid.UUID(args.user_id))
+            return str(uuid.UUID(user_id))
         except ValueError:
-            raise ConfigError(f"--user-id '{printable(args.user_id)}' is not a uuid") from None
+            raise ConfigError(f"--user-id '{printable(user_id)}' is not a uuid") from None
     try:
-        conn = await asyncpg.connect(settings.users_database_url)
+        conn = await asyncpg.connect(users_database_url)
     except (OSError, asyncpg.PostgresError) as exc:
         raise ConfigError(
             f"cannot connect to BACKEND_DATABASE_URL to resolve --email ({type(exc).__name__})"
         ) from None
     try:
-        user_id = await conn.fetchval(
-            "SELECT id FROM users WHERE lower(email) = lower($1)", args.email
-        )
+        found = await conn.fetchval("SELECT id FROM users WHERE lower(email) = lower($1)", email)
     except asyncpg.InsufficientPrivilegeError:
         raise ConfigError(
             "DATABASE_URL cannot read users; set BACKEND_DATABASE_URL to resolve --email"
         ) from None
     finally:
         await conn.close()
-    if user_id is None:
-        raise ConfigError(f"no user with email '{printable(args.email)}'")
-    return str(user_id)
+    if found is None:
+        raise ConfigError(f"no user with email '{printable(email or '')}'")
+    return str(found)
 
 
 async def _with_ledger(settings: OperatorSettings) -> tuple[asyncpg.Pool, Ledger]:

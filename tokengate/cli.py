@@ -16,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     from backend import cli as backend_cli
     from gateway import cli as gateway_cli
     from gateway.policy import cli as policy_cli
-    from tokengate import certs, client, dev, keys, migrate
+    from tokengate import audit, certs, client, dev, keys, migrate
 
     parser = argparse.ArgumentParser(prog="tokengate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     backend_cli.register(sub)
     gateway_cli.register(sub)
     policy_cli.register(sub)
+    audit.register(sub)
     dev.register(sub)
     client.register(sub)
     return parser

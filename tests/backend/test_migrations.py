@@ -96,8 +96,15 @@ def test_roles_reach_only_their_own_tables(migrated_dsn: str) -> None:
         return out
 
     grants = asyncio.run(privileges())
-    assert grants["tokengate_backend"] == {"users", "notes"}
-    assert grants["tokengate_gateway"] == {"refresh_session", "refresh_token_family"}
+    # the audit tables: INSERT only for events, own rows only (row-level security,
+    # tests/audit/test_audit_storage.py)
+    assert grants["tokengate_backend"] == {"users", "notes", "audit_events", "audit_heads"}
+    assert grants["tokengate_gateway"] == {
+        "refresh_session",
+        "refresh_token_family",
+        "audit_events",
+        "audit_heads",
+    }
 
 
 def test_backend_role_cannot_read_the_refresh_ledger(migrated_dsn: str) -> None:
