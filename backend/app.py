@@ -27,6 +27,7 @@ from internal_auth import (
     get_principal,
 )
 from servicekit import db, otel, tls
+from servicekit.audit import BatchWriter, writer_id
 from servicekit.bodies import BodyError, refuse_foreign_body
 from servicekit.config import ConfigError
 from servicekit.http_errors import body_error, error_response, http_exception
@@ -111,6 +112,10 @@ async def password_change(request: Request) -> Response:
         state = backend_state(request)
         user = await change_password(state.users, state.passwords, uid, current, new)
     except WrongPassword:
+        audit.submit(
+            request.scope,
+            audit.event("password_change_refused", "failure", subject=user_id, actor=user_id),
+        )
         raise CurrentPasswordRejected() from None
     return JSONResponse(user.lifecycle())
 
@@ -307,7 +312,9 @@ def create_app(settings: Settings, *, passwords: Passwords | None = None) -> Sta
         # PostgreSQL is down, and connects once it comes back.
         pool = await db.Database.connect(settings.database_url, settings.pool)
         state.pool = pool
-        state.users = UserStore(pool)
+        state.users = UserStore(pool, audit_writer=writer_id("backend"))
+        state.audit = BatchWriter(pool, writer_id("backend"), on_drop=metrics.audit_dropped)
+        state.audit.start()
         state.notes = NoteStore(pool)
         state.passwords = hasher
         if isinstance(keys, RemoteKeySet):
@@ -323,6 +330,7 @@ def create_app(settings: Settings, *, passwords: Passwords | None = None) -> Sta
             otel.shutdown()
             if isinstance(keys, RemoteKeySet):
                 await keys.close()
+            await state.audit.close()
             await pool.close()
 
     routes = [

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
 from servicekit import config, pg_url, tls
+from servicekit.audit import writer_id
 from servicekit.logs import configure_logging
 
 from backend import audit, broadcast
@@ -99,7 +101,8 @@ def _password_from_stdin() -> str:
 
 async def _with_store(dsn: str) -> tuple[asyncpg.Pool, UserStore]:
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
-    return pool, UserStore(pool)
+    # each command is its own audit chain: backend/<host>/cli-<pid>
+    return pool, UserStore(pool, audit_writer=writer_id("backend", f"cli-{os.getpid()}"))
 
 
 async def _create(dsn: str, email: str, password: str, roles: tuple[str, ...]) -> str:

@@ -77,3 +77,13 @@ def jwks_known(known: Iterable[str], before: Iterable[str] = ()) -> None:
         JWKS_KEYS.labels(kid).set(0)
     for kid in known:
         JWKS_KEYS.labels(kid).set(1)
+
+
+AUDIT_DROPPED = Counter(
+    "tokengate_backend_audit_events_dropped_total",
+    "Audit events dropped (a full queue, a failed final flush).",
+)
+
+
+def audit_dropped(count: int) -> None:
+    AUDIT_DROPPED.inc(count)

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from servicekit import db
+from servicekit.audit import BatchWriter
 from servicekit.state import TypedState, app_state
 from starlette.requests import HTTPConnection
 
@@ -31,6 +32,8 @@ class BackendState(TypedState):
     notes: NoteStore
     #: argon2id hashing and checks (tests hand ``create_app`` cheaper parameters)
     passwords: Passwords
+    #: audit events that change nothing (rejected internal tokens, refused password changes)
+    audit: BatchWriter
 
 
 def backend_state(conn: HTTPConnection) -> BackendState:

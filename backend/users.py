@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+from servicekit.audit import append
 from servicekit.emails import looks_like_email, normalise_email
 
 from backend import audit
@@ -139,8 +140,11 @@ def check_roles(roles: tuple[str, ...]) -> None:
 
 
 class UserStore:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, audit_writer: str | None = None) -> None:
         self._pool = pool
+        #: the audit chain account changes are written to (``backend/<host>/<worker>``); None:
+        #: no event (tests of the store alone)
+        self._audit_writer = audit_writer
 
     async def create(self, email: str, password_hash: str, roles: tuple[str, ...]) -> User:
         email = _normal_email(email)
@@ -198,38 +202,67 @@ class UserStore:
         status = await self._pool.execute(_REHASH, user_id, read, new_hash)
         return bool(status == "UPDATE 1")
 
-    async def _update(self, query: str, *args: object) -> User | None:
-        row = await self._pool.fetchrow(query, *args)
+    async def _update(
+        self, query: str, *args: object, audit_as: tuple[str, str] | None = None
+    ) -> User | None:
+        """Run one account change; with ``audit_as`` (event type, actor) its audit event is
+        written in the same transaction, so a change without its event never commits."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(query, *args)
+            if row is not None and audit_as is not None and self._audit_writer is not None:
+                type_, actor = audit_as
+                subject = str(row["id"])
+                item = audit.event(type_, "success", subject=subject, actor=actor or subject)
+                await append(conn, self._audit_writer, [item])
         return _user(row) if row else None
 
     async def disable(self, email: str) -> User | None:
         """Disable and end every session; ``None`` if there is no enabled user with this email."""
-        return await self._update(_DISABLE, normalise_email(email))
+        return await self._update(
+            _DISABLE, normalise_email(email), audit_as=("account_disabled", audit.OPERATOR)
+        )
 
     async def enable(self, email: str) -> User | None:
         """Let a disabled user log in again. The epochs stay: old sessions stay dead."""
-        return await self._update(_ENABLE, normalise_email(email))
+        return await self._update(
+            _ENABLE, normalise_email(email), audit_as=("account_enabled", audit.OPERATOR)
+        )
 
     async def set_roles(self, email: str, roles: tuple[str, ...]) -> User | None:
         """New roles; live access tokens (which carry the old ones) stop working, families stay
         so the next refresh picks the new roles up."""
         check_roles(roles)
-        return await self._update(_SET_ROLES, normalise_email(email), list(roles))
+        return await self._update(
+            _SET_ROLES,
+            normalise_email(email),
+            list(roles),
+            audit_as=("roles_changed", audit.OPERATOR),
+        )
 
     async def set_password(self, email: str, password_hash: str) -> User | None:
         """The operator's new password, whatever the old one was; it ends every session of the
         user in the same statement. ``None`` if there is no user with this email."""
-        return await self._update(_SET_PASSWORD, normalise_email(email), password_hash)
+        return await self._update(
+            _SET_PASSWORD,
+            normalise_email(email),
+            password_hash,
+            audit_as=("password_changed", audit.OPERATOR),
+        )
 
     async def change_password(self, user_id: uuid.UUID, *, read: str, new_hash: str) -> User | None:
         """A user's own change, from the hash ``read`` whose password they proved: ends every
         session in the same statement. ``None`` when the hash is no longer ``read`` (another
         change committed first) or the account was disabled meanwhile."""
-        return await self._update(_CHANGE_PASSWORD, user_id, read, new_hash)
+        # actor "": the subject itself
+        return await self._update(
+            _CHANGE_PASSWORD, user_id, read, new_hash, audit_as=("password_changed", "")
+        )
 
     async def end_sessions(self, email: str) -> User | None:
         """An operator's "log this user out everywhere"."""
-        return await self._update(_END_SESSIONS, normalise_email(email))
+        return await self._update(
+            _END_SESSIONS, normalise_email(email), audit_as=("sessions_ended", audit.OPERATOR)
+        )
 
     async def epochs_since(
         self, since: int, *, limit: int, after: tuple[int, uuid.UUID] | None = None
@@ -272,10 +305,10 @@ async def check_credentials(
     ok = await passwords.verify(stored_hash, password[:MAX_PASSWORD_LENGTH])
     if user is None or not ok:
         audit.credential_check("failure", user_id=str(user.id) if user else None)
-        raise InvalidCredentials()
+        raise InvalidCredentials(headers=audit.refused_headers(user and user.id, "password"))
     if user.disabled_at is not None:
         audit.credential_check("disabled", user_id=str(user.id))
-        raise InvalidCredentials()
+        raise InvalidCredentials(headers=audit.refused_headers(user.id, "disabled"))
     if stored_hash is None:  # only a disabled or unknown user has none; both refused above
         raise InvalidCredentials()
     if passwords.needs_rehash(stored_hash):
@@ -286,7 +319,7 @@ async def check_credentials(
             # the read and now: the one just verified is no longer this account's, so the
             # login fails closed instead of opening a session the change was meant to end.
             audit.credential_check("superseded", user_id=str(user.id))
-            raise InvalidCredentials()
+            raise InvalidCredentials(headers=audit.refused_headers(user.id, "superseded"))
     audit.credential_check("success", user_id=str(user.id))
     return user
 

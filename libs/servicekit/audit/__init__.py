@@ -11,6 +11,7 @@ from servicekit.audit.events import (
     ChainLink,
     Event,
     chain_hash,
+    derive_hmac_key,
     email_hmac,
     writer_id,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "Event",
     "append",
     "chain_hash",
+    "derive_hmac_key",
     "email_hmac",
     "ensure_partitions",
     "query",
