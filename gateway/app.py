@@ -36,6 +36,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
 from gateway import gauges, metrics, openapi, signing
+from gateway.audit import routes as audit_routes
+from gateway.audit.writer import audit_ensure_partitions, audit_writer
 from gateway.auth import routes as auth_routes
 from gateway.auth.backend_client import BackendClient
 from gateway.auth.ratelimit import RateLimits
@@ -340,6 +342,11 @@ def create_app(
         )
         pruner.start()
         state.pruner = pruner
+        state.audit = None
+        if settings.audit_enabled:
+            state.audit = audit_writer(settings, pool)
+            await audit_ensure_partitions(pool)
+            state.audit.start()
         log_event(
             logger,
             "gateway_started",
@@ -370,6 +377,9 @@ def create_app(
             mark_worker_stopped()
             otel.shutdown()
             await pruner.stop()
+            if state.audit is not None:
+                # the last batch is written before the pool closes
+                await state.audit.close()
             await revoked.stop()
             await epochs.stop()
             await proxy.close()
@@ -383,6 +393,7 @@ def create_app(
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         *auth_routes.routes,
+        *audit_routes.routes,
         openapi.route(),
         Route("/demo", demo_with_slash, methods=["GET"]),
         Mount("/demo", app=StaticFiles(directory=DEMO_DIR, html=True), name="demo"),

@@ -59,6 +59,10 @@ class Unauthorized(GatewayError):
 class InvalidCredentials(Unauthorized):
     code = "invalid_credentials"
     message = "invalid email or password"
+    #: for the audit trail only, never in the response: the account the identity service
+    #: matched (unknown email: None) and why it refused (``password``, ``disabled``, ...)
+    subject: str | None = None
+    reason: str | None = None
 
 
 class InvalidToken(Unauthorized):

@@ -20,6 +20,8 @@ Names (all prefixed ``tokengate_gateway_``):
   worker shows), ``revoked_sessions`` (the local revoked set), ``db_pool_connections{state}``
   (``in_use``/``idle``), ``redis_errors_total{operation}``; PostgreSQL failures are
   ``tokengate_postgres_errors_total{service="gateway"}`` (:mod:`servicekit.metrics`).
+- ``audit_events_total{fate}``: audit events ``written`` or ``dropped`` (a full queue: an alert
+  should fire on any).
 - ``signing_keys_reloads_total{outcome}``: key file re-reads that changed the set or failed.
 - ``config_reloads_total{outcome}`` (``applied``, ``failed``, ``refused``),
   ``config_hash`` (per worker: the first 48 bits of the served file's SHA-256, as
@@ -212,6 +214,23 @@ def _child(table: dict[str, Any], counter: Counter, value: str) -> Any:
 
 
 # -- the calls the rest of the gateway makes ---------------------------------------------------
+
+
+AUDIT_EVENTS = Counter(
+    "tokengate_gateway_audit_events_total",
+    "Audit events by fate: written to PostgreSQL, or dropped (a full queue, a failed final flush).",
+    ["fate"],
+)
+_AUDIT_WRITTEN = AUDIT_EVENTS.labels("written")
+_AUDIT_DROPPED = AUDIT_EVENTS.labels("dropped")
+
+
+def audit_written(count: int) -> None:
+    _AUDIT_WRITTEN.inc(count)
+
+
+def audit_dropped(count: int) -> None:
+    _AUDIT_DROPPED.inc(count)
 
 
 SIGNING_KEY_RELOADS = Counter(

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.audit.routes import EVENTS_MAX_LIMIT
 from gateway.dpop import ALGORITHMS
 from gateway.proxy.paths import MAX_PATH_BYTES
 
@@ -80,6 +81,19 @@ def _page_parameters() -> list[Json]:
             "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0},
         },
     ]
+
+
+def _audit_parameters(*names: str, max_limit: int) -> list[Json]:
+    known: dict[str, Json] = {
+        "user": {"type": "string", "format": "uuid"},
+        "type": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,63}$"},
+        "outcome": {"type": "string", "enum": ["success", "failure"]},
+        "since": {"type": "string", "format": "date-time"},
+        "until": {"type": "string", "format": "date-time"},
+        "after": {"type": "string", "pattern": "^[1-9][0-9]{0,18}$"},
+        "limit": {"type": "integer", "minimum": 1, "maximum": max_limit, "default": 50},
+    }
+    return [{"name": n, "in": "query", "schema": known[n]} for n in names]
 
 
 def _id_parameter(name: str) -> Json:
@@ -165,6 +179,39 @@ _SCHEMAS: Json = {
             "current": {"type": "boolean"},
             "key_bound": {"type": "boolean"},
             "jkt": {"type": ["string", "null"]},
+        },
+    },
+    "AuditEvent": {
+        "type": "object",
+        "required": ["id", "seq", "writer", "at", "type", "outcome", "details"],
+        "properties": {
+            "id": {"type": "integer", "description": "the paging cursor's position"},
+            "seq": {"type": "integer", "minimum": 1, "description": "position in its chain"},
+            "writer": {"type": "string", "description": "process/instance/worker"},
+            "at": {"type": "string", "format": "date-time"},
+            "type": {"type": "string", "description": "docs/AUDIT.md lists every type"},
+            "outcome": {"type": "string", "enum": ["success", "failure"]},
+            "actor": {"type": ["string", "null"]},
+            "subject": {"type": ["string", "null"], "format": "uuid"},
+            "family": {"type": ["string", "null"], "format": "uuid"},
+            "ip": {"type": ["string", "null"]},
+            "user_agent": {"type": ["string", "null"], "maxLength": 256},
+            "request_id": {"type": ["string", "null"]},
+            "trace_id": {"type": ["string", "null"]},
+            "service": {"type": ["string", "null"]},
+            "rule": {"type": ["string", "null"]},
+            "details": {"type": "object"},
+        },
+    },
+    "AuditPage": {
+        "type": "object",
+        "required": ["items", "next"],
+        "properties": {
+            "items": {"type": "array", "items": _ref("AuditEvent")},
+            "next": {
+                "type": ["string", "null"],
+                "description": "pass as `after` for the next (older) page; null on the last",
+            },
         },
     },
     "SessionList": {
@@ -386,6 +433,31 @@ _PATHS: Json = {
             {"204": {"description": "ended"}},
             errors=(400, 401, 404, 413, 415, 503),
             parameters=[_id_parameter("session_id")],
+        )
+    },
+    "/api/v1/auth/events": {
+        "get": _operation(
+            "ownEvents",
+            "The caller's own recent security events, newest first",
+            {"200": _ok("a page of events", _ref("AuditPage"))},
+            errors=(400, 401, 422, 503),
+            parameters=_audit_parameters("type", "after", "limit", max_limit=EVENTS_MAX_LIMIT),
+        )
+    },
+    "/api/v1/admin/audit": {
+        "get": _operation(
+            "adminAudit",
+            "The audit trail (the admin role), newest first, paged by cursor",
+            {"200": _ok("a page of events", _ref("AuditPage"))},
+            errors=(400, 401, 403, 422, 503),
+            description=(
+                "Answered by the gateway itself, never proxied. `after=<next>` gives the "
+                "following (older) page; events written meanwhile never shift a page. `limit` "
+                "is at most AUDIT_QUERY_MAX_LIMIT (default 200)."
+            ),
+            parameters=_audit_parameters(
+                "user", "type", "outcome", "since", "until", "after", "limit", max_limit=200
+            ),
         )
     },
     "/api/v1/me": {

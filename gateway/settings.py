@@ -6,6 +6,7 @@ bytes`` rather than a stack trace from the first request.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from urllib.parse import urlsplit
 from limits import parse as parse_limit
 from servicekit import otel, pg_url
 from servicekit import redis_url as redis_urls
+from servicekit.audit import derive_hmac_key
 from servicekit.config import (
     ConfigError,
     env_or_file,
@@ -282,6 +284,25 @@ class Settings:
     dpop_nonce_secret: str | None = field(default=None, repr=False)
     #: the sentinels' own password (``REDIS_SENTINEL_PASSWORD``), never the master's
     redis_sentinel_password: str | None = field(default=None, repr=False)
+    # The audit trail (docs/AUDIT.md): events queued in memory, written in batches.
+    audit_enabled: bool = True
+    #: events waiting to be written; over it an event is dropped and counted
+    audit_queue_size: int = 10_000
+    #: events per INSERT transaction
+    audit_batch_size: int = 500
+    #: seconds between two flushes (at most 1: an event is queryable within a second)
+    audit_flush_interval: float = 0.25
+    #: the most events one page of the audit API returns
+    audit_query_max_limit: int = 200
+    #: AUDIT_HMAC_KEY[_FILE]; unset: derived from JWT_REFRESH_SECRET (audit_hmac_key)
+    audit_hmac_secret: str | None = field(default=None, repr=False)
+
+    @functools.cached_property
+    def audit_hmac_key(self) -> bytes:
+        """The key of the emails that matched no account in the audit trail: AUDIT_HMAC_KEY, or
+        derived one-way from the refresh secret (no new required variable; rotating that secret
+        only stops new hashes from matching old ones)."""
+        return derive_hmac_key(self.audit_hmac_secret or self.jwt_refresh_secret)
 
     @property
     def redis(self) -> redis_urls.RedisTarget:
@@ -408,7 +429,21 @@ class Settings:
             dpop_nonce_required=get_bool(environ, "DPOP_NONCE_REQUIRED", False),
             dpop_nonce_rotation=get_int(environ, "DPOP_NONCE_ROTATION", 300, minimum=10),
             dpop_nonce_secret=_secret(environ, "DPOP_NONCE_SECRET", required=False),
+            audit_enabled=get_bool(environ, "AUDIT_ENABLED", True),
+            audit_queue_size=get_int(environ, "AUDIT_QUEUE_SIZE", 10_000, minimum=1),
+            audit_batch_size=get_int(environ, "AUDIT_BATCH_SIZE", 500, minimum=1),
+            audit_flush_interval=_flush_interval(environ),
+            audit_query_max_limit=get_int(environ, "AUDIT_QUERY_MAX_LIMIT", 200, minimum=1),
+            audit_hmac_secret=_secret(environ, "AUDIT_HMAC_KEY", required=False),
         )
+
+
+def _flush_interval(environ: Mapping[str, str]) -> float:
+    value = get_float(environ, "AUDIT_FLUSH_INTERVAL", 0.25, minimum=0.01)
+    if value > 1.0:
+        # the trail promises an event is queryable within a second of its request
+        raise ConfigError("AUDIT_FLUSH_INTERVAL must be at most 1 (seconds)")
+    return value
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 from internal_auth import KeyHolder, Minter
 from servicekit import db
+from servicekit.audit import BatchWriter
 from servicekit.state import TypedState, app_state
 from starlette.requests import HTTPConnection
 from starlette.types import Scope
@@ -63,6 +64,8 @@ class GatewayState(TypedState):
     #: watches GATEWAY_CONFIG and swaps ``proxy.policy`` (``None`` without the file)
     policy_reloader: PolicyReloader | None
     pruner: LedgerPruner
+    #: the audit trail's background writer; None with AUDIT_ENABLED=false
+    audit: BatchWriter | None
 
 
 def scope_state(scope: Scope) -> GatewayState:

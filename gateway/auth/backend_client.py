@@ -31,6 +31,9 @@ from gateway.errors import (
 logger = logging.getLogger("gateway.backend_client")
 
 VALIDATE_PATH = "/internal/auth/validate"
+#: on a refused credential check, the account the backend matched and why (docs/AUDIT.md)
+AUDIT_SUBJECT_HEADER = "x-audit-subject"
+AUDIT_REASON_HEADER = "x-audit-reason"
 PASSWORD_PATH = "/internal/auth/password"
 LIFECYCLE_PATH = "/internal/lifecycle/users/"
 EPOCHS_PATH = "/internal/lifecycle/epochs"
@@ -150,12 +153,18 @@ class BackendClient:
             unavailable="the login service is unavailable, retry later",
         )
         if response.status_code == 401:
-            raise InvalidCredentials()
+            refused = InvalidCredentials()
+            # internal headers, for the audit event; the public answer stays the generic 401
+            refused.subject = response.headers.get(AUDIT_SUBJECT_HEADER)
+            refused.reason = response.headers.get(AUDIT_REASON_HEADER, "password")[:32]
+            raise refused
         if response.status_code != 200:
             raise self._rejected(response)
         user = _user(self._json(response))
         if not user.active:
-            raise InvalidCredentials()
+            refused = InvalidCredentials()
+            refused.subject, refused.reason = user.id, "disabled"
+            raise refused
         return user
 
     async def lifecycle(self, user_id: str) -> BackendUser | None:

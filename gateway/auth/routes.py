@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway import metrics
+from gateway.audit.record import GATEWAY_ACTOR, record, refresh_event
 from gateway.auth import bearer
 from gateway.auth.backend_client import BackendUser
 from gateway.auth.cookies import (
@@ -43,8 +44,10 @@ from gateway.auth.tokens import AccessClaims
 from gateway.dpop import InvalidDPoPProof
 from gateway.errors import (
     Forbidden,
+    InvalidCredentials,
     InvalidToken,
     NotFound,
+    RateLimited,
     SessionRevoked,
     ValidationFailed,
 )
@@ -229,21 +232,33 @@ async def login(request: Request) -> Response:
     limits = state.ratelimits
     email, password = _parse_credentials(await read_json(request, limit=MAX_LOGIN_BODY))
     ip = limits.client_ip(request)
-    # the per-IP limit counts every attempt, whatever its outcome
-    await limits.check(limits.login_ip, "login-ip", ip)
-    # The proof before the password check: a bad proof costs no argon2 and reveals nothing. It
-    # also comes before the account's count, so a client's clock skew or a nonce round trip
-    # never uses up the account's attempts.
-    jkt = await _proof_jkt(request)
-    account = account_key(email)
-    headers = await limits.check(limits.login_account, "login-account", account)
+    try:
+        # the per-IP limit counts every attempt, whatever its outcome
+        await limits.check(limits.login_ip, "login-ip", ip)
+        # The proof before the password check: a bad proof costs no argon2 and reveals nothing.
+        # It also comes before the account's count, so a client's clock skew or a nonce round
+        # trip never uses up the account's attempts.
+        jkt = await _proof_jkt(request)
+        account = account_key(email)
+        headers = await limits.check(limits.login_account, "login-account", account)
+    except RateLimited:
+        record(request, "login_rate_limited", "failure", email=email)
+        raise
     checked_at = _now()
-    user = await state.backend.validate(email, password)
+    try:
+        user = await state.backend.validate(email, password)
+    except InvalidCredentials as exc:
+        record(
+            request, "login_failed", "failure", subject=exc.subject, email=email,
+            details={"reason": exc.reason},
+        )  # fmt: skip
+        raise
     # the account's limit counts failures only: a right password gives its attempt back
     await limits.refund(limits.login_account, "login-account", account)
     issued, issued_at, body_mode = await _new_family(
         request, user, user_id=user.id, checked_at=checked_at, ip=ip, jkt=jkt
     )
+    record(request, "login_succeeded", "success", subject=user.id, family=issued.sid)
     log_event(
         logger, "login_succeeded", sub=user.id, sid=issued.sid, dpop=jkt is not None, body=body_mode
     )
@@ -296,12 +311,20 @@ async def refresh(request: Request) -> Response:
             await state.revoked.revoke([presented.sid])
             metrics.revoked("account-disabled")
         log_event(logger, "refresh_refused", sid=presented.sid, reason="account-inactive")
+        record(
+            request, "refresh_refused", "failure", subject=presented.sub, family=presented.sid,
+            actor=GATEWAY_ACTOR, details={"reason": "account-inactive"},
+        )  # fmt: skip
         raise InvalidToken(clear_cookie=clear)
     state.epochs.apply(user.epochs)
     result = await state.ledger.rotate(
         presented, now=_now(), jkt=jkt, sessions_valid_from=user.session_epoch
     )
     log_event(logger, "refresh_rotation", sid=result.sid, outcome=str(result.outcome))
+    record(
+        request, *refresh_event(result.outcome), subject=presented.sub,
+        family=result.sid or presented.sid, details={"outcome": str(result.outcome)},
+    )  # fmt: skip
     metrics.refresh_outcome(result.outcome)
     if result.outcome is Outcome.KEY_MISMATCH:
         _key_mismatch(request, result.sid, "body" if body_mode else "cookie")
@@ -364,6 +387,7 @@ async def logout(request: Request) -> Response:
         await state.revoked.revoke([family.sid])
         metrics.revoked("logout")
         log_event(logger, "logout", sid=family.sid)
+        record(request, "logout", "success", subject=presented.sub, family=family.sid)
     return response
 
 
@@ -375,6 +399,7 @@ async def logout_all(request: Request) -> Response:
     await state.revoked.revoke({*sids, claims.sid})
     metrics.revoked("logout-all", len(sids))
     log_event(logger, "logout_all", sub=claims.sub, count=len(sids))
+    record(request, "logout_all", "success", subject=claims.sub, details={"ended": len(sids)})
     response = Response(status_code=204, headers=NO_STORE)
     clear_refresh_cookie(response, secure=cookie_secure(request, state.settings.cookie_secure))
     return response
@@ -430,6 +455,7 @@ async def delete_session(request: Request) -> Response:
     await state.revoked.revoke([sid])
     metrics.revoked("user-revoked")
     log_event(logger, "session_revoked", sub=claims.sub, sid=sid)
+    record(request, "session_revoked", "success", subject=claims.sub, family=sid)
     return Response(status_code=204, headers=NO_STORE)
 
 

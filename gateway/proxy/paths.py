@@ -40,9 +40,9 @@ MAX_PATH_BYTES = 2048
 PUBLIC_PREFIX = "/api/v1/"
 BACKEND_PREFIX = "/v1/"
 
-# Auth routes are the gateway's own: a method they do not define must not fall through to the
-# backend, where the same path would mean something else.
-_GATEWAY_ONLY = ("auth",)
+# Auth and admin (the audit query) routes are the gateway's own: a method or a path under them
+# that they do not define must not fall through to a backend, where it would mean something else.
+_GATEWAY_ONLY = ("auth", "admin")
 
 # RFC 3986 §3.3 pchar minus ";" (matrix parameters) and with "%" allowed only as an escape.
 _RAW_SEGMENT = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,=:@]|%[0-9A-Fa-f]{2})+")
