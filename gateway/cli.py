@@ -19,6 +19,7 @@ from typing import Any
 
 import asyncpg
 from servicekit import redis_url
+from servicekit.audit import Event, append, writer_id
 from servicekit.config import ConfigError
 from servicekit.terminal import printable
 
@@ -159,6 +160,27 @@ async def resolve_user_id(users_database_url: str, email: str | None, user_id: s
     return str(found)
 
 
+async def _audit_operator_revoke(pool: asyncpg.Pool, user_id: str | None, sids: list[str]) -> None:
+    """``session_revoked`` by the operator, on this command's own chain. Written right after
+    the ledger's revocation (not in its transaction): a failure here exits non-zero, the
+    revocation itself stands (it is the safe direction)."""
+    if user_id is None and len(sids) == 1:
+        owner = await pool.fetchval(
+            "SELECT user_id FROM refresh_session WHERE family_id = $1", uuid.UUID(sids[0])
+        )
+        user_id = str(owner) if owner is not None else None
+    item = Event.make(
+        "session_revoked",
+        "success",
+        actor="operator",
+        subject=user_id,
+        family=sids[0] if len(sids) == 1 else None,
+        details={"by": "operator", "count": len(sids)},
+    )
+    async with pool.acquire() as conn, conn.transaction():
+        await append(conn, writer_id("gateway", f"cli-{os.getpid()}"), [item])
+
+
 async def _with_ledger(settings: OperatorSettings) -> tuple[asyncpg.Pool, Ledger]:
     pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
     # grace/ttl are irrelevant to listing and revoking
@@ -196,6 +218,7 @@ def _revoke(args: argparse.Namespace) -> int:
         pool, ledger = await _with_ledger(settings)
         now = int(time.time())
         try:
+            user_id: str | None = None
             if args.family:
                 try:
                     sid = str(uuid.UUID(args.family))
@@ -207,6 +230,8 @@ def _revoke(args: argparse.Namespace) -> int:
             else:
                 user_id = await _resolve_user(settings, args)
                 sids = await ledger.revoke_all_for_user(user_id, reason="operator", now=now)
+            if sids:
+                await _audit_operator_revoke(pool, user_id, sids)
         finally:
             await pool.close()
         client = redis_url.async_client(

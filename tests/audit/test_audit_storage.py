@@ -4,7 +4,6 @@ verification, and pruning whole partitions."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -12,7 +11,6 @@ import pytest
 from servicekit.audit import Event, append
 
 from tokengate.audit import ChainReport, prune_partitions, verify_chains
-from tokengate.migrate import migrate
 
 
 def _as_role(dsn: str, role: str) -> str:
@@ -23,13 +21,6 @@ def _as_role(dsn: str, role: str) -> str:
 
 def _event(n: int, **kw: object) -> Event:
     return Event.make("login_failed", "failure", details={"n": n}, **kw)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def audit_db(new_database: Callable[[], str]) -> str:
-    dsn = new_database()
-    asyncio.run(migrate(dsn))
-    return dsn
 
 
 async def _write(dsn: str, writer: str, events: list[Event]) -> None:

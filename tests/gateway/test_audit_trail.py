@@ -276,3 +276,21 @@ async def test_two_instances_keep_their_chains(
     finally:
         await conn.close()
     assert reports and all(r.problem is None for r in reports)
+
+
+async def test_query_limit_and_audit_off_are_settings(
+    accounts: Accounts, gateways: Start, migrated_dsn: str
+) -> None:
+    small = await gateways(AUDIT_QUERY_MAX_LIMIT="5")
+    admin, _ = await login(small, await accounts.create(admin=True))
+    assert (await small.get(ADMIN, params={"limit": "5"}, headers=bearer(admin))).status_code == 200
+    over = await small.get(ADMIN, params={"limit": "6"}, headers=bearer(admin))
+    assert over.status_code == 422
+
+    off = await gateways(AUDIT_ENABLED="false")
+    assert off.app.state.audit is None
+    email = await accounts.create()
+    access, _ = await login(off, email)
+    await asyncio.sleep(0.4)
+    mine = await small.get(ADMIN, params={"user": _uid(access)}, headers=bearer(admin))
+    assert mine.json()["items"] == []  # no login_succeeded: nothing written with auditing off

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -32,6 +33,7 @@ def operator_dsn(new_database: Callable[[], str]) -> str:
                 "002_refresh_token_family.sql",
                 "004_refresh_family_rows.sql",
                 "005_dpop_binding.sql",
+                "006_audit.sql",
             ):
                 await conn.execute((db / name).read_text())
         finally:
@@ -87,7 +89,7 @@ def test_list_by_email(cli_env: str, operator_dsn: str, capsys: pytest.CaptureFi
 def test_revoke_by_email_publishes_to_redis(
     cli_env: str, operator_dsn: str, redis_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _, sids = _make_sessions(operator_dsn, "revoke-me@example.test", 2)
+    user_id, sids = _make_sessions(operator_dsn, "revoke-me@example.test", 2)
     assert main(["sessions", "revoke", "--email", "revoke-me@example.test"]) == 0
     assert "revoked 2 session(s)" in capsys.readouterr().out
     client = redis.Redis.from_url(redis_url)
@@ -99,6 +101,13 @@ def test_revoke_by_email_publishes_to_redis(
     assert set(sids) <= stored
     assert main(["sessions", "list", "--email", "revoke-me@example.test"]) == 0
     assert not any(sid in capsys.readouterr().out for sid in sids)
+    # the operator's revocation is in the audit trail, found by the subject's email
+    assert main(["audit", "query", "--email", "revoke-me@example.test", "--json"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(e["type"], e["actor"], e["details"]) for e in events] == [
+        ("session_revoked", "operator", {"by": "operator", "count": 2})
+    ]
+    assert events[0]["subject"] == user_id
 
 
 def test_revoke_one_family(
@@ -109,6 +118,9 @@ def test_revoke_one_family(
     assert main(["sessions", "list", "--user-id", user_id]) == 0
     out = capsys.readouterr().out
     assert sids[0] not in out and sids[1] in out
+    assert main(["audit", "query", "--user-id", user_id, "--type", "session_revoked"]) == 0
+    line = capsys.readouterr().out
+    assert f"family={sids[0]}" in line and "session_revoked success" in line
 
 
 def test_unknown_email_is_a_clear_error(cli_env: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -71,6 +71,13 @@ def test_a_backend_url_with_credentials_is_refused_without_echoing_them(
         ({"REDIS_URL": "redis+sentinel://s1:26379"}, "REDIS_URL"),
         ({"REDIS_SENTINEL_PASSWORD": "for-a-plain-url"}, "REDIS_SENTINEL_PASSWORD"),
         ({"DATABASE_URL": "postgresql://gw@db1,db2/tokengate"}, "DATABASE_URL"),
+        # issue 28: the audit trail's bounds (an event is queryable within a second)
+        ({"AUDIT_FLUSH_INTERVAL": "1.5"}, "AUDIT_FLUSH_INTERVAL"),
+        ({"AUDIT_QUEUE_SIZE": "0"}, "AUDIT_QUEUE_SIZE"),
+        ({"AUDIT_BATCH_SIZE": "0"}, "AUDIT_BATCH_SIZE"),
+        ({"AUDIT_QUERY_MAX_LIMIT": "0"}, "AUDIT_QUERY_MAX_LIMIT"),
+        ({"AUDIT_ENABLED": "maybe"}, "AUDIT_ENABLED"),
+        ({"AUDIT_HMAC_KEY": "short"}, "AUDIT_HMAC_KEY"),
     ],
 )
 def test_bad_settings_name_the_variable(
