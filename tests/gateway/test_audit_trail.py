@@ -294,3 +294,48 @@ async def test_query_limit_and_audit_off_are_settings(
     await asyncio.sleep(0.4)
     mine = await small.get(ADMIN, params={"user": _uid(access)}, headers=bearer(admin))
     assert mine.json()["items"] == []  # no login_succeeded: nothing written with auditing off
+
+
+async def test_prune_drops_whole_partitions_while_logins_continue(
+    accounts: Accounts, gateways: Start, migrated_dsn: str
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from servicekit.audit import Event, append
+
+    from tokengate.audit import prune_partitions
+
+    old = datetime.now(UTC) - timedelta(days=200)
+    owner = await asyncpg.connect(migrated_dsn)
+    try:
+        async with owner.transaction():
+            await append(
+                owner,
+                f"gateway/old-host/{uuid.uuid4().hex[:8]}",
+                [Event.make("login_failed", "failure", at=old) for _ in range(50)],
+            )
+        one = await gateways()
+        email = await accounts.create()
+        stop = asyncio.Event()
+        statuses: list[int] = []
+
+        async def keep_logging_in() -> None:
+            while not stop.is_set():
+                response = await one.post(
+                    "/api/v1/auth/login", json={"email": email, "password": PASSWORD}
+                )
+                statuses.append(response.status_code)
+
+        logins = asyncio.create_task(keep_logging_in())
+        await asyncio.sleep(0.2)
+        dropped = await prune_partitions(owner, timedelta(days=90))
+        await asyncio.sleep(0.4)  # logins go on after the drop, and their events are written
+        stop.set()
+        await logins
+        assert "audit_events_" + old.strftime("%Y%m") in dropped
+        assert statuses and set(statuses) == {200}
+        await one.app.state.audit.flush()
+        reports = await verify_chains(owner)
+        assert [r for r in reports if r.problem is not None] == []
+    finally:
+        await owner.close()
