@@ -28,6 +28,7 @@ DEFAULT_LIMIT = 50
 EVENTS_MAX_LIMIT = 50
 _TYPE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _CURSOR = re.compile(r"[1-9][0-9]{0,18}")
+_LIMIT = re.compile(r"[0-9]{1,6}")
 _ADMIN_PARAMS = frozenset({"user", "type", "outcome", "since", "until", "after", "limit"})
 _EVENTS_PARAMS = frozenset({"type", "after", "limit"})
 
@@ -49,7 +50,8 @@ def _limit(request: Request, maximum: int) -> int:
     raw = _one(request, "limit")
     if raw is None:
         return min(DEFAULT_LIMIT, maximum)
-    if not raw.isdigit() or not 1 <= int(raw[:6]) <= maximum or len(raw) > 6:
+    # ASCII digits only: str.isdigit() accepts "²", which int() then refuses (a 500)
+    if not _LIMIT.fullmatch(raw) or not 1 <= int(raw) <= maximum:
         raise ValidationFailed(f"limit: an integer from 1 to {maximum}")
     return int(raw)
 
@@ -78,9 +80,10 @@ def _time(request: Request, name: str) -> datetime | None:
         if len(raw) > 40:
             raise ValueError(name)
         value = datetime.fromisoformat(raw)
-    except ValueError:
+        # in UTC now: year 1 at +14:00 is before the first representable instant (a 500 later)
+        return (value if value.tzinfo is not None else value.replace(tzinfo=UTC)).astimezone(UTC)
+    except (ValueError, OverflowError):
         raise ValidationFailed(f"{name}: an ISO 8601 date-time") from None
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 async def _page(request: Request, limit: int, **filters: Any) -> Response:

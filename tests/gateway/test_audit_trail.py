@@ -217,6 +217,9 @@ async def test_non_admin_gets_403_and_bad_parameters_422(
         {"after": "-1"},
         {"type": "DROP TABLE"},
         {"offset": "10"},
+        # found by the contract fuzzer: a Unicode digit, and an instant before year 1 in UTC
+        {"limit": "\u00b2"},
+        {"since": "0001-01-01T00:00:00+14:00"},
     ):
         response = await one.get(ADMIN, params=params, headers=bearer(admin))
         assert response.status_code == 422, params
