@@ -44,10 +44,16 @@ def record(
     family: str | None = None,
     actor: str | None = None,
     email: str | None = None,
+    service: str | None = None,
+    rule: str | None = None,
     details: dict[str, Any] | None = None,
 ) -> None:
     """Queue one event. ``email`` is used only when there is no ``subject`` (an address that
-    matched no account) and only as its keyed hash. ``actor`` defaults to the subject."""
+    matched no account) and only as its keyed hash. ``actor`` defaults to the subject.
+
+    The route table's denies (the multi-service issue) are to call this as ``record(request,
+    "policy_denied", "failure", subject=<sub or None>, service=<the route's service>,
+    rule=<the rule's name>)``: allows go to metrics only (docs/AUDIT.md)."""
     state = gateway_state(request)
     writer = getattr(state, "audit", None)
     if writer is None:  # AUDIT_ENABLED=false
@@ -70,6 +76,8 @@ def record(
             user_agent=request.headers.get("user-agent"),
             request_id=request_id_var.get(),
             trace_id=trace.trace_id if trace is not None else None,
+            service=service,
+            rule=rule,
             details=details,
         )
     )

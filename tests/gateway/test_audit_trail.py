@@ -279,6 +279,11 @@ async def test_two_instances_keep_their_chains(
     finally:
         await conn.close()
     assert reports and all(r.problem is None for r in reports)
+    # each instance its own chain, both gap-free and verified
+    writers = {one.app.state.audit.writer, two.app.state.audit.writer}
+    assert len(writers) == 2
+    counts = {r.writer: r.events for r in reports if r.writer in writers}
+    assert sum(counts.values()) >= 20 and all(n > 0 for n in counts.values())
 
 
 async def test_query_limit_and_audit_off_are_settings(

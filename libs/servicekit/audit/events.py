@@ -13,6 +13,7 @@ import hmac
 import json
 import os
 import re
+import secrets
 import socket
 import uuid
 from collections.abc import Mapping
@@ -194,9 +195,11 @@ def chain_hash(prev_hash: bytes, event: Event, *, writer: str, seq: int) -> byte
 
 def writer_id(process: str, worker: str | None = None) -> str:
     """``<process>/<instance>/<worker>``: one chain per running worker. The instance is the host
-    name; the worker its process id unless given. Row-level security keys on the first part."""
+    name; the worker, unless given, is the process id and a random suffix, so two apps in one
+    process, or a restarted process that got an old pid back, start chains of their own.
+    Row-level security keys on the first part."""
     instance = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname())[:64] or "host"
-    return f"{process}/{instance}/{worker or os.getpid()}"
+    return f"{process}/{instance}/{worker or f'{os.getpid()}-{secrets.token_hex(3)}'}"
 
 
 _HMAC_LABEL = b"tokengate audit email v1"
