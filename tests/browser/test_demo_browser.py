@@ -357,6 +357,10 @@ def test_password_form_keeps_this_session_and_ends_the_others(
             "Password changed. Your other sessions have ended."
         )
         expect(on_laptop.locator("#sessions .session")).to_have_count(1)
+        # under the sessions, the account's own audit trail says what just happened
+        events = on_laptop.locator("#events")
+        expect(events).to_contain_text("password changed")
+        expect(events).to_contain_text("new login from ")
 
         # the phone is logged out; the laptop carries on, across a reload (its new cookie)
         on_phone.evaluate("loadProfile().catch(() => {})")

@@ -393,6 +393,7 @@ function showLoggedOut(message, keepHint = false) {
   $("login-section").hidden = false;
   $("notes").replaceChildren();
   $("sessions").replaceChildren();
+  $("events").replaceChildren();
   for (const id of ["profile-email", "profile-id", "profile-roles"]) {
     $(id).textContent = "";
   }
@@ -477,6 +478,44 @@ async function loadSessions() {
     return li;
   });
   $("sessions").replaceChildren(...items);
+  await loadEvents();
+}
+
+// The account's own audit events in plain words (docs/AUDIT.md has the catalogue).
+const EVENT_WORDS = {
+  login_succeeded: "new login",
+  login_failed: "failed login attempt",
+  login_rate_limited: "login attempts rate limited",
+  refresh_reused: "a replayed session token: that session was ended",
+  logout: "logged out",
+  logout_all: "logged out everywhere",
+  session_revoked: "a session was revoked",
+  password_changed: "password changed",
+  password_change_refused: "password change refused (wrong current password)",
+  account_disabled: "account disabled",
+  account_enabled: "account enabled",
+  roles_changed: "roles changed",
+  sessions_ended: "every session ended by an operator",
+};
+
+async function loadEvents() {
+  let data;
+  try {
+    data = await api("GET", "/auth/events?limit=10");
+  } catch (err) {
+    // the trail is a nice-to-have on this page: the sessions list stands without it
+    $("events").replaceChildren();
+    return;
+  }
+  const items = data.items
+    .filter((event) => event.type in EVENT_WORDS)
+    .map((event) => {
+      const li = document.createElement("li");
+      const where = event.ip ? ` from ${event.ip}` : "";
+      li.textContent = `${localTime(event.at)}: ${EVENT_WORDS[event.type]}${where}`;
+      return li;
+    });
+  $("events").replaceChildren(...items);
 }
 
 // Times in the reader's own time zone and format (the API speaks UTC, ISO 8601).
