@@ -108,6 +108,7 @@ async def password_change(request: Request) -> Response:
         uid = uuid.UUID(user_id)
     except ValueError:
         raise CurrentPasswordRejected() from None
+    audit.relayed_client(request.headers)
     try:
         state = backend_state(request)
         user = await change_password(state.users, state.passwords, uid, current, new)

@@ -9,6 +9,7 @@ identifiers are recorded; never a token, a password or a hash.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -30,6 +31,18 @@ SUBJECT_HEADER = "X-Audit-Subject"
 REASON_HEADER = "X-Audit-Reason"
 
 
+#: the client (address, user agent) of the request being served, as the gateway relayed it
+#: (``X-Audit-Client-Ip``, ``X-Audit-User-Agent`` on the internal password route): for the audit
+#: event only; it decides nothing
+client_var: contextvars.ContextVar[tuple[str | None, str | None]] = contextvars.ContextVar(
+    "audit_client", default=(None, None)
+)
+
+
+def relayed_client(headers: Mapping[str, str]) -> None:
+    client_var.set((headers.get("x-audit-client-ip"), headers.get("x-audit-user-agent")))
+
+
 def refused_headers(user_id: object | None, reason: str) -> dict[str, str]:
     if user_id is None:
         return {}
@@ -46,11 +59,14 @@ def event(
 ) -> Event:
     """An event of this request (its request and trace ids), or of a command."""
     trace = current_trace.get()
+    ip, user_agent = client_var.get()
     return Event.make(
         type,
         outcome,
         subject=subject,
         actor=actor,
+        ip=ip,
+        user_agent=user_agent,
         service="backend",
         request_id=request_id_var.get(),
         trace_id=trace.trace_id if trace is not None else None,

@@ -34,6 +34,9 @@ VALIDATE_PATH = "/internal/auth/validate"
 #: on a refused credential check, the account the backend matched and why (docs/AUDIT.md)
 AUDIT_SUBJECT_HEADER = "x-audit-subject"
 AUDIT_REASON_HEADER = "x-audit-reason"
+#: the client of a relayed password change, for the backend's audit event
+AUDIT_IP_HEADER = "x-audit-client-ip"
+AUDIT_UA_HEADER = "x-audit-user-agent"
 PASSWORD_PATH = "/internal/auth/password"
 LIFECYCLE_PATH = "/internal/lifecycle/users/"
 EPOCHS_PATH = "/internal/lifecycle/epochs"
@@ -110,9 +113,10 @@ class BackendClient:
         json: dict[str, Any] | None = None,
         params: dict[str, str] | None = None,
         unavailable: str,
+        extra_headers: dict[str, str] | None = None,
     ) -> httpx.Response:
         token = self._minter.mint(sub=self._gateway_id, scope=scope, htm=method, htu=path)
-        headers = {HEADER: token}
+        headers = {**(extra_headers or {}), HEADER: token}
         rid = request_id_var.get()
         if rid is not None:
             # The backend writes it in its audit line, tying the two services' logs together.
@@ -233,14 +237,20 @@ class BackendClient:
                 raise BadGateway()
             after = following
 
-    async def change_password(self, user_id: str, current: str, new: str) -> BackendUser:
-        """Raises :class:`Forbidden` when the current password is wrong (and nothing more)."""
+    async def change_password(
+        self, user_id: str, current: str, new: str, *, ip: str | None = None, ua: str | None = None
+    ) -> BackendUser:
+        """Raises :class:`Forbidden` when the current password is wrong (and nothing more).
+        ``ip`` and ``ua`` (the client's, as the rate limiter sees it) go to the backend's audit
+        event of the change, which it writes in the change's transaction."""
+        client = {AUDIT_IP_HEADER: ip or "", AUDIT_UA_HEADER: (ua or "")[:256]}
         response = await self._call(
             "POST",
             PASSWORD_PATH,
             TokenScope.AUTH_VALIDATE,
             json={"user_id": user_id, "current_password": current, "new_password": new},
             unavailable="the account service is unavailable, retry later",
+            extra_headers={k: v for k, v in client.items() if v},
         )
         if response.status_code == 403 and _error_code(response) == "current_password_rejected":
             raise Forbidden()

@@ -500,7 +500,9 @@ async def change_password(request: Request) -> Response:
     headers = await limits.check(limits.login_account, "login-account", account)
     checked_at = _now()
     try:
-        changed = await state.backend.change_password(claims.sub, current, new)
+        changed = await state.backend.change_password(
+            claims.sub, current, new, ip=ip, ua=request.headers.get("user-agent")
+        )
     except Forbidden:
         log_event(logger, "password_change_refused", logging.WARNING, sub=claims.sub)
         raise Forbidden(headers=headers) from None

@@ -136,6 +136,7 @@ async def test_every_event_is_recorded_and_found(
     changed = await _find(one, admin, {"type": "password_changed", "subject": uid2})
     assert changed["actor"] == uid2 and changed["service"] == "backend"
     assert changed["request_id"]  # the gateway's request id, carried to the backend
+    assert changed["ip"] == "203.0.113.7"  # the client, relayed by the gateway
 
     # operator changes: disabled, enabled, roles changed; a refresh of a disabled account
     _, cookie5 = await login(one, user2, NEW_PASSWORD)
