@@ -116,3 +116,31 @@ def test_event_fields_are_bounded_and_secrets_keys_dropped() -> None:
         Event.make("Login Failed", "failure")
     with pytest.raises(ValueError, match="outcome"):
         Event.make("login_failed", "maybe")
+
+
+def test_a_lost_tail_after_a_failover_is_a_restart_not_tampering(audit_db: str) -> None:
+    """What a failover to a standby that missed the last commits looks like: the chain's newest
+    rows and the head updates of the same transactions are gone together."""
+
+    async def go() -> tuple[int, list[ChainReport]]:
+        pool = await asyncpg.create_pool(audit_db, min_size=1, max_size=2)
+        writer = BatchWriter(pool, "gateway/test/3", flush_interval=30.0)
+        for _ in range(3):
+            writer.submit(Event.make("logout", "success"))
+            await writer.flush()
+        async with pool.acquire() as conn:
+            await conn.execute("SET session_replication_role = replica")
+            head = await conn.fetchrow("SELECT seq, hash FROM audit_events WHERE seq = 1")
+            await conn.execute("DELETE FROM audit_events WHERE seq > 1")
+            await conn.execute("UPDATE audit_heads SET last_seq = 1, last_hash = $1", head["hash"])
+            await conn.execute("SET session_replication_role = origin")
+        writer.submit(Event.make("logout", "success"))
+        await writer.flush()
+        async with pool.acquire() as conn:
+            reports = list(await verify_chains(conn))
+        await pool.close()
+        return writer.restarts, reports
+
+    restarts, reports = asyncio.run(go())
+    assert restarts == 1
+    assert [(r.events, r.problem) for r in reports] == [(2, None)]

@@ -48,6 +48,11 @@ class BatchWriter:
         self._lock = asyncio.Lock()
         #: events dropped since start (full queue, or a failed final flush)
         self.dropped = 0
+        #: the last sequence this writer committed; a head found behind it means the database
+        #: lost committed transactions (a failover to a standby that had not received them)
+        self.last_seq: int | None = None
+        #: times that happened
+        self.restarts = 0
 
     def submit(self, event: Event) -> bool:
         """Queue ``event``; never blocks, never raises. False when it was dropped."""
@@ -87,7 +92,7 @@ class BatchWriter:
                 ]
                 try:
                     async with self.pool.acquire() as conn, conn.transaction():
-                        await append(conn, self.writer, batch)
+                        links = await append(conn, self.writer, batch)
                 except BaseException:
                     room = self._queue_size - len(self._queue)
                     keep = batch[:room] if room > 0 else []
@@ -96,6 +101,19 @@ class BatchWriter:
                         self._drop(len(batch) - len(keep))
                     raise
                 self._on_written(len(batch))
+                if self.last_seq is not None and links[0].seq - 1 != self.last_seq:
+                    # The chain and its head lost the same tail together, so it still verifies:
+                    # reported as a restart of the chain, not as tampering (docs/SECURITY.md).
+                    self.restarts += 1
+                    log_event(
+                        logger,
+                        "audit_chain_restarted",
+                        logging.WARNING,
+                        writer=self.writer,
+                        expected_seq=self.last_seq + 1,
+                        found_seq=links[0].seq,
+                    )
+                self.last_seq = links[-1].seq
 
     async def close(self) -> None:
         """Stop the task and flush what is left, within ``close_timeout``; what cannot be
