@@ -167,3 +167,28 @@ def test_prune_drops_old_partitions_and_the_chain_still_verifies(audit_db: str) 
     reports = asyncio.run(_verify(audit_db))
     assert [(r.events, r.problem) for r in reports] == [(3, None)]
     assert asyncio.run(prune()) == []
+
+
+def test_tail_and_query_print_json_lines(
+    audit_db: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+    import uuid
+
+    from tokengate.cli import main
+
+    subject = str(uuid.uuid4())
+    asyncio.run(_write(audit_db, "gateway/h/1", [_event(i, subject=subject) for i in range(3)]))
+    asyncio.run(_write(audit_db, "gateway/h/1", [_event(9)]))
+    monkeypatch.setenv("DATABASE_URL", audit_db)
+    assert main(["audit", "tail", "-n", "2", "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [e["details"]["n"] for e in lines] == [2, 9]  # the newest two, oldest first
+    assert main(["audit", "query", "--user-id", subject, "--json"]) == 0
+    found = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [e["seq"] for e in found] == [3, 2, 1] and {e["subject"] for e in found} == {subject}
+    assert "hash" not in found[0] and "subject_hmac" not in found[0]
+    # bounds: a limit out of range and a duration that is not one stop with exit 2
+    assert main(["audit", "query", "--limit", "0"]) == 2
+    with pytest.raises(SystemExit):
+        main(["audit", "query", "--since", "yesterday"])
