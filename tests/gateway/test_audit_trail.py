@@ -348,3 +348,18 @@ async def test_prune_drops_whole_partitions_while_logins_continue(
         assert [r for r in reports if r.problem is not None] == []
     finally:
         await owner.close()
+
+
+async def test_the_gateway_starts_while_postgresql_is_down(
+    accounts: Accounts, gateways: Start, gateway_dsn: str
+) -> None:
+    """The audit trail's partitions are made at start-up when the database answers, and by the
+    first batch otherwise: PostgreSQL down must not stop a start (readiness reports it)."""
+    from tests.support.stack import free_port
+
+    down = gateway_dsn.replace("127.0.0.1:5432", f"127.0.0.1:{free_port()}")
+    assert down != gateway_dsn
+    client = await gateways(DATABASE_URL=down, DB_CONNECT_TIMEOUT="0.5")
+    assert client.app.state.audit is not None
+    ready = await client.get("/readyz")
+    assert ready.status_code == 503
