@@ -37,10 +37,12 @@ from servicekit.forwarded import client_and_scheme
 from servicekit.logs import log_event, new_request_id
 from servicekit.tracing import outbound_headers
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
 from gateway import metrics
+from gateway.audit.record import record
 from gateway.auth.bearer import CHALLENGE, authenticate_request
 from gateway.auth.tokens import AccessClaims
 from gateway.errors import (
@@ -332,6 +334,11 @@ async def _decide(
             rule=decision.rule or "no allow rule",
             user_id=claims.sub if claims is not None else None,
         )
+        record(
+            Request(scope), "policy_denied", "failure",
+            subject=claims.sub if claims is not None else None, service=name,
+            rule=decision.rule or "no allow rule", details={"method": method, "path": target.path},
+        )  # fmt: skip
         if claims is None:
             raise Unauthorized(headers={"WWW-Authenticate": CHALLENGE})
         raise Forbidden()

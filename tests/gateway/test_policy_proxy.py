@@ -334,3 +334,33 @@ async def test_the_ip_limit_fails_closed_and_the_user_limit_open_without_redis()
     await UserLimit(redis=dead, key_prefix="t:", rate="5/minute").check(
         "some-user"
     )  # per user: let through, logged
+
+
+async def test_every_deny_is_an_audit_event_naming_its_rule(
+    env: dict[str, str], internal_key: PrivateKey, tmp_path: Path, migrated_dsn: str
+) -> None:
+    """Issue 28: a deny of the route table is recorded (subject, service, rule) in the audit
+    trail; the client still learns nothing of the rule. Allows are not recorded."""
+    import asyncpg
+    from servicekit.audit import query, row_json
+
+    sub = str(uuid.uuid4())
+    async with multi(env, internal_key, tmp_path) as m:
+        admin = m.auth("user", "admin", sub=sub)
+        denied = await m.client.delete("/api/v1/files/docs/a", headers=admin)
+        assert denied.status_code == 403
+        assert_no_rule_name(denied)
+        allowed = await m.client.put("/api/v1/files/docs/a", headers=admin)
+        assert allowed.status_code == 200
+        anonymous = await m.client.get("/api/v1/users")
+        assert anonymous.status_code == 401
+        await m.app.state.audit.flush()
+    conn = await asyncpg.connect(migrated_dsn)
+    try:
+        mine = [row_json(r) for r in await query(conn, limit=10, subject=sub)]
+    finally:
+        await conn.close()
+    assert [(e["type"], e["outcome"], e["service"], e["rule"]) for e in mine] == [
+        ("policy_denied", "failure", "files", "no-file-deletes")
+    ]
+    assert mine[0]["details"] == {"method": "DELETE", "path": "/v1/files/docs/a"}
