@@ -394,4 +394,5 @@ def create_app(settings: Settings, *, passwords: Passwords | None = None) -> Sta
     app.router.redirect_slashes = False
     app.state = state
     state.db_outages = db.Outages(logger, on_record=postgres_error("backend"))
+    state.body_timeout = settings.body_read_timeout
     return app

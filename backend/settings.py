@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from internal_auth import KeyLoadError, KeySet, load_public_keys
 from internal_auth.replay import DEFAULT_MAX_ENTRIES
 from servicekit import config, otel, pg_url
+from servicekit.bodies import DEFAULT_BODY_TIMEOUT
 from servicekit.config import ConfigError
 from servicekit.connections import BACKEND_DEFAULTS, ConnectionLimits
 from servicekit.db import PoolSettings
@@ -42,6 +43,8 @@ class Settings:
     jwks_cooldown: float = 5.0
     #: the CA of an https:// key set URL (the system store is never used)
     jwks_ca_file: str | None = None
+    #: seconds a request body may pause between two pieces (408 beyond)
+    body_read_timeout: float = DEFAULT_BODY_TIMEOUT
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -82,6 +85,7 @@ class Settings:
             argon2_max_concurrent=config.get_int(
                 env, "ARGON2_MAX_CONCURRENT", default_max_concurrent(), minimum=1
             ),
+            body_read_timeout=config.get_seconds(env, "BODY_READ_TIMEOUT", DEFAULT_BODY_TIMEOUT),
         )
 
 

@@ -25,6 +25,8 @@ class BackendState(TypedState):
 
     #: the database-outage 503 handler (:func:`servicekit.db.exception_handlers`) counts here
     db_outages: db.Outages
+    #: seconds a request body may pause between two pieces (``BODY_READ_TIMEOUT``; 408 beyond)
+    body_timeout: float
 
     # --- after start-up only ------------------------------------------------------------------
     pool: db.Database

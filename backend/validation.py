@@ -13,6 +13,7 @@ from servicekit.bodies import read_json
 from starlette.requests import Request
 
 from backend.errors import NotFound, ValidationFailed
+from backend.state import backend_state
 
 MAX_JSON_BYTES = 64 * 1024
 # ASCII digits only (str.isdigit accepts "²" and other digits int() then refuses), and few enough
@@ -21,7 +22,10 @@ _WHOLE_NUMBER = re.compile(r"[0-9]{1,12}")
 
 
 async def json_object(request: Request, *, allowed: set[str], required: set[str]) -> dict[str, Any]:
-    data = await read_json(request, limit=MAX_JSON_BYTES)
+    # the gateway streams a body it could not buffer as it arrives: a client that stalls there
+    # stalls here, and this bound ends it (408) rather than leaving the request open for ever
+    pause = backend_state(request).body_timeout
+    data = await read_json(request, limit=MAX_JSON_BYTES, pause=pause)
     if not isinstance(data, dict):
         raise ValidationFailed("the body must be a JSON object")
     unknown = sorted(set(data) - allowed)

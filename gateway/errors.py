@@ -105,6 +105,18 @@ class ServiceUnavailable(GatewayError):
         super().__init__(message, headers={"Retry-After": str(retry_after)})
 
 
+class GatewayBusy(ServiceUnavailable):
+    """Every backend connection this request may use is taken (the pool's wait ran out, or the
+    uploads' share is full): the gateway is overloaded, the backend is not late (that is 504)."""
+
+    code = "gateway_busy"
+    message = "the gateway is busy, retry later"
+    retry_after = 1
+
+    def __init__(self, message: str | None = None, *, retry_after: int = retry_after) -> None:
+        super().__init__(message, retry_after=retry_after)
+
+
 class BadGateway(GatewayError):
     status = 502
     code = "bad_gateway"

@@ -11,11 +11,14 @@ Names (all prefixed ``tokengate_gateway_``):
 - ``proxy_duration_seconds{part}``: a proxied request's time, ``part="backend"`` from sending it
   to the backend until its answer was read (its headers, for a streamed answer) and
   ``part="gateway"`` everything else (authentication, minting, forwarding, streaming back).
-- ``backend_failures_total{service,kind}``: ``connect`` (refused, unreachable), ``timeout``,
-  ``reset`` (the connection broke mid-request or mid-answer); ``service`` as the policy names it
-  (``backend`` without one).
+- ``backend_failures_total{service,kind}``: ``connect`` (refused, unreachable), ``timeout`` (the
+  service did not answer in time: 504), ``reset`` (the connection broke, or the answer was
+  malformed or over its bounds: 502), ``pool`` (no free pooled connection within
+  ``PROXY_POOL_TIMEOUT``: the gateway is busy, 503; not the service's failure, so a kind of its
+  own); ``service`` as the policy names it (``backend`` without one).
 - ``logins_total{outcome}``, ``refresh_total{outcome}`` (the ledger's ``Outcome`` values),
-  ``revocations_total{reason}`` (families revoked), ``rate_limited_total{limit}``.
+  ``revocations_total{reason}`` (families revoked), ``rate_limited_total{limit}`` (``uploads-user``,
+  ``uploads-ip`` and ``uploads`` are unfinished uploads refused over their share of the pool).
 - ``revocation_listener_connected`` (0/1; with several workers the lowest, so one disconnected
   worker shows), ``revoked_sessions`` (the local revoked set), ``db_pool_connections{state}``
   (``in_use``/``idle``), ``redis_errors_total{operation}``; PostgreSQL failures are
@@ -52,7 +55,7 @@ from gateway.errors import (
     RateLimited,
     ServiceUnavailable,
 )
-from gateway.proxy.upstream import BackendUnreachable
+from gateway.proxy.upstream import BackendUnreachable, PoolTimeout
 
 #: The backend's routes as the public sees them (``/v1/x`` is proxied at ``/api/v1/x``).
 #: A test checks this against the backend's own route table, so it cannot drift.
@@ -76,7 +79,7 @@ PROXY_DURATION = Histogram(
 )
 BACKEND_FAILURES = Counter(
     "tokengate_gateway_backend_failures_total",
-    "Proxied requests a service did not answer, by service: connect, timeout, reset.",
+    "Proxied requests a service did not answer, by service: connect, timeout, reset, pool.",
     ["service", "kind"],
 )
 LOGINS = Counter("tokengate_gateway_logins_total", "Login attempts by outcome.", ["outcome"])
@@ -161,7 +164,7 @@ CONFIG_LOADED_AT = Gauge(
 
 _PROXY_GATEWAY = PROXY_DURATION.labels("gateway")
 _PROXY_BACKEND = PROXY_DURATION.labels("backend")
-_FAILURE_KINDS = ("connect", "timeout", "reset")
+_FAILURE_KINDS = ("connect", "timeout", "reset", "pool")
 
 
 def failure_counters(service: str) -> dict[str, Any]:
@@ -199,7 +202,19 @@ _REVOKED = _prebind(
         "password-changed",
     ),
 )
-_LIMITED = _prebind(RATE_LIMITED, ("login-ip", "login-account", "refresh-ip", "user", "ip"))
+_LIMITED = _prebind(
+    RATE_LIMITED,
+    (
+        "login-ip",
+        "login-account",
+        "refresh-ip",
+        "user",
+        "ip",
+        "uploads-user",
+        "uploads-ip",
+        "uploads",
+    ),
+)
 _REDIS = _prebind(
     REDIS_ERRORS, ("ratelimit", "revocation", "user_limit", "ip_limit", "dpop_replay", "epochs")
 )
@@ -298,7 +313,9 @@ def dpop_replay_round_trip(claims: int) -> None:
 
 def backend_failure(exc: BaseException, counters: dict[str, Any]) -> None:
     """Count a failed hop on one service's ``counters`` (:func:`failure_counters`)."""
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, PoolTimeout):
+        kind = "pool"
+    elif isinstance(exc, TimeoutError):
         kind = "timeout"
     elif isinstance(exc, BackendUnreachable | ConnectionRefusedError):
         kind = "connect"

@@ -23,6 +23,7 @@ from servicekit.config import (
     get_float,
     get_int,
     get_list,
+    get_seconds,
     get_str,
 )
 from servicekit.connections import ConnectionLimits
@@ -268,6 +269,23 @@ class Settings:
     backend_ca_file: str | None = None
     backend_client_cert_file: str | None = None
     backend_client_key_file: str | None = None
+    #: the backend pool: connections per worker, seconds an idle one is kept (below the
+    #: backend's own keep-alive, see README "The backend pool"), seconds to wait for a free one
+    proxy_pool_size: int = 256
+    proxy_pool_keepalive: float = 4.0
+    proxy_pool_timeout: float = 5.0
+    #: the backend's answer: bytes of head (interim heads included), interim (1xx) answers
+    proxy_backend_max_head_bytes: int = 65536
+    proxy_backend_max_interim: int = 8
+    #: seconds a client may leave between two pieces of its request body (408 beyond)
+    body_read_timeout: float = 10.0
+    #: bodies up to this size are read whole before a backend connection is taken
+    proxy_buffer_bytes: int = 262144
+    #: unfinished uploads (bodies beyond ``proxy_buffer_bytes``) holding a backend connection:
+    #: in all (per worker), per user and per client address
+    proxy_uploads_max: int = 64
+    proxy_uploads_per_user: int = 4
+    proxy_uploads_per_ip: int = 16
     epoch_reload_interval: float = 30.0
     epoch_reload_page_size: int = 1000
     log_level: str = "INFO"
@@ -365,6 +383,13 @@ class Settings:
                 # not echoed: a URL with credentials in it would put them in the log
                 raise ConfigError(f"BACKEND_URL: {exc}") from None
             ca_file, cert_file, key_file = _backend_tls(environ, origin.tls)
+        pool_size = get_int(environ, "PROXY_POOL_SIZE", 256, minimum=1)
+        uploads_max = get_int(environ, "PROXY_UPLOADS_MAX", 64, minimum=1)
+        if uploads_max >= pool_size:
+            # uploads must leave connections free, or bodiless requests wait behind them
+            raise ConfigError(
+                f"PROXY_UPLOADS_MAX ({uploads_max}) must be below PROXY_POOL_SIZE ({pool_size})"
+            )
         iat_window = get_int(environ, "DPOP_IAT_WINDOW", 60, minimum=1)
         if iat_window > 600:
             raise ConfigError("DPOP_IAT_WINDOW must be at most 600 seconds")
@@ -417,6 +442,18 @@ class Settings:
             backend_ca_file=ca_file,
             backend_client_cert_file=cert_file,
             backend_client_key_file=key_file,
+            proxy_pool_size=pool_size,
+            proxy_pool_keepalive=get_seconds(environ, "PROXY_POOL_KEEPALIVE", 4.0),
+            proxy_pool_timeout=get_seconds(environ, "PROXY_POOL_TIMEOUT", 5.0),
+            proxy_backend_max_head_bytes=get_int(
+                environ, "PROXY_BACKEND_MAX_HEAD_BYTES", 65536, minimum=1024
+            ),
+            proxy_backend_max_interim=get_int(environ, "PROXY_BACKEND_MAX_INTERIM", 8, minimum=0),
+            body_read_timeout=get_seconds(environ, "BODY_READ_TIMEOUT", 10.0),
+            proxy_buffer_bytes=get_int(environ, "PROXY_BUFFER_BYTES", 262144, minimum=0),
+            proxy_uploads_max=uploads_max,
+            proxy_uploads_per_user=get_int(environ, "PROXY_UPLOADS_PER_USER", 4, minimum=1),
+            proxy_uploads_per_ip=get_int(environ, "PROXY_UPLOADS_PER_IP", 16, minimum=1),
             epoch_reload_interval=get_float(environ, "EPOCH_RELOAD_INTERVAL", 30.0),
             epoch_reload_page_size=_epoch_page_size(environ),
             log_level=level,

@@ -230,7 +230,9 @@ async def login(request: Request) -> Response:
     state = gateway_state(request)
     check_login_origin(request, state.settings.cors_allowed_origins)
     limits = state.ratelimits
-    email, password = _parse_credentials(await read_json(request, limit=MAX_LOGIN_BODY))
+    email, password = _parse_credentials(
+        await read_json(request, limit=MAX_LOGIN_BODY, pause=state.settings.body_read_timeout)
+    )
     ip = limits.client_ip(request)
     try:
         # the per-IP limit counts every attempt, whatever its outcome
@@ -278,7 +280,7 @@ async def refresh(request: Request) -> Response:
     state = gateway_state(request)
     settings = state.settings
     refuse_foreign_body(request.headers.raw)
-    raw = await read_limited(request, MAX_LOGIN_BODY)
+    raw = await read_limited(request, MAX_LOGIN_BODY, pause=settings.body_read_timeout)
     body_mode = bool(raw.strip())
     if not body_mode:
         check_origin(request, settings.cors_allowed_origins)
@@ -357,7 +359,7 @@ async def logout(request: Request) -> Response:
     state = gateway_state(request)
     settings = state.settings
     refuse_foreign_body(request.headers.raw)
-    raw = await read_limited(request, MAX_LOGIN_BODY)
+    raw = await read_limited(request, MAX_LOGIN_BODY, pause=settings.body_read_timeout)
     body_mode = bool(raw.strip())
     response = Response(status_code=204, headers=NO_STORE)
     if body_mode:
@@ -489,7 +491,9 @@ async def change_password(request: Request) -> Response:
         # browsers always send Origin on a POST; non-browser clients send none
         check_origin(request, state.settings.cors_allowed_origins)
     claims = await authenticate(request)
-    current, new = _parse_password_change(await read_json(request, limit=MAX_LOGIN_BODY))
+    current, new = _parse_password_change(
+        await read_json(request, limit=MAX_LOGIN_BODY, pause=state.settings.body_read_timeout)
+    )
     user = await state.backend.lifecycle(claims.sub)
     if user is None or not user.active:
         raise SessionRevoked(headers={"WWW-Authenticate": bearer.INVALID_TOKEN_CHALLENGE})

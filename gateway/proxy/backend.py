@@ -15,12 +15,24 @@ from gateway import metrics
 from gateway.auth.tokens import TokenService
 from gateway.auth.verified_tokens import VerifiedTokens
 from gateway.policy import Policy, ServiceConfig
+from gateway.proxy.uploads import Uploads
 from gateway.proxy.upstream import UpstreamPool
 from gateway.proxy.user_limit import UserLimit
 from gateway.settings import Settings
 
 #: The name of the one service without ``GATEWAY_CONFIG`` (``BACKEND_URL``, ``BACKEND_ID``).
 DEFAULT_SERVICE = "backend"
+
+
+def pool_bounds(settings: Settings) -> dict[str, Any]:
+    """The pool settings every service's pool is opened with."""
+    return {
+        "pool_size": settings.proxy_pool_size,
+        "pool_keepalive": settings.proxy_pool_keepalive,
+        "pool_timeout": settings.proxy_pool_timeout,
+        "max_head_bytes": settings.proxy_backend_max_head_bytes,
+        "max_interim": settings.proxy_backend_max_interim,
+    }
 
 
 @dataclass(eq=False)
@@ -36,6 +48,12 @@ class Service:
     #: the hop's TLS context: the service's own CA and client certificate (``None``: plain
     #: HTTP; an https:// service without one is refused at start-up)
     ssl_context: ssl.SSLContext | None = field(default=None, repr=False)
+    #: the pool's bounds, the same for every service (PROXY_POOL_*, PROXY_BACKEND_MAX_*)
+    pool_size: int = 256
+    pool_keepalive: float = 4.0
+    pool_timeout: float = 5.0
+    max_head_bytes: int = 65536
+    max_interim: int = 8
     _pool: UpstreamPool | None = field(default=None, repr=False)
     #: ``backend_failures_total{service=name, kind}``
     failures: dict[str, Any] = field(init=False, repr=False)
@@ -52,20 +70,24 @@ class Service:
             connect_timeout=config.connect_timeout or settings.proxy_connect_timeout,
             read_timeout=config.read_timeout or settings.proxy_read_timeout,
             ssl_context=config.ssl_context(),
+            **pool_bounds(settings),
         )
 
     async def start(self) -> None:
         # connect bounds reaching the service, read bounds every wait for response bytes, and
-        # acquire bounds waiting for a free pooled connection under overload; no total, so a
-        # long download that keeps moving is not cut off.
+        # acquire bounds waiting for a free pooled connection under overload (a 503 of its own:
+        # the gateway is busy, the service is not late); no total, so a long download that
+        # keeps moving is not cut off.
         self._pool = UpstreamPool(
             self.url,
             connect_timeout=self.connect_timeout,
             read_timeout=self.read_timeout,
-            acquire_timeout=self.read_timeout,
-            limit=256,
-            keepalive=30.0,
+            acquire_timeout=self.pool_timeout,
+            limit=self.pool_size,
+            keepalive=self.pool_keepalive,
             ssl_context=self.ssl_context,
+            max_head_bytes=self.max_head_bytes,
+            max_interim=self.max_interim,
         )
 
     async def close(self) -> None:
@@ -98,9 +120,13 @@ class BackendProxy:
       ``X-Internal-Auth``/``X-User-*``/``X-Forwarded-*`` it sent;
     - the pools are shared but nothing per-user is: no cookie jar, no auth state, and response
       bytes pass through untouched (no decompression, so lengths stay true);
-    - every wait is bounded (connect, pool acquire, each read), and a service failure is a JSON
-      502/504 unless the status line is already out, in which case the connection is cut so the
-      client never takes a truncated body for a whole one.
+    - every wait is bounded (connect, pool acquire, each read, each piece of the client's body),
+      and a service failure is a JSON 502/504 (a full pool 503) unless the status line is
+      already out, in which case the connection is cut so the client never takes a truncated
+      body for a whole one;
+    - unfinished uploads hold a bounded share of the pools (:class:`Uploads`, fewer places in
+      all than any pool has connections), so a request without a body always finds a
+      connection that no upload can take.
     """
 
     def __init__(
@@ -112,6 +138,13 @@ class BackendProxy:
         self.gateway_id = settings.gateway_id
         self.max_body = settings.proxy_max_body_bytes
         self.trusted_proxies = settings.trusted_proxies
+        self.body_timeout = settings.body_read_timeout
+        self.buffer_bytes = settings.proxy_buffer_bytes
+        self.uploads = Uploads(
+            total=settings.proxy_uploads_max,
+            per_user=settings.proxy_uploads_per_user,
+            per_ip=settings.proxy_uploads_per_ip,
+        )
         # OpenTelemetry on: the hop gets a CLIENT span (no instrumentation package covers it)
         self.traced = settings.otel_endpoint is not None
         self.user_limit = (
@@ -134,6 +167,7 @@ class BackendProxy:
                     connect_timeout=settings.proxy_connect_timeout,
                     read_timeout=settings.proxy_read_timeout,
                     ssl_context=tls,
+                    **pool_bounds(settings),
                 )
             ]
         else:

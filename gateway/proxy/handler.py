@@ -25,6 +25,7 @@ httpx stays the client everywhere else (tests, CLI, the gateway's own credential
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -32,14 +33,14 @@ from collections.abc import AsyncIterator, Awaitable
 
 from internal_auth import TokenScope
 from servicekit import otel
-from servicekit.bodies import PayloadTooLarge, framing
+from servicekit.bodies import BodyTimeout, PayloadTooLarge, framing
 from servicekit.forwarded import client_and_scheme
 from servicekit.logs import log_event, new_request_id
 from servicekit.tracing import outbound_headers
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.routing import Match, Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from gateway import metrics
 from gateway.audit.record import record
@@ -49,6 +50,7 @@ from gateway.errors import (
     BadGateway,
     BadRequest,
     Forbidden,
+    GatewayBusy,
     GatewayError,
     GatewayTimeout,
     NotFound,
@@ -58,13 +60,15 @@ from gateway.policy import Caller
 from gateway.proxy.backend import Service
 from gateway.proxy.headers import INTERNAL_AUTH, Header, request_headers, response_headers
 from gateway.proxy.paths import BackendPath, backend_path
-from gateway.proxy.upstream import InvalidRequest, UpstreamError
+from gateway.proxy.uploads import Place
+from gateway.proxy.upstream import InvalidRequest, PoolTimeout, Response, UpstreamError
 from gateway.state import GatewayState, scope_state
 
 logger = logging.getLogger("gateway.proxy")
 
-# Bodies up to this size are read whole and sent in one write; larger ones (or ones of unknown
+# Answers up to this size are read whole and sent in one write; larger ones (or ones of unknown
 # size) stream through in the chunks they arrive in, so memory stays flat for big transfers.
+# (Request bodies have their own size, PROXY_BUFFER_BYTES.)
 _BUFFER_LIMIT = 64 * 1024
 # The catch-all route of every path the gateway does not answer itself.
 PROXY_PATH = "/api/v1/{path:path}"
@@ -74,6 +78,18 @@ GATEWAY_PREFIX = "/api/v1/auth/"
 
 class _ClientGone(Exception):
     """The client disconnected while we were reading its body."""
+
+
+class _Stalled(Exception):
+    """The client sent no part of its body for longer than BODY_READ_TIMEOUT."""
+
+
+class _ClientWentAway(UpstreamError):
+    """Ends the backend's answer early: the client it was for disconnected."""
+
+
+# An upload place that holds nothing: what requests with a buffered body (or none) use.
+_NO_PLACE = Place(None, "", "")
 
 
 async def proxy_request(scope: Scope, receive: Receive, send: Send) -> None:
@@ -153,20 +169,43 @@ async def proxy_request(scope: Scope, receive: Receive, send: Send) -> None:
 
     internal_token = mint()
 
-    # 4. Forward.
+    # 4. Forward. (Chunked trailers never reach ``headers``: the server's protocol drops them,
+    #    RFC 9110 §6.5.1.)
     declared = framing(headers, limit=proxy.max_body)
     length, chunked = declared.length, declared.chunked
     body_stream: _BodyStream | None = None
     data: bytes | AsyncIterator[bytes] | None = None
-    if length is not None and length <= _BUFFER_LIMIT:
+    place = _NO_PLACE
+    if length is not None or chunked:
+        # A body up to PROXY_BUFFER_BYTES is read whole before a backend connection is taken,
+        # so a client that uploads slowly holds none. Only a bigger one streams, and it first
+        # takes a place among the uploads that may hold a connection (429/503 when its share
+        # is used up): requests without a body never wait behind uploads.
         try:
-            data = await _read_small(receive, length) if length else b""
+            if length is not None and length <= proxy.buffer_bytes:
+                data = b""
+                if length:
+                    data, _ = await _read_upto(receive, length, length, proxy.body_timeout)
+            else:
+                first = b""
+                if chunked:
+                    first, done = await _read_upto(
+                        receive, proxy.buffer_bytes, proxy.max_body, proxy.body_timeout
+                    )
+                    if done:
+                        data = first
+                if data is None:
+                    # an anonymous upload (a public rule) counts against its address alone
+                    owner = claims.sub if claims is not None else f"anonymous:{ip}"
+                    place = proxy.uploads.hold(owner, str(ip))
+                    body_stream = _BodyStream(receive, proxy.max_body, proxy.body_timeout, first)
+                    data = body_stream.chunks()
         except _ClientGone:
             log_event(logger, "proxy_client_gone", method=method, path=target.path)
             return
-    elif length is not None or chunked:
-        body_stream = _BodyStream(receive, proxy.max_body)
-        data = body_stream.chunks()
+        if body_stream is None:
+            # framed by the pool from the bytes themselves (Content-Length)
+            length = None
 
     outbound = request_headers(
         headers,
@@ -190,78 +229,97 @@ async def proxy_request(scope: Scope, receive: Receive, send: Send) -> None:
         return [(name, fresh if name == INTERNAL_AUTH else value) for name, value in outbound]
 
     backend_started = time.perf_counter()
-    try:
-        with span as hop:
-            if hop is None:
-                for name, value in outbound_headers(request_state.get("trace")):
-                    outbound.append((name.encode("latin-1"), value.encode("latin-1")))
-            else:
-                outbound += hop.headers
-            response = await service.pool.request(
-                method,
-                request_target,
-                outbound,
-                body=data,
-                length=length,
-                retry_headers=retry_headers,
-            )
-            if hop is not None:
-                hop.answered(response.status)
-    except Exception as exc:
-        # the body iterator's own failures come through the send; its flags say which it was
-        if body_stream is not None and body_stream.too_large:
-            raise PayloadTooLarge.over(proxy.max_body) from None
-        if body_stream is not None and body_stream.client_gone:
-            log_event(logger, "proxy_client_gone", method=method, path=target.path)
-            return
-        if isinstance(exc, InvalidRequest):
-            # a line break in a header, a body unlike its length: not (all) sent, not reused
-            raise BadRequest(str(exc)) from None
-        if not isinstance(exc, UpstreamError):
-            raise
-        raise _backend_error(exc, method, target.path, service) from None
-
-    # 5. Stream back.
-    try:
-        out_headers = response_headers(response.raw_headers)
-        size = response.content_length
-        if size is not None and size <= _BUFFER_LIMIT:
-            # Small answer (the common case): read it before committing to a status, so a
-            # backend failing mid-body still gets the client a clean 502/504.
-            try:
-                payload = await response.read()
-            except UpstreamError as exc:
-                raise _backend_error(exc, method, target.path, service) from None
-            metrics.proxy_timing(started, time.perf_counter() - backend_started)
-            await send(
-                {"type": "http.response.start", "status": response.status, "headers": out_headers}
-            )
-            await send({"type": "http.response.body", "body": payload})
-            return
-        backend_seconds = time.perf_counter() - backend_started
-        await send(
-            {"type": "http.response.start", "status": response.status, "headers": out_headers}
+    with place, span as hop:
+        if hop is None:
+            for name, value in outbound_headers(request_state.get("trace")):
+                outbound.append((name.encode("latin-1"), value.encode("latin-1")))
+        else:
+            outbound += hop.headers
+        exchange = service.pool.stream(
+            method, request_target, outbound, body=data, length=length, retry_headers=retry_headers
         )
         try:
-            async for chunk in response.iter_chunks():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except UpstreamError as exc:
-            # The status line is already out; all that is left is to cut the connection so the
-            # client sees a truncated body rather than a complete-looking one.
-            metrics.backend_failure(exc, service.failures)
-            log_event(
-                logger,
-                "proxy_stream_aborted",
-                logging.WARNING,
-                service=service.name,
-                path=target.path,
-                error=type(exc).__name__,
-            )
+            # 5. Stream back. Leaving this block on any path ends the exchange: the connection
+            #    goes back to the pool only if its answer was read to the end.
+            async with exchange as response:
+                if hop is not None:
+                    hop.answered(response.status)
+                await _relay(
+                    response, send, receive, started, backend_started, method, target.path, service
+                )
+        except Exception as exc:
+            # the body iterator's own failures come through the send; its flags say which
+            if body_stream is not None and body_stream.too_large:
+                raise PayloadTooLarge.over(proxy.max_body) from None
+            if body_stream is not None and body_stream.stalled:
+                raise BodyTimeout.after(proxy.body_timeout) from None
+            if body_stream is not None and body_stream.client_gone:
+                log_event(logger, "proxy_client_gone", method=method, path=target.path)
+                return
+            if isinstance(exc, InvalidRequest):
+                # a line break in a header, a body unlike its length: not (all) sent, not reused
+                raise BadRequest(str(exc)) from None
+            if not isinstance(exc, UpstreamError):
+                raise
+            raise _backend_error(exc, method, target.path, service) from None
+
+
+async def _relay(
+    response: Response,
+    send: Send,
+    receive: Receive,
+    started: float,
+    backend_started: float,
+    method: str,
+    path: str,
+    service: Service,
+) -> None:
+    """The backend's answer to the client: read whole when small, else streamed."""
+    out_headers = response_headers(response.raw_headers)
+    status = response.status
+    if status in (204, 304):
+        # No body, whatever the backend declared: a 304's Content-Length names the size of the
+        # representation (RFC 9110 §8.6 allows it), but the server under us would wait for that
+        # many body bytes and cut the client's keep-alive connection when none came.
+        out_headers = [h for h in out_headers if h[0] != b"content-length"]
+    size = response.content_length
+    if size is not None and size <= _BUFFER_LIMIT:
+        # Small answer (the common case): read it before committing to a status, so a backend
+        # failing mid-body still gets the client a clean 502/504.
+        payload = await response.read()
+        metrics.proxy_timing(started, time.perf_counter() - backend_started)
+        await send({"type": "http.response.start", "status": status, "headers": out_headers})
+        await send({"type": "http.response.body", "body": payload})
+        return
+    backend_seconds = time.perf_counter() - backend_started
+    await send({"type": "http.response.start", "status": status, "headers": out_headers})
+    # The server under us drops what is sent to a client that went away, without a word: only
+    # its http.disconnect says so. Watch for it, or an endless download would keep reading the
+    # backend (and keep its pooled connection) for ever.
+    watcher = asyncio.ensure_future(_until_disconnect(receive, response))
+    try:
+        async for chunk in response.iter_chunks():
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    except UpstreamError as exc:
+        # The status line is already out; all that is left is to cut the connection so the
+        # client sees a truncated body rather than a complete-looking one.
+        if isinstance(exc, _ClientWentAway):
+            log_event(logger, "proxy_client_gone", method=method, path=path)
             return
-        await send({"type": "http.response.body", "body": b""})
-        metrics.proxy_timing(started, backend_seconds)
+        metrics.backend_failure(exc, service.failures)
+        log_event(
+            logger,
+            "proxy_stream_aborted",
+            logging.WARNING,
+            service=service.name,
+            path=path,
+            error=type(exc).__name__,
+        )
+        return
     finally:
-        response.release()
+        watcher.cancel()
+    await send({"type": "http.response.body", "body": b""})
+    metrics.proxy_timing(started, backend_seconds)
 
 
 class ProxyEndpoint:
@@ -373,35 +431,81 @@ def _request_path(scope: Scope) -> str:
     return raw.decode("latin-1") if raw else scope["path"]
 
 
-async def _read_small(receive: Receive, length: int) -> bytes:
+async def _receive_within(receive: Receive, pause: float) -> Message:
+    """The client's next message, within ``pause`` seconds (BODY_READ_TIMEOUT)."""
+    try:
+        async with asyncio.timeout(pause):
+            return await receive()
+    except TimeoutError:
+        raise _Stalled() from None
+
+
+async def _read_upto(receive: Receive, size: int, limit: int, pause: float) -> tuple[bytes, bool]:
+    """A body's first ``size`` bytes (or a little more: whole messages) and whether that was
+    all of it; more than ``limit`` bytes in all is 413."""
     parts: list[bytes] = []
+    seen = 0
     more = True
-    while more:
-        message = await receive()
+    while more and seen <= size:
+        try:
+            message = await _receive_within(receive, pause)
+        except _Stalled:
+            raise BodyTimeout.after(pause) from None
         if message["type"] == "http.disconnect":
             raise _ClientGone()
-        parts.append(message.get("body", b""))
+        chunk: bytes = message.get("body", b"")
         more = message.get("more_body", False)
-    return b"".join(parts)
+        seen += len(chunk)
+        if seen > limit:
+            raise PayloadTooLarge.over(limit)
+        parts.append(chunk)
+    return b"".join(parts), not more
+
+
+async def _until_disconnect(receive: Receive, response: Response) -> None:
+    # the request body was read to its end before the answer came: all that is left to
+    # receive is the disconnect (or nothing, until the handler cancels this)
+    ended = False
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            response.abort(_ClientWentAway("the client went away"))
+            return
+        if not message.get("more_body", False):
+            if ended:
+                # a server that repeats the end of the body instead of waiting (ASGI says it
+                # waits) has no disconnect to tell: nothing to watch
+                return
+            ended = True
 
 
 class _BodyStream:
-    """The client's body as an async iterator for aiohttp, stopped at ``limit`` bytes.
+    """The client's body as an async iterator for the pool, stopped at ``limit`` bytes and at
+    a pause longer than ``pause`` seconds; ``first`` is what was read before it started.
 
     Counting here (not trusting Content-Length) covers chunked uploads that declare no size.
     """
 
-    def __init__(self, receive: Receive, limit: int) -> None:
+    def __init__(self, receive: Receive, limit: int, pause: float, first: bytes) -> None:
         self._receive = receive
         self._limit = limit
+        self._pause = pause
+        self._first = first
         self.too_large = False
         self.client_gone = False
+        self.stalled = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        seen = 0
+        seen = len(self._first)
+        if self._first:
+            yield self._first
         more = True
         while more:
-            message = await self._receive()
+            try:
+                message = await _receive_within(self._receive, self._pause)
+            except _Stalled:
+                self.stalled = True
+                raise
             if message["type"] == "http.disconnect":
                 self.client_gone = True
                 raise _ClientGone()
@@ -416,10 +520,14 @@ class _BodyStream:
 
 
 def _backend_error(exc: BaseException, method: str, path: str, service: Service) -> GatewayError:
-    """504 for a service that did not answer in time, 502 for one that could not be reached or
-    broke the connection."""
-    timeout = isinstance(exc, TimeoutError)
+    """503 when no pooled connection came free in time (the gateway is busy), 504 for a service
+    that did not answer in time, 502 for one that could not be reached or broke the
+    connection."""
     metrics.backend_failure(exc, service.failures)
+    if isinstance(exc, PoolTimeout):
+        log_event(logger, "backend_pool_busy", logging.WARNING, service=service.name, method=method)
+        return GatewayBusy()
+    timeout = isinstance(exc, TimeoutError)
     log_event(
         logger,
         "backend_timeout" if timeout else "backend_unreachable",

@@ -21,14 +21,31 @@ What it does, and the invariants it keeps:
 - **response framing is llhttp's** (Content-Length, chunked, close-delimited, bodiless statuses,
   ``1xx`` interim answers skipped); a ``HEAD`` response ends at its headers; an upgrade or a
   malformed answer is a :class:`BackendProtocolError`;
+- **the backend's head is bounded**: every head of one exchange, interim ones included, may
+  take ``max_head_bytes`` in all (counted before llhttp sees the bytes: httptools buffers a
+  header line whole, so a 16 MiB line would otherwise sit in memory), and at most
+  ``max_interim`` ``1xx`` answers may come before the real one; beyond either it is a
+  :class:`BackendProtocolError` (a 502) and the connection is dropped;
 - **every wait is bounded**: connecting (``connect_timeout``), waiting for a free connection when
-  all ``limit`` are busy (``acquire_timeout``), and every wait for response bytes
-  (``read_timeout``); each raises a :class:`TimeoutError` subclass and closes the connection;
+  all ``limit`` are busy (``acquire_timeout``, a :class:`PoolTimeout`: the gateway is busy, the
+  backend did nothing wrong), and every wait for response bytes (``read_timeout``); each raises a
+  :class:`TimeoutError` subclass and closes the connection;
+- **waiters are served in arrival order**: a connection that comes back (or a free slot) is
+  handed to the oldest waiter directly, so a coroutine that releases and asks again at once
+  cannot overtake the ones already queued;
+- **release is structural**: :meth:`UpstreamPool.stream` is an ``async with``; leaving the block
+  on any path (an exception, a cancellation, a return) ends the exchange, and a connection whose
+  answer was not read to the end is closed, never pooled;
 - **one resend**, on a fresh connection, only when a *reused* connection died before any byte of
   the answer came back and the request is idempotent with a body that can be sent again
   (RFC 9112 §9.3.1); the resend asks ``retry_headers()`` for its headers, which is how the
   gateway gives it a fresh single-use internal token;
-- the pool keeps at most ``limit`` connections and closes idle ones after ``keepalive`` seconds.
+- the pool keeps at most ``limit`` connections and closes idle ones after ``keepalive`` seconds;
+  ``keepalive`` must stay below the backend's own idle timeout, so that the gateway, not the
+  backend, is the side that closes an idle connection (a backend closing one just as the pool
+  reuses it loses that request: README, "The backend pool").
+- **one place connects**: :meth:`UpstreamPool._connect`; an ``https://`` origin needs the
+  ``ssl_context`` given (its own CA; refused without one).
 
 Out of scope on purpose: redirects, cookies, proxies, decompression (bytes pass through
 untouched), HTTP/2, upgrades.
@@ -37,6 +54,7 @@ untouched), HTTP/2, upgrades.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 from collections import deque
@@ -74,7 +92,12 @@ class BackendProtocolError(UpstreamError):
 
 
 class ConnectTimeout(UpstreamError, TimeoutError):
-    """Opening a connection, or waiting for a free one, took longer than allowed."""
+    """Opening a connection took longer than allowed."""
+
+
+class PoolTimeout(UpstreamError, TimeoutError):
+    """Every pooled connection stayed busy for the whole acquire timeout: the gateway is
+    overloaded (a 503), which is not the backend failing to answer (a 504)."""
 
 
 class ReadTimeout(UpstreamError, TimeoutError):
@@ -124,8 +147,10 @@ class Response:
         "_conn",
         "_error",
         "_head_only",
+        "_head_room",
         "_headers",
         "_interim",
+        "_interims",
         "_keep_alive",
         "_length_header",
         "_pool",
@@ -149,6 +174,9 @@ class Response:
         self.received = False
         self._headers: list[Header] = []
         self._interim = False
+        self._interims = 0
+        # bytes every head of this exchange may still take (interim ones included)
+        self._head_room = pool.max_head_bytes
         self._length_header = False
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
@@ -180,7 +208,11 @@ class Response:
         if status < 200:
             if status == 101:
                 raise BackendProtocolError("the backend switched protocols")
-            # an interim answer (100 Continue, 103 Early Hints): the real one follows
+            # an interim answer (100 Continue, 103 Early Hints): the real one follows, but a
+            # backend sending them without end would keep this exchange (and its memory) forever
+            self._interims += 1
+            if self._interims > self._pool.max_interim:
+                raise BackendProtocolError("the backend sent too many interim answers")
             self._headers = []
             self._interim = True
             return
@@ -222,7 +254,22 @@ class Response:
         if self._complete:
             # the answer was over (a HEAD, a 204): these bytes belong to nothing
             raise BackendProtocolError("the backend sent bytes after its answer")
-        self.parser.feed_data(data)
+        if self.status:
+            self.parser.feed_data(data)
+            return
+        # Still in the head. llhttp holds an unfinished header line in memory (httptools joins
+        # its pieces), so the bound is applied to the bytes before they reach it: only what is
+        # left of ``max_head_bytes`` is fed, and a head not finished within it is refused.
+        room = self._head_room
+        if len(data) <= room:
+            self._head_room = room - len(data)
+            self.parser.feed_data(data)
+            return
+        self._head_room = 0
+        self.parser.feed_data(data[:room])
+        if not self.status:
+            raise BackendProtocolError("the backend's response head is too large")
+        self.parser.feed_data(data[room:])
 
     def eof(self, exc: BaseException | None) -> None:
         """The connection ended: the end of a close-delimited body, or a failure."""
@@ -301,6 +348,12 @@ class Response:
             self._check()
             await self._wait()
 
+    def abort(self, error: BaseException) -> None:
+        """Stop the exchange from outside (the client went away): every wait on it raises
+        ``error`` and the connection cannot go back to the pool."""
+        self.fail(error)
+        self._conn.close()
+
     def release(self) -> None:
         """End the exchange: the connection goes back to the pool if it is clean, else closes."""
         conn = self._conn
@@ -312,6 +365,42 @@ class Response:
             # the answer's last bytes may have paused reading as they completed it
             conn.resume_reading()
         self._pool.release(conn, reusable=reusable and self._error is None)
+
+
+class Exchange:
+    """One request on the pool as an ``async with`` block (:meth:`UpstreamPool.stream`).
+
+    Entering sends the request and waits for the answer's head; leaving releases the exchange
+    whatever the way out, so no path (an error while relaying, a cancellation, an early return)
+    can keep a connection slot.
+    """
+
+    __slots__ = ("_args", "_pool", "_response")
+
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        method: str,
+        target: bytes,
+        headers: list[Header],
+        body: bytes | AsyncIterator[bytes] | None,
+        length: int | None,
+        retry_headers: Callable[[], list[Header]] | None,
+    ) -> None:
+        self._pool = pool
+        self._args = (method, target, headers, body, length, retry_headers)
+        self._response: Response | None = None
+
+    async def __aenter__(self) -> Response:
+        method, target, headers, body, length, retry_headers = self._args
+        self._response = await self._pool.request(
+            method, target, headers, body=body, length=length, retry_headers=retry_headers
+        )
+        return self._response
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._response is not None:
+            self._response.release()
 
 
 class _Connection(asyncio.Protocol):
@@ -409,7 +498,7 @@ class _Connection(asyncio.Protocol):
 
 
 class UpstreamPool:
-    """Keep-alive connections to one backend origin; :meth:`request` is the whole API.
+    """Keep-alive connections to one backend origin; :meth:`stream` is the API.
 
     Opened by the gateway's lifespan (:meth:`close` at shutdown); made inside the running loop.
     """
@@ -422,8 +511,10 @@ class UpstreamPool:
         read_timeout: float,
         acquire_timeout: float,
         limit: int = 256,
-        keepalive: float = 30.0,
+        keepalive: float = 4.0,
         ssl_context: ssl.SSLContext | None = None,
+        max_head_bytes: int = 65536,
+        max_interim: int = 8,
     ) -> None:
         self.origin = Origin(url)
         if ssl_context is not None and not self.origin.tls:
@@ -440,15 +531,33 @@ class UpstreamPool:
         self.keepalive = keepalive
         # the handshake (SNI = the URL's host, verified) runs inside connect_timeout
         self._ssl = ssl_context if self.origin.tls else None
+        self.max_head_bytes = max_head_bytes
+        self.max_interim = max_interim
         self._idle: deque[_Connection] = deque()
+        # connections open or being opened, plus slots handed to waiters that will open one
         self._open = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        # each waiter's future is given a pooled connection, or None for a slot to open one in
+        self._waiters: deque[asyncio.Future[_Connection | None]] = deque()
         self._sweep: asyncio.TimerHandle | None = None
         self._closed = False
 
     @property
     def prefix(self) -> bytes:
         return self.origin.prefix
+
+    def stream(
+        self,
+        method: str,
+        target: bytes,
+        headers: list[Header],
+        *,
+        body: bytes | AsyncIterator[bytes] | None = None,
+        length: int | None = None,
+        retry_headers: Callable[[], list[Header]] | None = None,
+    ) -> Exchange:
+        """``async with pool.stream(...) as response``: :meth:`request`, and the exchange ends
+        (its connection pooled or closed) however the block is left."""
+        return Exchange(self, method, target, headers, body, length, retry_headers)
 
     async def request(
         self,
@@ -556,42 +665,59 @@ class UpstreamPool:
     # -- the pool ------------------------------------------------------------------------------
 
     async def _acquire(self, *, fresh: bool = False) -> _Connection:
-        now = self.loop.time()
-        while not fresh and self._idle:
-            conn = self._idle.pop()
-            if not conn.closed and now - conn.idle_since < self.keepalive:
-                conn.reused = True
-                return conn
-            self._discard(conn)
-        while self._open >= self.limit:
-            if self._idle:
-                # a connection came back while we waited; a fresh one is wanted: make room
-                self._discard(self._idle.popleft())
-                break
-            waiter = self.loop.create_future()
-            self._waiters.append(waiter)
-            timer = self.loop.call_later(self.acquire_timeout, _expire, waiter)
-            try:
-                await waiter
-            except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                    # woken for a free connection, then cancelled: the wake goes to the next
-                    self._wake_one()
-                raise
-            finally:
-                timer.cancel()
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
-            if not fresh and self._idle:
-                return await self._acquire()
+        if not fresh:
+            now = self.loop.time()
+            idle = self._idle
+            while idle:
+                conn = idle.pop()
+                if not conn.closed and now - conn.idle_since < self.keepalive:
+                    conn.reused = True
+                    return conn
+                self._discard(conn)
         if self._closed:
             raise BackendUnreachable("the gateway is shutting down")
-        self._open += 1
+        if self._open < self.limit:
+            self._open += 1
+            return await self._open_in_slot()
+        if self._idle:
+            # a fresh connection is wanted and every slot is open: an idle one makes room
+            self._idle.popleft().close()
+            return await self._open_in_slot()
+        # Wait in line. Whoever frees a connection or a slot hands it to the oldest waiter
+        # (``release``/``_free_slot``), so the order is the order of arrival: nobody who asks
+        # later, not even the coroutine that just released, can take it first.
+        waiter: asyncio.Future[_Connection | None] = self.loop.create_future()
+        self._waiters.append(waiter)
+        timer = self.loop.call_later(self.acquire_timeout, _expire, waiter)
+        try:
+            handed = await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                # handed a connection or a slot, then cancelled: it goes to the next in line
+                self._pass_on(waiter.result())
+            else:
+                # timed out, cancelled in line, or the pool closed (which emptied the line)
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            raise
+        finally:
+            timer.cancel()
+        if handed is None:
+            return await self._open_in_slot()
+        if fresh or handed.closed:
+            # the slot is ours either way; what is in it is not what we need
+            handed.close()
+            return await self._open_in_slot()
+        handed.reused = True
+        return handed
+
+    async def _open_in_slot(self) -> _Connection:
+        """Connect in a slot already counted in ``_open``; a failure frees the slot."""
         try:
             return await self._connect()
         except BaseException:
             self._open -= 1
-            self._wake_one()
+            self._free_slot()
             raise
 
     async def _connect(self) -> _Connection:
@@ -616,6 +742,14 @@ class UpstreamPool:
 
     def release(self, conn: _Connection, *, reusable: bool) -> None:
         if reusable and not conn.closed and not self._closed:
+            waiters = self._waiters
+            while waiters:
+                waiter = waiters.popleft()
+                if not waiter.done():
+                    # straight to the oldest waiter: it never passes through the idle list,
+                    # where a later arrival could take it first
+                    waiter.set_result(conn)
+                    return
             conn.idle_since = self.loop.time()
             self._idle.append(conn)
             self._expire_idle(conn.idle_since)
@@ -625,11 +759,30 @@ class UpstreamPool:
         else:
             conn.close()
             self._open -= 1
-        self._wake_one()
+            self._free_slot()
 
     def _discard(self, conn: _Connection) -> None:
         conn.close()
         self._open -= 1
+        self._free_slot()
+
+    def _free_slot(self) -> None:
+        """A slot came free: the oldest waiter gets it (and opens a connection in it)."""
+        waiters = self._waiters
+        while waiters and not self._closed:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                self._open += 1
+                waiter.set_result(None)
+                return
+
+    def _pass_on(self, handed: _Connection | None) -> None:
+        """What a cancelled waiter was handed goes to the next one (or back to the pool)."""
+        if handed is None:
+            self._open -= 1
+            self._free_slot()
+        else:
+            self.release(handed, reusable=True)
 
     def _expire_idle(self, now: float) -> None:
         idle = self._idle
@@ -643,13 +796,6 @@ class UpstreamPool:
         if self._idle:
             due = max(self._idle[0].idle_since + self.keepalive, now + 0.05)
             self._sweep = self.loop.call_at(due, self._sweep_idle)
-
-    def _wake_one(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
 
     async def close(self) -> None:
         """Close every idle connection; those in use close when their exchange ends."""
@@ -665,9 +811,9 @@ class UpstreamPool:
         self._waiters.clear()
 
 
-def _expire(waiter: asyncio.Future[None]) -> None:
+def _expire(waiter: asyncio.Future[_Connection | None]) -> None:
     if not waiter.done():
-        waiter.set_exception(ConnectTimeout("no free connection to the backend in time"))
+        waiter.set_exception(PoolTimeout("no free connection to the backend in time"))
 
 
 def _expire_drain(drain: asyncio.Future[None]) -> None:

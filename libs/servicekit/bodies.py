@@ -10,6 +10,9 @@ the one decision:
   chunked and ``Content-Length`` is ignored (RFC 9112 §6.3).
 - A declared size over the limit is 413 before a byte is read; a body that grows past the limit
   while streaming (chunked, or a lying client) is 413 too, so memory stays bounded.
+- :func:`read_limited` waits at most ``pause`` seconds for each piece of the body: a client
+  that stops sending half-way is 408 (:class:`BodyTimeout`, RFC 9110 §15.5.9), so a slow upload
+  cannot hold a request (and whatever it holds) for ever.
 - :func:`require_json` / :func:`refuse_foreign_body`: a JSON endpoint takes ``application/json``
   only (415 otherwise). A cross-site HTML form can send ``text/plain`` without a CORS preflight;
   it cannot send ``application/json``, so this is part of the CSRF defence.
@@ -28,6 +31,7 @@ Errors are :class:`BodyError` subclasses carrying status, code and message; each
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -35,8 +39,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 __all__ = [
+    "DEFAULT_BODY_TIMEOUT",
     "DEFAULT_MAX_DEPTH",
     "BodyError",
+    "BodyTimeout",
     "Framing",
     "InvalidJson",
     "MalformedFraming",
@@ -53,6 +59,9 @@ __all__ = [
 
 Header = tuple[bytes, bytes]
 
+#: Seconds a client may leave between two pieces of its body (``BODY_READ_TIMEOUT``): nginx's
+#: ``client_body_timeout`` is 60 s; a client that sends nothing for 10 s is not uploading.
+DEFAULT_BODY_TIMEOUT = 10.0
 #: Deeper than any document our APIs define, far below Python's recursion limit.
 DEFAULT_MAX_DEPTH = 32
 # 18 digits stay below 2**63; a longer Content-Length cannot be a body we would ever accept.
@@ -67,6 +76,8 @@ class BodyError(Exception):
     status = 400
     code = "bad_request"
     message = "malformed request body"
+    #: response headers the refusal needs (none but for a timeout)
+    headers: dict[str, str] = {}
 
     def __init__(self, message: str | None = None) -> None:
         super().__init__(message or self.message)
@@ -87,6 +98,19 @@ class PayloadTooLarge(BodyError):
     def over(cls, limit: int) -> PayloadTooLarge:
         # The limit in the message tells a client (and a test) which hop refused the body.
         return cls(f"request body is larger than {limit} bytes")
+
+
+class BodyTimeout(BodyError):
+    status = 408
+    code = "request_timeout"
+    message = "the request body did not arrive in time"
+    # the rest of the body may still be on its way: the connection cannot carry another request
+    # (RFC 9110 §15.5.9, "the server SHOULD send the close connection option")
+    headers = {"Connection": "close"}
+
+    @classmethod
+    def after(cls, seconds: float) -> BodyTimeout:
+        return cls(f"no part of the request body arrived for {seconds:g} s")
 
 
 class UnsupportedMediaType(BodyError):
@@ -141,15 +165,25 @@ class _Streaming(Protocol):
     def stream(self) -> AsyncIterator[bytes]: ...
 
 
-async def read_limited(request: _Streaming, limit: int) -> bytes:
-    """The whole body, at most ``limit`` bytes whatever the client declared (413 beyond)."""
+async def read_limited(
+    request: _Streaming, limit: int, *, pause: float = DEFAULT_BODY_TIMEOUT
+) -> bytes:
+    """The whole body, at most ``limit`` bytes whatever the client declared (413 beyond), each
+    piece within ``pause`` seconds of the one before (408 beyond)."""
     framing(request.headers.raw, limit=limit)
     body = bytearray()
-    async for chunk in request.stream():
+    chunks = request.stream()
+    while True:
+        try:
+            async with asyncio.timeout(pause):
+                chunk = await anext(chunks)
+        except StopAsyncIteration:
+            return bytes(body)
+        except TimeoutError:
+            raise BodyTimeout.after(pause) from None
         body.extend(chunk)
         if len(body) > limit:
             raise PayloadTooLarge.over(limit)
-    return bytes(body)
 
 
 def is_json_media_type(content_type: str | None) -> bool:
@@ -217,10 +251,16 @@ def parse_json(raw: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
     return value
 
 
-async def read_json(request: _Streaming, *, limit: int, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
+async def read_json(
+    request: _Streaming,
+    *,
+    limit: int,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    pause: float = DEFAULT_BODY_TIMEOUT,
+) -> Any:
     """Media type, size and strict parsing, in that order (cheap refusals first)."""
     require_json(request.headers.raw)
-    return parse_json(await read_limited(request, limit), max_depth=max_depth)
+    return parse_json(await read_limited(request, limit, pause=pause), max_depth=max_depth)
 
 
 def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -65,6 +65,15 @@ def get_int(environ: Mapping[str, str], name: str, default: int, *, minimum: int
     return value
 
 
+def get_seconds(environ: Mapping[str, str], name: str, default: float) -> float:
+    """A duration that bounds something: more than 0 (a zero bound would refuse everything,
+    and "no bound" is not a value a bound may take)."""
+    value = get_float(environ, name, default)
+    if value <= 0:
+        raise ConfigError(f"{name} must be more than 0 seconds, got {value}")
+    return value
+
+
 def get_float(
     environ: Mapping[str, str], name: str, default: float, *, minimum: float = 0
 ) -> float:

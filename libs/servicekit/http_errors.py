@@ -40,4 +40,4 @@ async def body_error(request: Request, exc: Exception) -> Response:
     """A refused request body (:mod:`servicekit.bodies`): its own status, code and message."""
     if not isinstance(exc, BodyError):  # registered for BodyError only
         raise exc
-    return error_response(exc.status, exc.code, exc.message)
+    return error_response(exc.status, exc.code, exc.message, exc.headers or None)
