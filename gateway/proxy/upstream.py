@@ -436,7 +436,13 @@ class _Connection(asyncio.Protocol):
             # llhttp's errors, an upgrade, our own callbacks' refusals: the answer cannot be
             # trusted and neither can the bytes after it
             if not isinstance(exc, BackendProtocolError):
-                exc = BackendProtocolError("the backend's answer is malformed")
+                # httptools wraps what a callback raised; keep our own refusal's reason
+                cause = exc.__cause__ or exc.__context__
+                exc = (
+                    cause
+                    if isinstance(cause, BackendProtocolError)
+                    else BackendProtocolError("the backend's answer is malformed")
+                )
             exchange.fail(exc)
             self.close()
 

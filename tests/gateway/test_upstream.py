@@ -268,6 +268,8 @@ async def open_pool(
     acquire_timeout: float = 2.0,
     limit: int = 8,
     keepalive: float = 30.0,
+    max_head_bytes: int = 65536,
+    max_interim: int = 8,
 ) -> AsyncIterator[UpstreamPool]:
     pool = UpstreamPool(
         url,
@@ -276,6 +278,8 @@ async def open_pool(
         acquire_timeout=acquire_timeout,
         limit=limit,
         keepalive=keepalive,
+        max_head_bytes=max_head_bytes,
+        max_interim=max_interim,
     )
     try:
         yield pool
@@ -1404,6 +1408,167 @@ async def test_closing_the_pool_fails_waiters_and_closes_connections_as_they_com
         with pytest.raises(BackendUnreachable):
             await fetch(pool)
         assert backend.connections == 1
+
+
+# -- 8b. bounded heads, FIFO waiters, release by structure (issue 22) --------------------------
+
+
+async def endless_head(peer: Peer, *, interim: bool = False) -> None:
+    """Answer with a head that never ends: one endless header line, or 1xx answers for ever."""
+    if await peer.read_request() is None:
+        return
+    try:
+        if interim:
+            while True:
+                await peer.send(b"HTTP/1.1 100 Continue\r\n\r\n" * 64)
+        await peer.send(b"HTTP/1.1 200 OK\r\nx-flood: ")
+        while True:
+            await peer.send(b"a" * 65536)
+    except ConnectionError:
+        peer.eof.set()  # the pool hung up: what seen_eof() waits for
+
+
+async def test_an_endless_backend_head_is_refused_within_its_bound() -> None:
+    # The attack grew the gateway to 4 GB in 20 s: httptools keeps an unfinished header line in
+    # memory, so the bound must stop the bytes before they reach it.
+    async with (
+        Backend(endless_head) as backend,
+        open_pool(backend.url, read_timeout=5.0, max_head_bytes=65536) as pool,
+    ):
+        with pytest.raises(BackendProtocolError, match="head is too large"):
+            await bounded(fetch(pool))
+        assert await seen_eof(backend.peers[0])
+
+
+@pytest.mark.parametrize("extra", [0, 1], ids=["at-the-bound", "one-byte-over"])
+async def test_the_head_bound_is_exact(extra: int) -> None:
+    bound = 4096
+    status_line = b"HTTP/1.1 200 OK\r\n"
+    tail = b"content-length: 2\r\n\r\n"
+    filler = bound + extra - len(status_line) - len(tail) - len(b"x-fill: \r\n")
+    head = status_line + b"x-fill: " + b"f" * filler + b"\r\n" + tail
+    assert len(head) == bound + extra
+
+    async def handler(peer: Peer) -> None:
+        if await peer.read_request() is not None:
+            # in small writes, so the bound is checked across reads, not in one
+            await peer.send_slowly(
+                [head[i : i + 1000] for i in range(0, len(head), 1000)] + [b"ok"]
+            )
+        await serve_echo(peer)
+
+    async with Backend(handler) as backend, open_pool(backend.url, max_head_bytes=bound) as pool:
+        if extra:
+            with pytest.raises(BackendProtocolError):
+                await fetch(pool)
+        else:
+            assert (await fetch(pool)).body == b"ok"
+
+
+@pytest.mark.parametrize("count", [8, 9], ids=["at-the-bound", "one-over"])
+async def test_interim_answers_are_bounded(count: int) -> None:
+    async def handler(peer: Peer) -> None:
+        if await peer.read_request() is not None:
+            await peer.send(b"HTTP/1.1 103 Early Hints\r\n\r\n" * count + answer(b"final"))
+        await serve_echo(peer)
+
+    async with Backend(handler) as backend, open_pool(backend.url, max_interim=8) as pool:
+        if count > 8:
+            with pytest.raises(BackendProtocolError, match="interim"):
+                await fetch(pool)
+        else:
+            assert (await fetch(pool)).body == b"final"
+
+
+async def test_endless_interim_answers_end_in_a_protocol_error() -> None:
+    async def handler(peer: Peer) -> None:
+        await endless_head(peer, interim=True)
+
+    async with Backend(handler) as backend, open_pool(backend.url, read_timeout=5.0) as pool:
+        with pytest.raises(BackendProtocolError):
+            await bounded(fetch(pool))
+        assert await seen_eof(backend.peers[0])
+
+
+async def test_waiters_are_served_in_arrival_order_even_before_the_releaser() -> None:
+    # One connection, three queued waiters; the holder releases and asks again at once, as a
+    # busy client loop does. A pool that parks the connection in its idle list and then wakes
+    # a waiter lets the releaser take it back first: waiters starve behind whoever releases.
+    async with (
+        Backend(serve_echo) as backend,
+        open_pool(backend.url, limit=1) as pool,
+        Tasks() as tasks,
+    ):
+        held = await pool.request("GET", b"/held", [])
+        assert await held.read() == b"GET /held"
+        waiters = []
+        for n in range(3):
+            waiters.append(tasks.start(fetch(pool, target=b"/w%d" % n)))
+            await asyncio.sleep(0.01)  # each one queued before the next
+        held.release()
+        again = tasks.start(fetch(pool, target=b"/again"))
+        await bounded(asyncio.gather(*waiters, again))
+        order = [request.target for request in backend.requests]
+        assert order == [b"/held", b"/w0", b"/w1", b"/w2", b"/again"]
+        assert backend.connections == 1
+
+
+async def test_a_freed_slot_goes_to_the_oldest_waiter() -> None:
+    # A connection that closes instead of coming back frees a slot: the oldest waiter opens
+    # the next connection, not a later arrival.
+    async def handler(peer: Peer) -> None:
+        request = await peer.read_request()
+        if request is not None:
+            await peer.send(answer(request.target, headers=[(b"connection", b"close")]))
+
+    async with (
+        Backend(handler) as backend,
+        open_pool(backend.url, limit=1) as pool,
+        Tasks() as tasks,
+    ):
+        held = await pool.request("GET", b"/held", [])
+        first = tasks.start(fetch(pool, target=b"/first"))
+        await asyncio.sleep(0.01)
+        await held.read()
+        held.release()
+        late = tasks.start(fetch(pool, target=b"/late"))
+        await bounded(asyncio.gather(first, late))
+        assert [r.target for r in backend.requests] == [b"/held", b"/first", b"/late"]
+
+
+class Boom(Exception):
+    pass
+
+
+@pytest.mark.parametrize("how", ["exception", "cancel", "early-return"])
+async def test_leaving_a_stream_block_any_way_frees_the_slot(how: str) -> None:
+    big = b"x" * 300_000  # over the high-water mark: the body is unread when the block ends
+
+    async def handler(peer: Peer) -> None:
+        while await peer.read_request() is not None:
+            await peer.send(answer(big))
+
+    async def use(pool: UpstreamPool) -> bytes:
+        async with pool.stream("GET", b"/", []) as response:
+            if how == "exception":
+                raise Boom()
+            if how == "cancel":
+                await asyncio.sleep(10)
+            return response.raw_headers[0][0]
+
+    async with Backend(handler) as backend, open_pool(backend.url, limit=1) as pool:
+        task = asyncio.create_task(use(pool))
+        if how == "cancel":
+            await wait_until(lambda: len(backend.requests) == 1)
+            await asyncio.sleep(0.02)
+            task.cancel()
+        with contextlib.suppress(Boom, asyncio.CancelledError):
+            await bounded(task)
+        assert pool._open == 0  # the half-read connection was closed, its slot freed
+        assert await seen_eof(backend.peers[0])
+        # and the one slot serves the next request at once
+        assert (await bounded(fetch(pool, target=b"/next"), 1.0)).body == big
+        assert backend.connections == 2
 
 
 # -- 9. Origin -------------------------------------------------------------------------------------
