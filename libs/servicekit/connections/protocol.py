@@ -193,6 +193,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._heads += 1
         self._deadline = None
         super().on_headers_complete()
+        # Trailers: llhttp reports a chunked body's trailer fields through the header callback,
+        # and uvicorn appends them to the very list the ASGI scope holds as ``headers``, so a
+        # client could add "headers" after the head was read and checked and they would reach
+        # the backend as if sent up front (RFC 9110 §6.5.1: never merged unless known safe).
+        # Nothing here reads trailers: from now on fields go to a list nobody reads. (An upgrade
+        # request has no body, and uvicorn replays its head from this list: it is left alone.)
+        if not self.parser.should_upgrade():
+            self.headers = []
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
