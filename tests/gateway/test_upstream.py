@@ -1506,8 +1506,10 @@ async def test_waiters_are_served_in_arrival_order_even_before_the_releaser() ->
             waiters.append(tasks.start(fetch(pool, target=b"/w%d" % n)))
             await asyncio.sleep(0.01)  # each one queued before the next
         held.release()
-        again = tasks.start(fetch(pool, target=b"/again"))
-        await bounded(asyncio.gather(*waiters, again))
+        # asked for in the same step as the release (no task switch in between)
+        again = await bounded(fetch(pool, target=b"/again"))
+        await bounded(asyncio.gather(*waiters))
+        assert again.body == b"GET /again"
         order = [request.target for request in backend.requests]
         assert order == [b"/held", b"/w0", b"/w1", b"/w2", b"/again"]
         assert backend.connections == 1
@@ -1531,8 +1533,8 @@ async def test_a_freed_slot_goes_to_the_oldest_waiter() -> None:
         await asyncio.sleep(0.01)
         await held.read()
         held.release()
-        late = tasks.start(fetch(pool, target=b"/late"))
-        await bounded(asyncio.gather(first, late))
+        await bounded(fetch(pool, target=b"/late"))  # in the same step as the release
+        await bounded(first)
         assert [r.target for r in backend.requests] == [b"/held", b"/first", b"/late"]
 
 
