@@ -35,6 +35,7 @@ _ERROR_TEXT = {
     401: "missing, invalid, expired or revoked credentials",
     403: "not allowed: foreign Origin, a role the route needs, or a wrong current password",
     404: "no such resource (another user's resource is reported as missing)",
+    408: "the request body paused longer than BODY_READ_TIMEOUT",
     413: "request body over the limit",
     414: f"request path over {MAX_PATH_BYTES} bytes",
     415: "a request body that is not application/json",
@@ -356,7 +357,7 @@ _PATHS: Json = {
             "login",
             "Log in: the access token in the body, the refresh token in its cookie",
             {"200": _ok("logged in", _ref("TokenResponse"))},
-            errors=(400, 401, 403, 413, 415, 422, 429, 502, 503),
+            errors=(400, 401, 403, 408, 413, 415, 422, 429, 502, 503),
             security=[],
             description=(
                 "Browsers (an `Origin` header) get the refresh token as the `__Host-tg_refresh` "
@@ -373,7 +374,7 @@ _PATHS: Json = {
             "refresh",
             "Rotate the refresh token; a new access token",
             {"200": _ok("rotated", _ref("TokenResponse"))},
-            errors=(400, 401, 403, 413, 415, 422, 429, 503),
+            errors=(400, 401, 403, 408, 413, 415, 422, 429, 503),
             security=_REFRESH_AUTH,
             description=(
                 "Cookie mode: the refresh cookie and an allowed `Origin`. DPoP body mode: "
@@ -387,7 +388,7 @@ _PATHS: Json = {
             "logout",
             "End this session (its family) and clear the cookie",
             {"204": {"description": "logged out (also when there was nothing to end)"}},
-            errors=(400, 401, 403, 413, 415, 422, 503),
+            errors=(400, 401, 403, 408, 413, 415, 422, 503),
             security=_REFRESH_AUTH,
             body=_body(_ref("RefreshBody"), required=False),
         )
@@ -397,7 +398,7 @@ _PATHS: Json = {
             "logoutAll",
             "End every session of the caller",
             {"204": {"description": "every session ended"}},
-            errors=(400, 401, 413, 415, 503),
+            errors=(400, 401, 408, 413, 415, 503),
         )
     },
     "/api/v1/auth/password": {
@@ -405,7 +406,7 @@ _PATHS: Json = {
             "changePassword",
             "Change the caller's password; every other session ends",
             {"200": _ok("changed; the caller's new tokens", _ref("TokenResponse"))},
-            errors=(400, 401, 403, 413, 415, 422, 429, 502, 503),
+            errors=(400, 401, 403, 408, 413, 415, 422, 429, 502, 503),
             description=(
                 "The caller's session carries on under a new id: the answer holds a new access "
                 "token and sets a new refresh cookie (or, for a DPoP body-mode client, returns "
@@ -431,7 +432,7 @@ _PATHS: Json = {
             "deleteSession",
             "End one of the caller's sessions",
             {"204": {"description": "ended"}},
-            errors=(400, 401, 404, 413, 415, 503),
+            errors=(400, 401, 404, 408, 413, 415, 503),
             parameters=[_id_parameter("session_id")],
         )
     },
@@ -489,7 +490,7 @@ _PATHS: Json = {
             "createNote",
             "Create a note",
             {"201": _ok("created", _ref("Note"))},
-            errors=(*_PROXY_ERRORS, 413, 415, 422),
+            errors=(*_PROXY_ERRORS, 408, 413, 415, 422),
             body=_body(_ref("NewNote")),
         ),
     },
@@ -505,14 +506,14 @@ _PATHS: Json = {
             "updateNote",
             "Change a note's title or body",
             {"200": _ok("the changed note", _ref("Note"))},
-            errors=(*_PROXY_ERRORS, 413, 415, 422),
+            errors=(*_PROXY_ERRORS, 408, 413, 415, 422),
             body=_body(_ref("NoteChanges")),
         ),
         "delete": _operation(
             "deleteNote",
             "Delete a note",
             {"204": {"description": "deleted"}},
-            errors=(*_PROXY_ERRORS, 413, 415),
+            errors=(*_PROXY_ERRORS, 408, 413, 415),
         ),
     },
 }
