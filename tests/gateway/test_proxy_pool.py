@@ -28,13 +28,14 @@ from dataclasses import dataclass
 import pytest
 from prometheus_client import REGISTRY
 from servicekit.config import ConfigError
-from servicekit.http_protocol import TrailerlessProtocol
+from servicekit.connections import ConnectionLimits, uvicorn_options
 from starlette.applications import Starlette
 
 from gateway.app import create_app
 from gateway.settings import Settings
-from tests.gateway.test_proxy_live import _free_port, serve
+from tests.gateway.test_proxy_live import _free_port
 from tests.gateway.test_upstream import Backend, Handler, Peer, answer, endless_head, serve_echo
+from tests.support.asgi_server import serve
 
 pytestmark = pytest.mark.fault
 
@@ -63,10 +64,11 @@ async def live(
         settings = Settings.from_env({**env, "BACKEND_URL": backend.url, **overrides})
         app = create_app(settings)
         port = _free_port()
-        # served as servicekit.serve serves it (the trailer test depends on the protocol)
-        # (a bounded shutdown: a request the code under test never ends fails the test, not
-        # the whole run)
-        async with serve(app, port, http=TrailerlessProtocol, timeout_graceful_shutdown=1):
+        # served with the protocol servicekit.serve gives uvicorn (the trailer test depends on
+        # it), and a bounded shutdown: a request the code under test never ends fails the
+        # test, not the whole run
+        options = uvicorn_options(ConnectionLimits())
+        async with serve(app, port, timeout_graceful_shutdown=1, **options):
             yield Live(app, port, backend)
 
 
@@ -150,7 +152,7 @@ async def test_a_body_that_stops_arriving_is_408_and_the_connection_closes(
         writer.close()
         # the streamed one held a backend connection; it is given back (closed: half a body)
         await asyncio.sleep(0.05)
-        assert gw.app.state.proxy.pool._open <= 1
+        assert gw.app.state.proxy.default.pool._open <= 1
 
 
 # -- uploads: a bounded share of the pool --------------------------------------------------------
@@ -221,7 +223,9 @@ async def test_a_body_up_to_the_buffer_size_never_takes_a_connection_while_it_up
         reader, writer = await gw.connect()
         writer.write(head("POST", "/api/v1/notes", gw.token(), f"content-length: {size}") + b"x")
         await asyncio.sleep(0.2)
-        assert gw.app.state.proxy.pool._open == 0  # still uploading: no backend connection yet
+        assert (
+            gw.app.state.proxy.default.pool._open == 0
+        )  # still uploading: no backend connection yet
         writer.write(b"y" * (size - 1))
         reply = await read_reply(reader)
         assert reply.status == 200 and reply.body == b"POST /v1/notes"
@@ -242,14 +246,14 @@ async def test_a_full_pool_is_503_busy_with_retry_after_not_504(env: dict[str, s
                 await gate.wait()
             await peer.send(answer(request.target))
 
-    before = sample("tokengate_gateway_backend_failures_total", kind="pool")
-    timeouts = sample("tokengate_gateway_backend_failures_total", kind="timeout")
+    before = sample("tokengate_gateway_backend_failures_total", service="backend", kind="pool")
+    timeouts = sample("tokengate_gateway_backend_failures_total", service="backend", kind="timeout")
     settings = {"PROXY_POOL_SIZE": "2", "PROXY_UPLOADS_MAX": "1", "PROXY_POOL_TIMEOUT": "0.2"}
     async with live(env, handler, **settings) as gw:
         token = gw.token()
         busy = [asyncio.create_task(get(gw, f"/api/v1/busy{n}", token)) for n in range(2)]
         try:
-            await asyncio.wait_for(_until(lambda: gw.app.state.proxy.pool._open == 2), 3.0)
+            await asyncio.wait_for(_until(lambda: gw.app.state.proxy.default.pool._open == 2), 3.0)
             reply = await get(gw, "/api/v1/me", token)
             assert reply.status == 503, reply
             assert reply.json()["error"]["code"] == "gateway_busy"
@@ -258,8 +262,14 @@ async def test_a_full_pool_is_503_busy_with_retry_after_not_504(env: dict[str, s
             gate.set()
             answers = await asyncio.gather(*busy)
     assert [a.status for a in answers] == [200, 200]
-    assert sample("tokengate_gateway_backend_failures_total", kind="pool") == before + 1
-    assert sample("tokengate_gateway_backend_failures_total", kind="timeout") == timeouts
+    assert (
+        sample("tokengate_gateway_backend_failures_total", service="backend", kind="pool")
+        == before + 1
+    )
+    assert (
+        sample("tokengate_gateway_backend_failures_total", service="backend", kind="timeout")
+        == timeouts
+    )
 
 
 # -- 502: a backend's head without end ----------------------------------------------------------
@@ -274,7 +284,7 @@ async def test_an_endless_backend_head_is_a_502(env: dict[str, str], interim: bo
         reply = await get(gw, "/api/v1/flood", gw.token())
         assert reply.status == 502
         assert reply.json()["error"]["code"] == "bad_gateway"
-        assert gw.app.state.proxy.pool._open == 0
+        assert gw.app.state.proxy.default.pool._open == 0
 
 
 # -- 304/204 with Content-Length ------------------------------------------------------------
@@ -361,7 +371,7 @@ async def test_a_client_that_disconnects_stops_the_download(env: dict[str, str])
         # the gateway stops reading and closes its pooled connection: the backend's next
         # write fails instead of the download going on for ever
         await asyncio.wait_for(stopped.wait(), 3.0)
-        await asyncio.wait_for(_until(lambda: gw.app.state.proxy.pool._open == 0), 2.0)
+        await asyncio.wait_for(_until(lambda: gw.app.state.proxy.default.pool._open == 0), 2.0)
 
 
 # -- settings -----------------------------------------------------------------------------------
