@@ -6,22 +6,25 @@ while the gateway's dependencies are down.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.resources
 import re
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+import uvicorn
 from internal_auth import generate_private_key
+from starlette.applications import Starlette
 
 from gateway.app import create_app
 from gateway.settings import Settings
+from tests.support.servers import free_port
 
 DEMO_FILES = ("index.html", "app.js", "style.css", "favicon.svg")
 
 
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
+def _app() -> Starlette:
     settings = Settings.from_env(
         {
             "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
@@ -33,8 +36,12 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
             "CORS_ALLOWED_ORIGINS": "http://127.0.0.1:8000",
         }
     )
-    app = create_app(settings)
-    transport = httpx.ASGITransport(app=app)
+    return create_app(settings)
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=_app())
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as c:
         yield c
 
@@ -117,8 +124,38 @@ async def test_demo_script_keeps_tokens_out_of_storage_and_markup(
     assert "textContent" in source
 
 
-async def test_paths_outside_the_demo_folder_are_not_served(client: httpx.AsyncClient) -> None:
-    for path in ("/demo/../app.py", "/demo/%2e%2e/app.py", "/demo/missing.js"):
-        r = await client.get(path)
-        assert r.status_code == 404, path
-        assert "create_app" not in r.text
+async def _raw_get(port: int, target: bytes) -> bytes:
+    """One request with ``target`` sent byte for byte: httpx (like every client library)
+    resolves ``..`` segments before sending, so through it the traversal is never tried."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            b"GET " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(1 << 20), 5.0)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    "target",
+    [b"/demo/../app.py", b"/demo/%2e%2e/app.py", b"/demo/..%2fapp.py", b"/demo/missing.js"],
+)
+async def test_paths_outside_the_demo_folder_are_not_served(target: bytes) -> None:
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(_app(), host="127.0.0.1", port=port, lifespan="off", log_level="warning")
+    )
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            assert not task.done(), "the server did not start"
+            await asyncio.sleep(0.01)
+        answer = await _raw_get(port, target)
+    finally:
+        server.should_exit = True
+        await task
+    status = answer.split(b"\r\n", 1)[0]
+    assert status == b"HTTP/1.1 404 Not Found", (target, status)
+    assert b"create_app" not in answer

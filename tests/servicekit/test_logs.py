@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 
 import pytest
 from servicekit import logs
@@ -14,7 +15,8 @@ def test_new_request_ids_are_unique_and_well_formed() -> None:
     ids = {logs.new_request_id() for _ in range(10_000)}
     assert len(ids) == 10_000
     for rid in list(ids)[:100]:
-        assert len(rid) == 32 and int(rid, 16) >= 0
+        # exactly 32 lower-case hex digits: int(rid, 16) would also take '0x', '_', '-', spaces
+        assert re.fullmatch(r"[0-9a-f]{32}", rid), rid
         assert logs.request_id_from([(logs.REQUEST_ID_HEADER, rid.encode())]) == rid
 
 

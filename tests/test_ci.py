@@ -1,0 +1,17 @@
+"""The CI entry point runs the project's three commands, in order, and fails when any fails."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CI = Path(__file__).resolve().parent.parent / ".ci" / "run"
+
+
+def test_ci_runs_install_check_and_test_in_that_order_and_stops_on_failure() -> None:
+    lines = [line.strip() for line in CI.read_text().splitlines()]
+    # -e: a failing command fails the run; -o pipefail: even inside a pipeline
+    assert "set -euxo pipefail" in lines
+    commands = [line for line in lines if line.startswith("scripts/")]
+    assert commands == ["scripts/install", "scripts/check", "scripts/test"]
+    # nothing may swallow a failure of the three (`|| true`, `;` chains, a trailing `&`)
+    assert all(line.split() == [line] for line in commands)
