@@ -160,16 +160,23 @@ async def readyz(request: Request) -> Response:
         if policy is not None and name != policy.identity
     ]
     backend, pg, rd, *listed = await asyncio.gather(
-        state.backend.ready(),
+        # the identity service verifies a signed probe: it trusts this gateway's key and ids
+        state.backend.probe(),
         postgres(),
         redis_ok(),
         *(state.backend.ready(service.url, tls=service.ssl_context) for service in others),
     )
-    checks = {"backend": backend, "postgres": pg, "redis": rd}
-    ready = all(checks.values())
+    # true, or why not: "internal token refused: unknown_kid" tells the operator what to fix
+    checks: dict[str, bool | str] = {
+        "backend": backend or True,
+        "postgres": pg or "unreachable",
+        "redis": rd or "unreachable",
+    }
+    ready = all(value is True for value in checks.values())
     for service, ok in zip(others, listed, strict=True):
         # a service named like a check above (identity elsewhere, one called "backend") still shows
-        checks[service.name if service.name not in checks else f"service:{service.name}"] = ok
+        name = service.name if service.name not in checks else f"service:{service.name}"
+        checks[name] = ok or "unreachable"
     # which servers: the index into DATABASE_URL's hosts (bounded), the Redis master's address
     master = redis_url.current_master(state.redis.connection_pool)
     in_use = {

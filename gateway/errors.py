@@ -123,6 +123,17 @@ class BadGateway(GatewayError):
     message = "the backend gave an invalid answer"
 
 
+class MisconfiguredService(BadGateway):
+    """A service refused the gateway's internal token: an operator must fix keys or ids (the
+    log line says which); clients are told to come back later, not that they are wrong."""
+
+    message = "the service cannot verify the gateway; retry later"
+    retry_after = 30
+
+    def __init__(self) -> None:
+        super().__init__(headers={"Retry-After": str(self.retry_after)})
+
+
 class GatewayTimeout(GatewayError):
     status = 504
     code = "gateway_timeout"

@@ -287,7 +287,11 @@ _SCHEMAS: Json = {
         "required": ["status", "checks"],
         "properties": {
             "status": {"enum": ["ready", "unavailable"]},
-            "checks": {"type": "object", "additionalProperties": {"type": "boolean"}},
+            # true, or a short reason ("unreachable", "internal token refused: unknown_kid")
+            "checks": {
+                "type": "object",
+                "additionalProperties": {"oneOf": [{"const": True}, {"type": "string"}]},
+            },
         },
     },
 }
@@ -336,7 +340,8 @@ _PATHS: Json = {
     "/readyz": {
         "get": _operation(
             "readyz",
-            "Readiness: backend, PostgreSQL and Redis",
+            "Readiness: the identity service trusts the gateway's internal token, PostgreSQL and "
+            "Redis answer",
             {
                 "200": _ok("every dependency answers", _ref("Readiness")),
                 "503": _ok("a dependency is down; Retry-After", _ref("Readiness")),

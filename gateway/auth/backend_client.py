@@ -10,20 +10,23 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import httpx
-from internal_auth import HEADER, Minter, TokenScope
+from internal_auth import HEADER, REFUSED_CODE, Minter, TokenScope
 from servicekit.epochs import EpochUpdate
 from servicekit.logs import log_event, request_id_var
 from servicekit.tracing import outbound_headers
 
+from gateway.auth.probe import REFUSED_HINT, probe_service
 from gateway.errors import (
     BadGateway,
     Forbidden,
     InvalidCredentials,
+    MisconfiguredService,
     ServiceUnavailable,
     ValidationFailed,
 )
@@ -40,6 +43,10 @@ AUDIT_UA_HEADER = "x-audit-user-agent"
 PASSWORD_PATH = "/internal/auth/password"
 LIFECYCLE_PATH = "/internal/lifecycle/users/"
 EPOCHS_PATH = "/internal/lifecycle/epochs"
+
+#: Seconds a probe's answer explains later refusals: a wave of logins against a backend that
+#: refuses the gateway's key costs one probe, not one per login.
+PROBE_MEMO_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -103,6 +110,7 @@ class BackendClient:
         self._minter = minter
         self._gateway_id = gateway_id
         self._epochs_page_size = epochs_page_size
+        self._probed: tuple[float, str | None] | None = None
 
     async def _call(
         self,
@@ -132,7 +140,25 @@ class BackendClient:
         if response.status_code >= 500:
             log_event(logger, "backend_error", logging.WARNING, status=response.status_code)
             raise ServiceUnavailable(unavailable)
+        if response.status_code == 401 and _error_code(response) == REFUSED_CODE:
+            raise await self._refused(path)
         return response
+
+    async def _refused(self, path: str) -> MisconfiguredService:
+        # The identity service does not trust this gateway's token: keys, ids or clocks disagree.
+        # Never the user's fault, so never a 401 that reads like a wrong password; the probe
+        # says which check failed (an ordinary refusal does not, by design of internal_auth).
+        reason = await self.probe(memo=True)
+        log_event(
+            logger,
+            "internal_token_refused",
+            logging.ERROR,
+            message="the identity service refused the gateway's internal token",
+            path=path,
+            reason=reason or "the probe passes; the refusal is specific to this call",
+            action=REFUSED_HINT,
+        )
+        return MisconfiguredService()
 
     @staticmethod
     def _rejected(response: httpx.Response) -> BadGateway:
@@ -156,7 +182,8 @@ class BackendClient:
             json={"email": email, "password": password},
             unavailable="the login service is unavailable, retry later",
         )
-        if response.status_code == 401:
+        # Only the backend's own answer: any other 401 is not about the user's password.
+        if response.status_code == 401 and _error_code(response) == "invalid_credentials":
             refused = InvalidCredentials()
             # internal headers, for the audit event; the public answer stays the generic 401
             refused.subject = response.headers.get(AUDIT_SUBJECT_HEADER)
@@ -276,3 +303,14 @@ class BackendClient:
         except httpx.HTTPError:
             return False
         return response.status_code == 200
+
+    async def probe(self, *, memo: bool = False) -> str | None:
+        """``None`` when the identity service trusts this gateway's internal tokens, else why
+        not (:func:`gateway.auth.probe.probe_service`). ``memo``: reuse an answer younger than
+        :data:`PROBE_MEMO_SECONDS`."""
+        now = time.monotonic()
+        if memo and self._probed is not None and now - self._probed[0] < PROBE_MEMO_SECONDS:
+            return self._probed[1]
+        reason = await probe_service(self._client, self._minter, gateway_id=self._gateway_id)
+        self._probed = (now, reason)
+        return reason

@@ -36,7 +36,7 @@ from .keys import (
     load_public_keys,
     load_public_keys_file,
 )
-from .middleware import InternalAuthMiddleware, RejectHook, get_principal
+from .middleware import PROBE_PATH, REFUSED_CODE, InternalAuthMiddleware, RejectHook, get_principal
 from .remote import RemoteKeySet
 from .replay import ReplayCache
 from .scopes import TokenScope
@@ -46,6 +46,8 @@ __all__ = [
     "HEADER",
     "JWKS_CONTENT_TYPE",
     "MAX_TTL",
+    "PROBE_PATH",
+    "REFUSED_CODE",
     "InternalAuthError",
     "InternalAuthMiddleware",
     "KeyHolder",

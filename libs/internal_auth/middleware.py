@@ -39,7 +39,7 @@ from .remote import RemoteKeySet, token_kid
 from .scopes import TokenScope
 from .tokens import HEADER, Principal, Verifier
 
-__all__ = ["InternalAuthMiddleware", "RejectHook", "get_principal"]
+__all__ = ["PROBE_PATH", "REFUSED_CODE", "InternalAuthMiddleware", "RejectHook", "get_principal"]
 
 ASGIScope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -53,6 +53,16 @@ RejectHook = Callable[[Reason, ASGIScope, "str | None"], None]
 
 _HEADER_NAME = HEADER.lower().encode("latin-1")
 
+#: Answered by the middleware itself to a token of scope ``probe``, so every service that uses
+#: it can prove to the gateway that they agree on keys, issuer and audience without writing a
+#: route. Not under ``/v1/``: the gateway never proxies a client's request to it.
+PROBE_PATH = "/.well-known/tokengate/probe"
+
+#: The ``error.code`` of every refused internal token: distinct from any code a service's own
+#: routes answer (``invalid_credentials``, ``unauthorized``), so the gateway can tell "the
+#: service does not trust me" (an operator's problem) from "the user is wrong".
+REFUSED_CODE = "internal_token_refused"
+
 
 def _error_body(code: str, message: str) -> bytes:
     return json.dumps({"error": {"code": code, "message": message}}).encode("utf-8")
@@ -60,7 +70,13 @@ def _error_body(code: str, message: str) -> bytes:
 
 # One fixed body per status: which check failed stays in the audit log (on_reject), never in
 # the response, so a caller cannot probe the verifier check by check.
-_UNAUTHORIZED = _error_body("unauthorized", "Authentication required.")
+_UNAUTHORIZED = _error_body(REFUSED_CODE, "Authentication required.")
+_PROBE_OK = json.dumps({"status": "ok"}).encode("utf-8")
+
+# The reasons the probe names. A token reaches the issuer, audience and time checks only after
+# its signature verified, so only a holder of the gateway's key learns those; anyone else learns
+# at most what is wrong with the shape of the token they sent (missing, malformed, alg, kid).
+_PROBE_REASONS = frozenset(Reason) - {Reason.NO_RULE, Reason.KEY_INVALID}
 _FORBIDDEN = _error_body("forbidden", "Not allowed.")
 _BUSY = _error_body("service_unavailable", "Too many requests in flight, retry shortly.")
 
@@ -77,10 +93,16 @@ class InternalAuthMiddleware:
     ``htm`` = ``scope["method"]`` and ``htu`` = ``scope["path"]``. On success the
     :class:`Principal` is at ``scope["state"]["principal"]`` (``request.state.principal``).
 
-    Responses: 401 ``{"error": {"code": "unauthorized", ...}}`` for a missing, invalid or
+    Responses: 401 ``{"error": {"code": "internal_token_refused", ...}}`` for a missing, invalid or
     already used token (and for unlisted paths), 403 ``{"error": {"code": "forbidden", ...}}``
     for a valid token without the needed scope, 503 with ``Retry-After`` when the verifier's
     single-use cache is full. WebSocket connections are closed (code 1008) unless public.
+
+    ``probe_path`` (default :data:`PROBE_PATH`; ``None`` turns it off) is answered here, never
+    by the app: ``GET`` with a valid token of scope ``probe`` is 200 ``{"status": "ok"}``; a
+    refused one is the usual 401/403 with ``error.reason`` added (``unknown_kid``,
+    ``bad_signature``, ``wrong_issuer``, ``wrong_audience``, ``expired``, ...), so the gateway's
+    readiness can say *why* this service does not trust it.
     """
 
     def __init__(
@@ -91,8 +113,10 @@ class InternalAuthMiddleware:
         rules: Iterable[tuple[str, TokenScope | Collection[TokenScope]]],
         public_paths: Collection[str] = ("/healthz", "/readyz"),
         on_reject: RejectHook | None = None,
+        probe_path: str | None = PROBE_PATH,
     ) -> None:
         self.app = app
+        self._probe_path = probe_path
         self._verifier = verifier
         self._rules: tuple[tuple[str, TokenScope | frozenset[TokenScope]], ...] = tuple(
             (prefix, _scopes(scope)) for prefix, scope in rules
@@ -112,6 +136,9 @@ class InternalAuthMiddleware:
             # No internal WebSocket routes exist; refuse rather than guess a binding.
             self._report(Reason.NO_RULE, scope, None)
             await send({"type": "websocket.close", "code": 1008})
+            return
+        if scope["path"] == self._probe_path:
+            await self._probe(scope, send)
             return
         try:
             try:
@@ -136,6 +163,10 @@ class InternalAuthMiddleware:
         required = next((s for prefix, s in self._rules if _under(path, prefix)), None)
         if required is None:
             raise InternalAuthError(Reason.NO_RULE, "path matches no rule")
+        return self._verify(scope, required)
+
+    def _verify(self, scope: ASGIScope, required: TokenScope) -> Principal:
+        path: str = scope["path"]
         values = [value for name, value in scope["headers"] if name.lower() == _HEADER_NAME]
         if not values:
             raise InternalAuthError(Reason.MISSING, "no internal token")
@@ -152,13 +183,33 @@ class InternalAuthMiddleware:
         kid = token_kid(values[0]) if len(values) == 1 else None
         return kid is not None and await keys.learn(kid)
 
+    async def _probe(self, scope: ASGIScope, send: Send) -> None:
+        try:
+            if scope["method"] != "GET":
+                raise InternalAuthError(Reason.UNBOUND_REQUEST, "the probe is GET only")
+            try:
+                self._verify(scope, TokenScope.PROBE)
+            except InternalAuthError as exc:
+                # a key the gateway just staged: learn it as for any route, then judge again
+                if exc.reason is not Reason.UNKNOWN_KID or not await self._learn_kid(scope):
+                    raise
+                self._verify(scope, TokenScope.PROBE)
+        except InternalAuthError as exc:
+            self._report(exc.reason, scope, exc.iss)
+            reason = exc.reason if exc.reason in _PROBE_REASONS else None
+            await self._send_error(send, exc.reason, probe_reason=reason)
+            return
+        await _send_json(send, 200, _PROBE_OK, [])
+
     def _report(self, reason: Reason, scope: ASGIScope, iss: str | None) -> None:
         if self._on_reject is not None:
             self._on_reject(reason, scope, iss)
 
     @staticmethod
-    async def _send_error(send: Send, reason: Reason) -> None:
-        headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
+    async def _send_error(
+        send: Send, reason: Reason, *, probe_reason: Reason | None = None
+    ) -> None:
+        headers: list[tuple[bytes, bytes]] = []
         if reason is Reason.WRONG_SCOPE:
             status, body = 403, _FORBIDDEN
         elif reason is Reason.REPLAY_CACHE_FULL:
@@ -167,9 +218,24 @@ class InternalAuthMiddleware:
             headers.append((b"retry-after", b"1"))
         else:
             status, body = 401, _UNAUTHORIZED
-        headers.append((b"content-length", str(len(body)).encode("ascii")))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        if probe_reason is not None:
+            error = json.loads(body)
+            error["error"]["reason"] = probe_reason.value
+            body = json.dumps(error).encode("utf-8")
+        await _send_json(send, status, body, headers)
+
+
+async def _send_json(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"cache-control", b"no-store"),
+        *headers,
+        (b"content-length", str(len(body)).encode("ascii")),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _scopes(scope: TokenScope | Collection[TokenScope]) -> TokenScope | frozenset[TokenScope]:

@@ -30,3 +30,7 @@ class TokenScope(enum.StrEnum):
     #: ``roles`` is empty. A service accepts it only on the routes it opts into it, so a public
     #: rule written by mistake at the gateway still cannot reach a route that needs a user.
     ANONYMOUS = "anonymous_request"
+    #: The gateway's readiness probe (``PROBE_PATH``, answered by
+    #: :class:`~internal_auth.InternalAuthMiddleware` itself): proves the service holds the
+    #: gateway's key and agrees on issuer and audience; grants nothing else.
+    PROBE = "probe"

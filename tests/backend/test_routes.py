@@ -33,7 +33,7 @@ def test_readyz_checks_the_database(backend: Backend) -> None:
 def test_no_token_is_401(backend: Backend, method: str, path: str) -> None:
     response = backend.client.request(method, path)
     assert response.status_code == 401
-    assert response.json()["error"]["code"] == "unauthorized"
+    assert response.json()["error"]["code"] == "internal_token_refused"
 
 
 def test_unknown_path_is_refused_without_a_token(backend: Backend) -> None:

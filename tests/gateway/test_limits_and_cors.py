@@ -245,7 +245,7 @@ async def test_login_fails_closed_when_redis_is_down(
     assert response.json()["error"]["code"] == "service_unavailable"
     assert backend.calls == 0  # no password was checked without a working limiter
     assert ready.status_code == 503
-    assert ready.json()["checks"]["redis"] is False
+    assert ready.json()["checks"]["redis"] == "unreachable"
 
 
 async def test_sessions_keep_working_and_revocation_applies_locally_when_redis_is_down(

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 import pytest
 from internal_auth import (
     HEADER,
+    PROBE_PATH,
     InternalAuthError,
     InternalAuthMiddleware,
     Minter,
+    PrivateKey,
     Reason,
     TokenScope,
     Verifier,
+    generate_private_key,
     get_principal,
 )
 from starlette.applications import Starlette
@@ -23,7 +26,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-UNAUTHORIZED = {"error": {"code": "unauthorized", "message": "Authentication required."}}
+from tests.support.internal_auth_tokens import AUDIENCE, ISSUER, NOW
+
+UNAUTHORIZED = {"error": {"code": "internal_token_refused", "message": "Authentication required."}}
 FORBIDDEN = {"error": {"code": "forbidden", "message": "Not allowed."}}
 
 
@@ -214,3 +219,73 @@ async def test_websocket_connections_are_refused(
     await guard(scope, receive, send)
     assert sent == [{"type": "websocket.close", "code": 1008}]
     assert rejections == [(Reason.NO_RULE, "/v1/socket", None)]
+
+
+# --- the readiness probe, answered by the middleware itself ------------------------------
+
+
+def _minter(
+    key: PrivateKey, *, issuer: str = ISSUER, audience: str = AUDIENCE, now: int = NOW
+) -> Minter:
+    return Minter(key, issuer=issuer, audience=audience, clock=lambda: float(now))
+
+
+def probe_token(minter: Minter, scope: TokenScope = TokenScope.PROBE, htm: str = "GET") -> str:
+    return minter.mint(sub="tokengate-gateway", scope=scope, htm=htm, htu=PROBE_PATH)
+
+
+async def test_the_probe_is_answered_without_any_route(
+    client: httpx.AsyncClient, minter: Minter
+) -> None:
+    response = await client.get(PROBE_PATH, headers={HEADER: probe_token(minter)})
+    assert (response.status_code, response.json()) == (200, {"status": "ok"})
+
+
+@pytest.mark.parametrize(
+    ("mint", "reason"),
+    [
+        # a key the service does not hold: the mismatch a new deployment meets first
+        (
+            lambda key: Minter(generate_private_key(), issuer=ISSUER, audience=AUDIENCE),
+            "unknown_kid",
+        ),
+        (lambda key: Minter(key, issuer="someone-else", audience=AUDIENCE), "wrong_issuer"),
+        (lambda key: Minter(key, issuer=ISSUER, audience="another-service"), "wrong_audience"),
+        (lambda key: Minter(key, issuer=ISSUER, audience=AUDIENCE, clock=lambda: 0.0), "expired"),
+    ],
+)
+async def test_a_refused_probe_names_the_reason(
+    client: httpx.AsyncClient,
+    key: PrivateKey,
+    mint: Callable[[PrivateKey], Minter],
+    reason: str,
+) -> None:
+    response = await client.get(PROBE_PATH, headers={HEADER: probe_token(mint(key))})
+    assert response.status_code == 401
+    assert response.json()["error"] == {
+        "code": "internal_token_refused",
+        "message": "Authentication required.",
+        "reason": reason,
+    }
+
+
+async def test_the_probe_token_opens_nothing_else_and_nothing_else_opens_the_probe(
+    client: httpx.AsyncClient, minter: Minter
+) -> None:
+    token = minter.mint(sub="tokengate-gateway", scope=TokenScope.PROBE, htm="GET", htu="/v1/me")
+    assert (await client.get("/v1/me", headers={HEADER: token})).status_code == 403
+    user = probe_token(minter, scope=TokenScope.USER_REQUEST)
+    refused = await client.get(PROBE_PATH, headers={HEADER: user})
+    assert refused.status_code == 403 and refused.json()["error"]["reason"] == "wrong_scope"
+    missing = await client.get(PROBE_PATH)
+    assert missing.status_code == 401 and missing.json()["error"]["reason"] == "missing"
+    posted = await client.post(PROBE_PATH, headers={HEADER: probe_token(minter, htm="POST")})
+    assert posted.status_code == 401 and posted.json()["error"]["reason"] == "unbound_request"
+
+
+async def test_ordinary_refusals_still_do_not_say_which_check_failed(
+    client: httpx.AsyncClient, key: PrivateKey
+) -> None:
+    stranger = _minter(generate_private_key())
+    response = await client.get("/v1/me", headers={HEADER: user_token(stranger)})
+    assert (response.status_code, response.json()) == (401, UNAUTHORIZED)

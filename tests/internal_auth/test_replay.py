@@ -158,7 +158,7 @@ def test_middleware_answers_401_to_a_replay_and_503_when_full(key: PrivateKey) -
         assert client.get("/v1/me", headers={"X-Internal-Auth": token}).status_code == 200
         replay = client.get("/v1/me", headers={"X-Internal-Auth": token})
         assert replay.status_code == 401
-        assert json.loads(replay.content)["error"]["code"] == "unauthorized"
+        assert json.loads(replay.content)["error"]["code"] == "internal_token_refused"
         full = client.get("/v1/me", headers={"X-Internal-Auth": _mint(minter)})
         assert full.status_code == 503
         assert full.headers["retry-after"] == "1"

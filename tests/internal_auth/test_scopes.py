@@ -13,6 +13,7 @@ def test_scope_values_are_the_wire_values() -> None:
         "auth_validate",
         "refresh_lifecycle",
         "anonymous_request",
+        "probe",
     ]
 
 
