@@ -225,11 +225,14 @@ def _serve(args: argparse.Namespace) -> int:
 
     from backend.settings import Settings
 
-    # Validated here, once, before any worker starts.
-    check_workers(args.workers)
-    server_tls = tls.ServerTLS.from_args(args)
-    settings = Settings.from_env()
-    metrics = MetricsSettings.from_env(config.environ())
+    # Validated here, once, before any worker starts; every problem named in one run.
+    problems = config.Problems()
+    problems.take(lambda: check_workers(args.workers), 1)
+    server_tls = problems.take(lambda: tls.ServerTLS.from_args(args), None)
+    settings = problems.take(Settings.from_env, None)
+    metrics = problems.take(lambda: MetricsSettings.from_env(config.environ()), MetricsSettings())
+    problems.check()
+    assert settings is not None and server_tls is not None  # check() raised otherwise
     configure_logging(settings.log_level, settings.log_format)
     return serve(
         "backend.cli:app_from_env",

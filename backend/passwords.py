@@ -51,11 +51,22 @@ def default_max_concurrent() -> int:
 def params_from_env(environ: Mapping[str, str]) -> Argon2Params:
     """``ARGON2_TIME_COST``, ``ARGON2_MEMORY_KIB``, ``ARGON2_PARALLELISM``; defaults above."""
     defaults = Argon2Params()
-    return Argon2Params(
-        time_cost=config.get_int(environ, "ARGON2_TIME_COST", defaults.time_cost, minimum=1),
-        memory_kib=config.get_int(environ, "ARGON2_MEMORY_KIB", defaults.memory_kib, minimum=8),
-        parallelism=config.get_int(environ, "ARGON2_PARALLELISM", defaults.parallelism, minimum=1),
+    p = config.Problems()
+    params = Argon2Params(
+        time_cost=p.take(
+            lambda: config.get_int(environ, "ARGON2_TIME_COST", defaults.time_cost, minimum=1), 1
+        ),
+        memory_kib=p.take(
+            lambda: config.get_int(environ, "ARGON2_MEMORY_KIB", defaults.memory_kib, minimum=8),
+            8,
+        ),
+        parallelism=p.take(
+            lambda: config.get_int(environ, "ARGON2_PARALLELISM", defaults.parallelism, minimum=1),
+            1,
+        ),
     )
+    p.check()
+    return params
 
 
 class Passwords:

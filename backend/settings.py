@@ -13,7 +13,7 @@ from servicekit.bodies import DEFAULT_BODY_TIMEOUT
 from servicekit.config import ConfigError
 from servicekit.connections import BACKEND_DEFAULTS, ConnectionLimits
 from servicekit.db import PoolSettings
-from servicekit.logs import log_format_from_env
+from servicekit.logs import log_format_from_env, log_level_from_env
 
 from backend.passwords import Argon2Params, default_max_concurrent, params_from_env
 
@@ -48,45 +48,68 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Every variable, validated; a :class:`ConfigError` names **all** that are wrong."""
         env = config.environ() if environ is None else environ
-        raw_keys = config.env_or_file(env, "INTERNAL_JWT_PUBLIC_KEY")
-        try:
-            keys = load_public_keys(raw_keys)
-        except KeyLoadError as exc:
-            # The backend must never hold signing material; load_public_keys refuses it.
-            raise ConfigError(f"INTERNAL_JWT_PUBLIC_KEY: {exc}") from None
+        p = config.Problems()
+        take = p.take
+        keys = take(lambda: _public_keys(env), None)
         jwks_url = env.get("INTERNAL_JWKS_URL", "").strip() or None
         jwks_ca_file = env.get("INTERNAL_JWKS_CA_FILE", "").strip() or None
-        _check_jwks_url(jwks_url, jwks_ca_file)
+        take(lambda: _check_jwks_url(jwks_url, jwks_ca_file), None)
         refresh = env.get("INTERNAL_JWKS_REFRESH_INTERVAL", "").strip()
-        return cls(
+        settings = cls(
             jwks_url=jwks_url,
             jwks_ca_file=jwks_ca_file,
-            jwks_refresh_interval=(
-                config.get_float(env, "INTERNAL_JWKS_REFRESH_INTERVAL", 300.0, minimum=0.1)
-                if refresh
-                else None
+            jwks_refresh_interval=take(
+                lambda: (
+                    config.get_float(env, "INTERNAL_JWKS_REFRESH_INTERVAL", 300.0, minimum=0.1)
+                    if refresh
+                    else None
+                ),
+                None,
             ),
-            jwks_cooldown=config.get_float(env, "INTERNAL_JWKS_COOLDOWN", 5.0, minimum=0.1),
-            database_url=pg_url.checked(config.get_str(env, "DATABASE_URL")),
-            public_keys=keys,
-            gateway_id=config.get_str(env, "GATEWAY_ID", "tokengate-gateway"),
-            backend_id=config.get_str(env, "BACKEND_ID", "tokengate-backend"),
-            leeway=config.get_int(env, "INTERNAL_TOKEN_LEEWAY", 5),
-            replay_cache_size=config.get_int(
-                env, "INTERNAL_TOKEN_REPLAY_CACHE_SIZE", DEFAULT_MAX_ENTRIES, minimum=0
+            jwks_cooldown=take(
+                lambda: config.get_float(env, "INTERNAL_JWKS_COOLDOWN", 5.0, minimum=0.1), 5.0
             ),
-            pool=PoolSettings.from_env(env),
-            connections=ConnectionLimits.from_env(env, defaults=BACKEND_DEFAULTS),
-            log_level=config.get_str(env, "LOG_LEVEL", "INFO"),
-            log_format=log_format_from_env(env),
-            otel_endpoint=otel.endpoint_from_env(env),
-            argon2=params_from_env(env),
-            argon2_max_concurrent=config.get_int(
-                env, "ARGON2_MAX_CONCURRENT", default_max_concurrent(), minimum=1
+            database_url=take(lambda: pg_url.checked(config.get_str(env, "DATABASE_URL")), ""),
+            # None only when p.check() below raises: the object never leaves this method
+            public_keys=keys,  # type: ignore[arg-type]
+            gateway_id=take(lambda: config.get_str(env, "GATEWAY_ID", "tokengate-gateway"), ""),
+            backend_id=take(lambda: config.get_str(env, "BACKEND_ID", "tokengate-backend"), ""),
+            leeway=take(lambda: config.get_int(env, "INTERNAL_TOKEN_LEEWAY", 5), 5),
+            replay_cache_size=take(
+                lambda: config.get_int(
+                    env, "INTERNAL_TOKEN_REPLAY_CACHE_SIZE", DEFAULT_MAX_ENTRIES, minimum=0
+                ),
+                0,
+            ),
+            pool=take(lambda: PoolSettings.from_env(env), PoolSettings()),
+            connections=take(
+                lambda: ConnectionLimits.from_env(env, defaults=BACKEND_DEFAULTS), BACKEND_DEFAULTS
+            ),
+            log_level=take(lambda: log_level_from_env(env), "INFO"),
+            log_format=take(lambda: log_format_from_env(env), "json"),
+            otel_endpoint=take(lambda: otel.endpoint_from_env(env), None),
+            argon2=take(lambda: params_from_env(env), Argon2Params()),
+            argon2_max_concurrent=take(
+                lambda: config.get_int(
+                    env, "ARGON2_MAX_CONCURRENT", default_max_concurrent(), minimum=1
+                ),
+                1,
             ),
             body_read_timeout=config.get_seconds(env, "BODY_READ_TIMEOUT", DEFAULT_BODY_TIMEOUT),
         )
+        p.check()
+        return settings
+
+
+def _public_keys(env: Mapping[str, str]) -> KeySet:
+    raw_keys = config.env_or_file(env, "INTERNAL_JWT_PUBLIC_KEY")
+    try:
+        return load_public_keys(raw_keys)
+    except KeyLoadError as exc:
+        # The backend must never hold signing material; load_public_keys refuses it.
+        raise ConfigError(f"INTERNAL_JWT_PUBLIC_KEY: {exc}") from None
 
 
 def _check_jwks_url(url: str | None, ca_file: str | None) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 from servicekit import redis_url
 from servicekit.audit import Event, append, writer_id
-from servicekit.config import ConfigError
+from servicekit.config import ConfigError, Problems
 from servicekit.terminal import printable
 
 from gateway.sessions.ledger import PRUNE_BATCH, Ledger
@@ -100,10 +100,13 @@ def _run_gateway(args: argparse.Namespace) -> int:
     from gateway.signing import start_internal_listener
 
     # Everything is validated here, once, before any worker starts: the settings, the keys
-    # and the metrics listener's address.
-    check_workers(args.workers)
-    settings = Settings.from_env(os.environ)
-    metrics = MetricsSettings.from_env(os.environ)
+    # and the metrics listener's address, every problem of them all named in one run.
+    problems = Problems()
+    problems.take(lambda: check_workers(args.workers), 1)
+    settings = problems.take(lambda: Settings.from_env(os.environ), None)
+    metrics = problems.take(lambda: MetricsSettings.from_env(os.environ), MetricsSettings())
+    problems.check()
+    assert settings is not None  # check() raised otherwise
     configure_logging(settings.log_level, settings.log_format)
     # (spans are set up by the app that serves, not by this check)
     create_app(dataclasses.replace(settings, otel_endpoint=None))

@@ -18,6 +18,7 @@ from servicekit import redis_url as redis_urls
 from servicekit.audit import derive_hmac_key
 from servicekit.config import (
     ConfigError,
+    Problems,
     env_or_file,
     get_bool,
     get_float,
@@ -29,7 +30,7 @@ from servicekit.config import (
 from servicekit.connections import ConnectionLimits
 from servicekit.db import PoolSettings
 from servicekit.forwarded import Network
-from servicekit.logs import log_format_from_env
+from servicekit.logs import log_format_from_env, log_level_from_env
 
 from gateway.policy import DEFAULT_MAX_BYTES, Policy, load_policy
 from gateway.proxy.tls import TLSFileError, client_context
@@ -329,150 +330,220 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
-        access = _secret(environ, "JWT_ACCESS_SECRET", required=True)
-        refresh = _secret(environ, "JWT_REFRESH_SECRET", required=True)
-        access_prev = _secret(environ, "JWT_ACCESS_SECRET_PREVIOUS", required=False)
-        refresh_prev = _secret(environ, "JWT_REFRESH_SECRET_PREVIOUS", required=False)
-        if access is None or refresh is None:  # required=True raised already; for the types
-            raise ConfigError("JWT_ACCESS_SECRET and JWT_REFRESH_SECRET must be set")
+        """Every variable, validated; a :class:`ConfigError` names **all** that are wrong."""
+        p = Problems()
+        take = p.take
+        access = take(lambda: _secret(environ, "JWT_ACCESS_SECRET", required=True), None)
+        refresh = take(lambda: _secret(environ, "JWT_REFRESH_SECRET", required=True), None)
+        access_prev = take(
+            lambda: _secret(environ, "JWT_ACCESS_SECRET_PREVIOUS", required=False), None
+        )
+        refresh_prev = take(
+            lambda: _secret(environ, "JWT_REFRESH_SECRET_PREVIOUS", required=False), None
+        )
         # One secret for both types would let a refresh token be replayed as an access token
         # if any verifier ever forgot the typ check (RFC 8725 §2.8, §3.11).
         access_all = {access, access_prev} - {None}
         refresh_all = {refresh, refresh_prev} - {None}
         if access_all & refresh_all:
-            raise ConfigError(
+            p.messages.append(
                 "JWT_ACCESS_SECRET and JWT_REFRESH_SECRET (and their _PREVIOUS values) "
                 "must all be different"
             )
-        private_key, keys_file = _signing_keys(environ)
+        no_keys: tuple[str, str | None] = ("", None)
+        private_key, keys_file = take(lambda: _signing_keys(environ), no_keys)
         cert_file = environ.get("INTERNAL_LISTEN_CERT_FILE", "").strip() or None
         key_file = environ.get("INTERNAL_LISTEN_KEY_FILE", "").strip() or None
         if (cert_file is None) != (key_file is None):
-            raise ConfigError(
+            p.messages.append(
                 "INTERNAL_LISTEN_CERT_FILE and INTERNAL_LISTEN_KEY_FILE go together: set both or "
                 "neither"
             )
         prefix = environ.get("REDIS_KEY_PREFIX", "tokengate:")
         if not prefix:
-            raise ConfigError("REDIS_KEY_PREFIX must not be empty")
-        access_ttl = get_int(environ, "ACCESS_TOKEN_TTL", 600, minimum=1)
-        refresh_ttl = get_int(environ, "REFRESH_TOKEN_TTL", 1209600, minimum=1)
-        level = environ.get("LOG_LEVEL", "INFO").upper()
-        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
-            raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
-        internal_ttl = get_int(environ, "INTERNAL_TOKEN_TTL", 30, minimum=1)
-        if internal_ttl > 60:
-            raise ConfigError("INTERNAL_TOKEN_TTL must be at most 60 seconds")
+            p.messages.append("REDIS_KEY_PREFIX must not be empty")
+        access_ttl = take(lambda: get_int(environ, "ACCESS_TOKEN_TTL", 600, minimum=1), 600)
+        refresh_ttl = take(
+            lambda: get_int(environ, "REFRESH_TOKEN_TTL", 1209600, minimum=1), 1209600
+        )
+        level = take(lambda: log_level_from_env(environ), "INFO")
+        internal_ttl = take(lambda: _at_most(environ, "INTERNAL_TOKEN_TTL", 30, 60), 30)
         config_path = environ.get("GATEWAY_CONFIG", "").strip() or None
-        config_max = get_int(environ, "GATEWAY_CONFIG_MAX_BYTES", DEFAULT_MAX_BYTES, minimum=1)
+        config_max = take(
+            lambda: get_int(environ, "GATEWAY_CONFIG_MAX_BYTES", DEFAULT_MAX_BYTES, minimum=1),
+            DEFAULT_MAX_BYTES,
+        )
         policy = None
         ca_file = cert_file = key_file = None
+        backend_url, backend_id = "", ""
         if config_path is not None:
             # The identity service of the file takes the place of BACKEND_URL and BACKEND_ID:
             # the gateway's own calls (credentials, lifecycle, readiness) go to it alone, over
             # its own TLS files (the file's ca_file, client_cert_file, client_key_file).
-            policy = load_policy(config_path, max_bytes=config_max)
-            identity = policy.services[policy.identity]
-            backend_url, backend_id = identity.url, identity.audience
+            policy = take(lambda: load_policy(config_path, max_bytes=config_max), None)
+            if policy is not None:
+                identity = policy.services[policy.identity]
+                backend_url, backend_id = identity.url, identity.audience
         else:
-            backend_url = get_str(environ, "BACKEND_URL").rstrip("/")
-            backend_id = get_str(environ, "BACKEND_ID", "tokengate-backend")
-            try:
-                origin = Origin(backend_url)
-            except ValueError as exc:
-                # not echoed: a URL with credentials in it would put them in the log
-                raise ConfigError(f"BACKEND_URL: {exc}") from None
-            ca_file, cert_file, key_file = _backend_tls(environ, origin.tls)
-        pool_size = get_int(environ, "PROXY_POOL_SIZE", 256, minimum=1)
-        uploads_max = get_int(environ, "PROXY_UPLOADS_MAX", 64, minimum=1)
+            backend_url = take(lambda: _backend_url(environ), "")
+            backend_id = take(lambda: get_str(environ, "BACKEND_ID", "tokengate-backend"), "")
+            if backend_url:
+                no_tls: tuple[str | None, str | None, str | None] = (None, None, None)
+                ca_file, cert_file, key_file = take(
+                    lambda: _backend_tls(environ, Origin(backend_url).tls), no_tls
+                )
+        pool_size = take(lambda: get_int(environ, "PROXY_POOL_SIZE", 256, minimum=1), 256)
+        uploads_max = take(lambda: get_int(environ, "PROXY_UPLOADS_MAX", 64, minimum=1), 1)
         if uploads_max >= pool_size:
             # uploads must leave connections free, or bodiless requests wait behind them
-            raise ConfigError(
+            p.messages.append(
                 f"PROXY_UPLOADS_MAX ({uploads_max}) must be below PROXY_POOL_SIZE ({pool_size})"
             )
-        iat_window = get_int(environ, "DPOP_IAT_WINDOW", 60, minimum=1)
-        if iat_window > 600:
-            raise ConfigError("DPOP_IAT_WINDOW must be at most 600 seconds")
-        database_url = pg_url.checked(get_str(environ, "DATABASE_URL"))
-        redis = redis_urls.from_env(environ)
-        return cls(
+        iat_window = take(lambda: _at_most(environ, "DPOP_IAT_WINDOW", 60, 600), 60)
+        database_url = take(lambda: pg_url.checked(get_str(environ, "DATABASE_URL")), "")
+        redis = take(lambda: redis_urls.from_env(environ), None)
+        settings = cls(
             database_url=database_url,
-            redis_url=redis.url,
-            redis_sentinel_password=redis.sentinel_password,
+            redis_url=redis.url if redis else "",
+            redis_sentinel_password=redis.sentinel_password if redis else None,
             backend_url=backend_url,
-            jwt_access_secret=access,
-            jwt_refresh_secret=refresh,
+            jwt_access_secret=access or "",
+            jwt_refresh_secret=refresh or "",
             jwt_access_secret_previous=access_prev,
             jwt_refresh_secret_previous=refresh_prev,
             internal_jwt_private_key=private_key,
             internal_jwt_private_keys_file=keys_file,
-            gateway_config_reload_interval=_reload_interval(environ),
-            internal_listen_host=get_str(environ, "INTERNAL_LISTEN_HOST", "127.0.0.1"),
-            internal_listen_port=_port(environ, "INTERNAL_LISTEN_PORT"),
-            internal_jwks_max_age=get_int(environ, "INTERNAL_JWKS_MAX_AGE", 300, minimum=1),
+            gateway_config_reload_interval=take(lambda: _reload_interval(environ), 5.0),
+            internal_listen_host=take(
+                lambda: get_str(environ, "INTERNAL_LISTEN_HOST", "127.0.0.1"), ""
+            ),
+            internal_listen_port=take(lambda: _port(environ, "INTERNAL_LISTEN_PORT"), None),
+            internal_jwks_max_age=take(
+                lambda: get_int(environ, "INTERNAL_JWKS_MAX_AGE", 300, minimum=1), 300
+            ),
             internal_listen_cert_file=cert_file,
             internal_listen_key_file=key_file,
             redis_key_prefix=prefix,
-            gateway_id=get_str(environ, "GATEWAY_ID", "tokengate-gateway"),
+            gateway_id=take(lambda: get_str(environ, "GATEWAY_ID", "tokengate-gateway"), ""),
             backend_id=backend_id,
-            access_token_audience=get_str(environ, "ACCESS_TOKEN_AUDIENCE", "tokengate-api"),
+            access_token_audience=take(
+                lambda: get_str(environ, "ACCESS_TOKEN_AUDIENCE", "tokengate-api"), ""
+            ),
             access_token_ttl=access_ttl,
             refresh_token_ttl=refresh_ttl,
-            refresh_family_lifetime=get_int(environ, "REFRESH_FAMILY_LIFETIME", 2592000, minimum=1),
-            refresh_grace_seconds=get_int(environ, "REFRESH_GRACE_SECONDS", 10, minimum=0),
-            refresh_ledger_retention=ledger_retention(environ, access_ttl),
-            refresh_ledger_prune_interval=get_int(
-                environ, "REFRESH_LEDGER_PRUNE_INTERVAL", 3600, minimum=0
+            refresh_family_lifetime=take(
+                lambda: get_int(environ, "REFRESH_FAMILY_LIFETIME", 2592000, minimum=1), 1
+            ),
+            refresh_grace_seconds=take(
+                lambda: get_int(environ, "REFRESH_GRACE_SECONDS", 10, minimum=0), 0
+            ),
+            refresh_ledger_retention=take(lambda: ledger_retention(environ, access_ttl), 0),
+            refresh_ledger_prune_interval=take(
+                lambda: get_int(environ, "REFRESH_LEDGER_PRUNE_INTERVAL", 3600, minimum=0), 0
             ),
             internal_token_ttl=internal_ttl,
-            cors_allowed_origins=_origins(environ, "CORS_ALLOWED_ORIGINS"),
-            cookie_secure=get_bool(environ, "COOKIE_SECURE", True),
-            trusted_proxies=_networks(environ, "TRUSTED_PROXIES"),
-            login_rate_limit_ip=_rate(environ, "LOGIN_RATE_LIMIT_IP", "10/minute"),
-            login_rate_limit_account=_rate(environ, "LOGIN_RATE_LIMIT_ACCOUNT", "5/minute"),
-            refresh_rate_limit=_rate(environ, "REFRESH_RATE_LIMIT", "30/minute"),
-            proxy_rate_limit_user=_rate(environ, "PROXY_RATE_LIMIT_USER", ""),
-            proxy_rate_limit_ip=_rate(environ, "PROXY_RATE_LIMIT_IP", "120/minute"),
+            cors_allowed_origins=take(lambda: _origins(environ, "CORS_ALLOWED_ORIGINS"), ()),
+            cookie_secure=take(lambda: get_bool(environ, "COOKIE_SECURE", True), True),
+            trusted_proxies=take(lambda: _networks(environ, "TRUSTED_PROXIES"), ()),
+            login_rate_limit_ip=take(
+                lambda: _rate(environ, "LOGIN_RATE_LIMIT_IP", "10/minute"), ""
+            ),
+            login_rate_limit_account=take(
+                lambda: _rate(environ, "LOGIN_RATE_LIMIT_ACCOUNT", "5/minute"), ""
+            ),
+            refresh_rate_limit=take(lambda: _rate(environ, "REFRESH_RATE_LIMIT", "30/minute"), ""),
+            proxy_rate_limit_user=take(lambda: _rate(environ, "PROXY_RATE_LIMIT_USER", ""), ""),
+            proxy_rate_limit_ip=take(
+                lambda: _rate(environ, "PROXY_RATE_LIMIT_IP", "120/minute"), ""
+            ),
             gateway_config=config_path,
             gateway_config_max_bytes=config_max,
             policy=policy,
-            proxy_max_body_bytes=get_int(environ, "PROXY_MAX_BODY_BYTES", 20971520, minimum=1),
-            proxy_connect_timeout=get_float(environ, "PROXY_CONNECT_TIMEOUT", 2.0),
-            proxy_read_timeout=get_float(environ, "PROXY_READ_TIMEOUT", 30.0),
+            proxy_max_body_bytes=take(
+                lambda: get_int(environ, "PROXY_MAX_BODY_BYTES", 20971520, minimum=1), 1
+            ),
+            proxy_connect_timeout=take(
+                lambda: get_float(environ, "PROXY_CONNECT_TIMEOUT", 2.0), 2.0
+            ),
+            proxy_read_timeout=take(lambda: get_float(environ, "PROXY_READ_TIMEOUT", 30.0), 30.0),
             backend_ca_file=ca_file,
             backend_client_cert_file=cert_file,
             backend_client_key_file=key_file,
             proxy_pool_size=pool_size,
-            proxy_pool_keepalive=get_seconds(environ, "PROXY_POOL_KEEPALIVE", 4.0),
-            proxy_pool_timeout=get_seconds(environ, "PROXY_POOL_TIMEOUT", 5.0),
-            proxy_backend_max_head_bytes=get_int(
-                environ, "PROXY_BACKEND_MAX_HEAD_BYTES", 65536, minimum=1024
+            proxy_pool_keepalive=take(
+                lambda: get_seconds(environ, "PROXY_POOL_KEEPALIVE", 4.0), 4.0
             ),
-            proxy_backend_max_interim=get_int(environ, "PROXY_BACKEND_MAX_INTERIM", 8, minimum=0),
-            body_read_timeout=get_seconds(environ, "BODY_READ_TIMEOUT", 10.0),
-            proxy_buffer_bytes=get_int(environ, "PROXY_BUFFER_BYTES", 262144, minimum=0),
+            proxy_pool_timeout=take(lambda: get_seconds(environ, "PROXY_POOL_TIMEOUT", 5.0), 5.0),
+            proxy_backend_max_head_bytes=take(
+                lambda: get_int(environ, "PROXY_BACKEND_MAX_HEAD_BYTES", 65536, minimum=1024),
+                65536,
+            ),
+            proxy_backend_max_interim=take(
+                lambda: get_int(environ, "PROXY_BACKEND_MAX_INTERIM", 8, minimum=0), 8
+            ),
+            body_read_timeout=take(lambda: get_seconds(environ, "BODY_READ_TIMEOUT", 10.0), 10.0),
+            proxy_buffer_bytes=take(
+                lambda: get_int(environ, "PROXY_BUFFER_BYTES", 262144, minimum=0), 262144
+            ),
             proxy_uploads_max=uploads_max,
-            proxy_uploads_per_user=get_int(environ, "PROXY_UPLOADS_PER_USER", 4, minimum=1),
-            proxy_uploads_per_ip=get_int(environ, "PROXY_UPLOADS_PER_IP", 16, minimum=1),
-            epoch_reload_interval=get_float(environ, "EPOCH_RELOAD_INTERVAL", 30.0),
-            epoch_reload_page_size=_epoch_page_size(environ),
+            proxy_uploads_per_user=take(
+                lambda: get_int(environ, "PROXY_UPLOADS_PER_USER", 4, minimum=1), 4
+            ),
+            proxy_uploads_per_ip=take(
+                lambda: get_int(environ, "PROXY_UPLOADS_PER_IP", 16, minimum=1), 16
+            ),
+            epoch_reload_interval=take(
+                lambda: get_float(environ, "EPOCH_RELOAD_INTERVAL", 30.0), 30.0
+            ),
+            epoch_reload_page_size=take(lambda: _epoch_page_size(environ), 1000),
             log_level=level,
-            log_format=log_format_from_env(environ),
-            otel_endpoint=otel.endpoint_from_env(environ),
-            pool=PoolSettings.from_env(environ),
-            connections=ConnectionLimits.from_env(environ),
-            public_origins=_public_origins(environ, "PUBLIC_ORIGIN"),
+            log_format=take(lambda: log_format_from_env(environ), "json"),
+            otel_endpoint=take(lambda: otel.endpoint_from_env(environ), None),
+            pool=take(lambda: PoolSettings.from_env(environ), PoolSettings()),
+            connections=take(lambda: ConnectionLimits.from_env(environ), ConnectionLimits()),
+            public_origins=take(lambda: _public_origins(environ, "PUBLIC_ORIGIN"), ()),
             dpop_iat_window=iat_window,
-            dpop_nonce_required=get_bool(environ, "DPOP_NONCE_REQUIRED", False),
-            dpop_nonce_rotation=get_int(environ, "DPOP_NONCE_ROTATION", 300, minimum=10),
-            dpop_nonce_secret=_secret(environ, "DPOP_NONCE_SECRET", required=False),
-            audit_enabled=get_bool(environ, "AUDIT_ENABLED", True),
-            audit_queue_size=get_int(environ, "AUDIT_QUEUE_SIZE", 10_000, minimum=1),
-            audit_batch_size=get_int(environ, "AUDIT_BATCH_SIZE", 500, minimum=1),
-            audit_flush_interval=_flush_interval(environ),
-            audit_query_max_limit=get_int(environ, "AUDIT_QUERY_MAX_LIMIT", 200, minimum=1),
-            audit_hmac_secret=_secret(environ, "AUDIT_HMAC_KEY", required=False),
+            dpop_nonce_required=take(
+                lambda: get_bool(environ, "DPOP_NONCE_REQUIRED", False), False
+            ),
+            dpop_nonce_rotation=take(
+                lambda: get_int(environ, "DPOP_NONCE_ROTATION", 300, minimum=10), 300
+            ),
+            dpop_nonce_secret=take(
+                lambda: _secret(environ, "DPOP_NONCE_SECRET", required=False), None
+            ),
+            audit_enabled=take(lambda: get_bool(environ, "AUDIT_ENABLED", True), True),
+            audit_queue_size=take(
+                lambda: get_int(environ, "AUDIT_QUEUE_SIZE", 10_000, minimum=1), 1
+            ),
+            audit_batch_size=take(lambda: get_int(environ, "AUDIT_BATCH_SIZE", 500, minimum=1), 1),
+            audit_flush_interval=take(lambda: _flush_interval(environ), 1.0),
+            audit_query_max_limit=take(
+                lambda: get_int(environ, "AUDIT_QUERY_MAX_LIMIT", 200, minimum=1), 1
+            ),
+            audit_hmac_secret=take(
+                lambda: _secret(environ, "AUDIT_HMAC_KEY", required=False), None
+            ),
         )
+        p.check()
+        return settings
+
+
+def _at_most(environ: Mapping[str, str], name: str, default: int, maximum: int) -> int:
+    value = get_int(environ, name, default, minimum=1)
+    if value > maximum:
+        raise ConfigError(f"{name} must be at most {maximum} seconds")
+    return value
+
+
+def _backend_url(environ: Mapping[str, str]) -> str:
+    backend_url = get_str(environ, "BACKEND_URL").rstrip("/")
+    try:
+        Origin(backend_url)
+    except ValueError as exc:
+        # not echoed: a URL with credentials in it would put them in the log
+        raise ConfigError(f"BACKEND_URL: {exc}") from None
+    return backend_url
 
 
 def _flush_interval(environ: Mapping[str, str]) -> float:
@@ -494,21 +565,34 @@ class OperatorSettings:
     """
 
     database_url: str
-    redis: redis_urls.RedisTarget
+    #: only ``sessions revoke`` uses it (the broadcast); ``sessions list`` works without it
+    redis: redis_urls.RedisTarget | None
     redis_key_prefix: str
     access_token_ttl: int
     users_database_url: str
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> OperatorSettings:
-        database_url = pg_url.checked(get_str(environ, "DATABASE_URL"))
-        return cls(
+        p = Problems()
+        database_url = p.take(lambda: pg_url.checked(get_str(environ, "DATABASE_URL")), "")
+        users = environ.get("BACKEND_DATABASE_URL")
+        settings = cls(
             database_url=database_url,
-            redis=redis_urls.from_env(environ),
-            redis_key_prefix=get_str(environ, "REDIS_KEY_PREFIX", "tokengate:"),
-            access_token_ttl=get_int(environ, "ACCESS_TOKEN_TTL", 600, minimum=1),
-            users_database_url=environ.get("BACKEND_DATABASE_URL") or database_url,
+            redis=p.take(lambda: redis_urls.from_env(environ), None)
+            if environ.get("REDIS_URL")
+            else None,
+            redis_key_prefix=p.take(lambda: get_str(environ, "REDIS_KEY_PREFIX", "tokengate:"), ""),
+            access_token_ttl=p.take(
+                lambda: get_int(environ, "ACCESS_TOKEN_TTL", 600, minimum=1), 1
+            ),
+            users_database_url=p.take(
+                lambda: pg_url.checked(users, name="BACKEND_DATABASE_URL"), ""
+            )
+            if users
+            else database_url,
         )
+        p.check()
+        return settings
 
 
 @dataclass(frozen=True)
@@ -521,12 +605,15 @@ class PruneSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> PruneSettings:
-        access_ttl = get_int(environ, "ACCESS_TOKEN_TTL", 600, minimum=1)
-        return cls(
-            database_url=pg_url.checked(get_str(environ, "DATABASE_URL")),
-            retention=ledger_retention(environ, access_ttl),
+        p = Problems()
+        access_ttl = p.take(lambda: get_int(environ, "ACCESS_TOKEN_TTL", 600, minimum=1), 600)
+        settings = cls(
+            database_url=p.take(lambda: pg_url.checked(get_str(environ, "DATABASE_URL")), ""),
+            retention=p.take(lambda: ledger_retention(environ, access_ttl), 0),
             access_token_ttl=access_ttl,
         )
+        p.check()
+        return settings
 
 
 #: Longest GATEWAY_CONFIG_RELOAD_INTERVAL: a change must show within the hour at worst.

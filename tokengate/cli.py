@@ -44,7 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result: int = args.func(args)
     except ConfigError as exc:
-        print(f"tokengate: configuration error: {exc}", file=sys.stderr)
+        # one line per problem, every problem of this run, no traceback
+        for message in exc.messages:
+            print(f"tokengate: configuration error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -165,7 +165,7 @@ class InternalAuthMiddleware:
             raise InternalAuthError(Reason.NO_RULE, "path matches no rule")
         return self._verify(scope, required)
 
-    def _verify(self, scope: ASGIScope, required: TokenScope) -> Principal:
+    def _verify(self, scope: ASGIScope, required: TokenScope | frozenset[TokenScope]) -> Principal:
         path: str = scope["path"]
         values = [value for name, value in scope["headers"] if name.lower() == _HEADER_NAME]
         if not values:

@@ -3,18 +3,52 @@
 Every secret variable ``NAME`` may instead be given as ``NAME_FILE``, a path whose contents are the
 value (Docker and Kubernetes secrets). Giving both is an error: silently preferring one hides a
 misconfiguration.
+
+Every reader of a service's environment adds what is wrong to one :class:`Problems` list, so a
+start-up names **every** missing or malformed variable in one run (one line each), not the first
+one an operator then fixes before meeting the next.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Literal, overload
+from typing import Literal, TypeVar, overload
+
+T = TypeVar("T")
 
 
 class ConfigError(Exception):
-    """A setting is missing or malformed. The message names the variable and what to do."""
+    """Settings missing or malformed. Each message names its variable and what to do."""
+
+    def __init__(self, *messages: str) -> None:
+        super().__init__("\n".join(messages))
+        self.messages: tuple[str, ...] = messages
+
+
+class Problems:
+    """Collects the :class:`ConfigError` of every reader it runs, then raises them together.
+
+    ``value = problems.take(lambda: get_int(env, "X", 1), 1)``: the reader's value, or (when it
+    failed, its messages noted) ``fallback``, so later readers that depend on it still run.
+    The fallbacks never reach a settings object: :meth:`check` raises before that.
+    """
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def take(self, read: Callable[[], T], fallback: T) -> T:
+        try:
+            return read()
+        except ConfigError as exc:
+            self.messages.extend(exc.messages)
+            return fallback
+
+    def check(self) -> None:
+        if self.messages:
+            # the same message twice (one variable read by two readers) is said once
+            raise ConfigError(*dict.fromkeys(self.messages))
 
 
 @overload

@@ -51,7 +51,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from servicekit import pg_url
-from servicekit.config import ConfigError, get_float, get_int
+from servicekit.config import ConfigError, Problems, get_float, get_int
 from servicekit.http_errors import error_response
 from servicekit.logs import log_event
 
@@ -138,17 +138,20 @@ class PoolSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], *, min_size: int = 0) -> PoolSettings:
-        low = get_int(environ, "DB_POOL_MIN", min_size)
-        high = get_int(environ, "DB_POOL_MAX", 10, minimum=1)
+        p = Problems()
+        low = p.take(lambda: get_int(environ, "DB_POOL_MIN", min_size), min_size)
+        high = p.take(lambda: get_int(environ, "DB_POOL_MAX", 10, minimum=1), max(low, 1))
         if low > high:
-            raise ConfigError("DB_POOL_MIN must not exceed DB_POOL_MAX")
-        return cls(
+            p.messages.append("DB_POOL_MIN must not exceed DB_POOL_MAX")
+        settings = cls(
             min_size=low,
             max_size=high,
-            connect_timeout=_positive(environ, "DB_CONNECT_TIMEOUT", 3.0),
-            acquire_timeout=_positive(environ, "DB_ACQUIRE_TIMEOUT", 2.0),
-            command_timeout=_positive(environ, "DB_COMMAND_TIMEOUT", 5.0),
+            connect_timeout=p.take(lambda: _positive(environ, "DB_CONNECT_TIMEOUT", 3.0), 1.0),
+            acquire_timeout=p.take(lambda: _positive(environ, "DB_ACQUIRE_TIMEOUT", 2.0), 1.0),
+            command_timeout=p.take(lambda: _positive(environ, "DB_COMMAND_TIMEOUT", 5.0), 1.0),
         )
+        p.check()
+        return settings
 
 
 def _positive(environ: Mapping[str, str], name: str, default: float) -> float:

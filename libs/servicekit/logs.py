@@ -38,6 +38,16 @@ trace_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 LOG_FORMATS = ("json", "console")
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def log_level_from_env(environ: Mapping[str, str], default: str = "INFO") -> str:
+    value = (environ.get("LOG_LEVEL") or default).strip().upper()
+    if value not in LOG_LEVELS:
+        raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {value!r}")
+    return value
+
+
 def log_format_from_env(environ: Mapping[str, str], default: str = "json") -> str:
     value = (environ.get("LOG_FORMAT") or default).strip().lower()
     if value not in LOG_FORMATS:

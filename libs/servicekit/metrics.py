@@ -34,7 +34,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, start_http_s
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
-from servicekit.config import ConfigError, get_int, get_str
+from servicekit.config import ConfigError, Problems, get_int, get_str
 from servicekit.terminal import printable
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -69,12 +69,15 @@ class MetricsSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> MetricsSettings:
-        host = get_str(environ, "METRICS_HOST", "127.0.0.1")
+        p = Problems()
+        host = p.take(lambda: get_str(environ, "METRICS_HOST", "127.0.0.1"), "")
         if not environ.get("METRICS_PORT"):
+            p.check()
             return cls(host=host, port=None)
-        port = get_int(environ, "METRICS_PORT", 0, minimum=1)
+        port = p.take(lambda: get_int(environ, "METRICS_PORT", 0, minimum=1), 1)
         if port > 65535:
-            raise ConfigError(f"METRICS_PORT must be at most 65535, got {port}")
+            p.messages.append(f"METRICS_PORT must be at most 65535, got {port}")
+        p.check()
         return cls(host=host, port=port)
 
     @property
