@@ -393,6 +393,8 @@ def create_app(settings: Settings, *, passwords: Passwords | None = None) -> Sta
     # header, and an unknown path is a plain JSON 404 (found by the contract fuzzer).
     app.router.redirect_slashes = False
     app.state = state
-    state.db_outages = db.Outages(logger, on_record=postgres_error("backend"))
+    state.db_outages = db.Outages(
+        logger, on_record=postgres_error(metrics.POSTGRES_ERRORS, "backend")
+    )
     state.body_timeout = settings.body_read_timeout
     return app

@@ -223,6 +223,7 @@ def _serve(args: argparse.Namespace) -> int:
     from servicekit.metrics import MetricsSettings
     from servicekit.serve import check_workers, serve
 
+    from backend import metrics as backend_metrics
     from backend.settings import Settings
 
     # Validated here, once, before any worker starts; every problem named in one run.
@@ -242,6 +243,7 @@ def _serve(args: argparse.Namespace) -> int:
         metrics=metrics,
         limits=settings.connections,
         pooled=settings.pool.max_size + 8,
+        registry=backend_metrics.REGISTRY,
         loop="uvloop",
         **(server_tls.uvicorn_options("backend") if server_tls else {}),
     )

@@ -426,7 +426,9 @@ def create_app(
     app.router.redirect_slashes = False
     app.state = state
     state.settings = settings
-    state.db_outages = db.Outages(logger, on_record=postgres_error("gateway"))
+    state.db_outages = db.Outages(
+        logger, on_record=postgres_error(metrics.POSTGRES_ERRORS, "gateway")
+    )
     state.tokens = tokens
     state.minter = minter
     state.signing_keys = signing_keys

@@ -96,6 +96,7 @@ def _run_gateway(args: argparse.Namespace) -> int:
     from servicekit.metrics import MetricsSettings
     from servicekit.serve import check_workers, serve
 
+    from gateway import metrics as gateway_metrics
     from gateway.app import create_app
     from gateway.signing import start_internal_listener
 
@@ -125,6 +126,7 @@ def _run_gateway(args: argparse.Namespace) -> int:
             limits=settings.connections,
             # the backend pool (proxy/backend.py: 256), PostgreSQL, Redis and its pub/sub
             pooled=256 + settings.pool.max_size + 8,
+            registry=gateway_metrics.REGISTRY,
             proxy_headers=False,
         )
     finally:

@@ -29,6 +29,7 @@ Names (all prefixed ``tokengate_gateway_``):
 - ``config_reloads_total{outcome}`` (``applied``, ``failed``, ``refused``),
   ``config_hash`` (per worker: the first 48 bits of the served file's SHA-256, as
   ``tokengate policy check`` prints it) and ``config_last_reload_timestamp_seconds``.
+- ``build_info{version,python}``: always 1; which release and interpreter each instance runs.
 - ``dpop_proofs_total{outcome}``: DPoP proofs accepted (``ok``) or refused, by the check that
   refused them (``replay``, ``htu``, ``iat_window``, ``ath``, ``jkt``, ``nonce``, ...);
   ``dpop_replay_round_trips_total`` and ``dpop_replay_claims_total``: Redis round trips of the
@@ -43,8 +44,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram
-from servicekit import db
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from servicekit import db, tls
+from servicekit.metrics import build_info, postgres_errors
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -66,63 +68,96 @@ PROXIED_ROUTES = (
     "/api/v1/notes/{note_id}",
 )
 
+#: The gateway's own registry, the one its metrics listener serves: with prometheus-client's
+#: default one, whatever else the process imported (the backend's families) was exported too,
+#: as zeros, and the backend's listener showed ``revocation_listener_connected 0`` forever.
+REGISTRY = CollectorRegistry()
+BUILD_INFO = build_info(REGISTRY, "gateway")
+POSTGRES_ERRORS = postgres_errors(REGISTRY)
+# the hop's TLS families, shared by both services, served here with this service's own
+REGISTRY.register(tls.HANDSHAKE_FAILURES)
+REGISTRY.register(tls.CERT_EXPIRY)
+
 REQUESTS = Counter(
     "tokengate_gateway_requests_total",
     "HTTP requests by route template, method and status class.",
     ["route", "method", "status_class"],
+    registry=REGISTRY,
 )
 PROXY_DURATION = Histogram(
     "tokengate_gateway_proxy_duration_seconds",
     "Proxied request time, split into the backend's part and the gateway's own part.",
     ["part"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
 )
 BACKEND_FAILURES = Counter(
     "tokengate_gateway_backend_failures_total",
     "Proxied requests a service did not answer, by service: connect, timeout, reset, pool.",
     ["service", "kind"],
+    registry=REGISTRY,
 )
-LOGINS = Counter("tokengate_gateway_logins_total", "Login attempts by outcome.", ["outcome"])
+LOGINS = Counter(
+    "tokengate_gateway_logins_total", "Login attempts by outcome.", ["outcome"], registry=REGISTRY
+)
 REFRESHES = Counter(
     "tokengate_gateway_refresh_total",
     "Refresh-token presentations by ledger outcome (reused-revoked is a reuse detection).",
     ["outcome"],
+    registry=REGISTRY,
 )
 REVOCATIONS = Counter(
-    "tokengate_gateway_revocations_total", "Session families revoked, by reason.", ["reason"]
+    "tokengate_gateway_revocations_total",
+    "Session families revoked, by reason.",
+    ["reason"],
+    registry=REGISTRY,
 )
 RATE_LIMITED = Counter(
-    "tokengate_gateway_rate_limited_total", "Requests refused with 429, by limit.", ["limit"]
+    "tokengate_gateway_rate_limited_total",
+    "Requests refused with 429, by limit.",
+    ["limit"],
+    registry=REGISTRY,
 )
 REDIS_ERRORS = Counter(
-    "tokengate_gateway_redis_errors_total", "Redis failures, by operation.", ["operation"]
+    "tokengate_gateway_redis_errors_total",
+    "Redis failures, by operation.",
+    ["operation"],
+    registry=REGISTRY,
 )
 LISTENER_CONNECTED = Gauge(
     "tokengate_gateway_revocation_listener_connected",
     "1 while the revocation listener is subscribed to Redis (lowest over workers).",
     multiprocess_mode="livemin",
+    registry=REGISTRY,
 )
 REVOKED_SESSIONS = Gauge(
     "tokengate_gateway_revoked_sessions",
     "Session families in the local revoked set (highest over workers).",
     multiprocess_mode="livemax",
+    registry=REGISTRY,
 )
 DPOP_PROOFS = Counter(
     "tokengate_gateway_dpop_proofs_total",
     "DPoP proofs by outcome (ok or the failed check).",
     ["outcome"],
+    registry=REGISTRY,
 )
 DPOP_ROUND_TRIPS = Counter(
-    "tokengate_gateway_dpop_replay_round_trips_total", "Redis round trips of the DPoP jti cache."
+    "tokengate_gateway_dpop_replay_round_trips_total",
+    "Redis round trips of the DPoP jti cache.",
+    registry=REGISTRY,
 )
 DPOP_CLAIMS = Counter(
-    "tokengate_gateway_dpop_replay_claims_total", "DPoP jti values claimed in Redis."
+    "tokengate_gateway_dpop_replay_claims_total",
+    "DPoP jti values claimed in Redis.",
+    registry=REGISTRY,
 )
 DB_POOL = Gauge(
     "tokengate_gateway_db_pool_connections",
     "PostgreSQL pool connections by state (summed over workers).",
     ["state"],
     multiprocess_mode="livesum",
+    registry=REGISTRY,
 )
 
 POSTGRES_HOST = Gauge(
@@ -130,6 +165,7 @@ POSTGRES_HOST = Gauge(
     "1 for the DATABASE_URL host (its index in the list; -1 unknown) the pool last reached.",
     ["index"],
     multiprocess_mode="livemax",
+    registry=REGISTRY,
 )
 REDIS_MASTER = Gauge(
     "tokengate_gateway_redis_master",
@@ -138,6 +174,7 @@ REDIS_MASTER = Gauge(
     "masters, then 'other'.",
     ["master"],
     multiprocess_mode="livemax",
+    registry=REGISTRY,
 )
 
 #: REDIS_MASTER's label values, bounded: Sentinel may name any address, a label set must not grow
@@ -148,6 +185,7 @@ CONFIG_RELOADS = Counter(
     "tokengate_gateway_config_reloads_total",
     "GATEWAY_CONFIG changes seen by a worker: applied, failed (invalid), refused (services).",
     ["outcome"],
+    registry=REGISTRY,
 )
 # One numeric series per worker (pid in multiprocess mode), never a label holding the hash: the
 # multiprocess mode keeps every label value a worker ever wrote, so an old hash would stay.
@@ -155,11 +193,13 @@ CONFIG_HASH = Gauge(
     "tokengate_gateway_config_hash",
     "First 48 bits of the SHA-256 of the GATEWAY_CONFIG this worker serves (0: no file).",
     multiprocess_mode="liveall",
+    registry=REGISTRY,
 )
 CONFIG_LOADED_AT = Gauge(
     "tokengate_gateway_config_last_reload_timestamp_seconds",
     "When this worker last loaded GATEWAY_CONFIG successfully (start-up or reload).",
     multiprocess_mode="liveall",
+    registry=REGISTRY,
 )
 
 _PROXY_GATEWAY = PROXY_DURATION.labels("gateway")
@@ -235,6 +275,7 @@ AUDIT_EVENTS = Counter(
     "tokengate_gateway_audit_events_total",
     "Audit events by fate: written to PostgreSQL, or dropped (a full queue, a failed final flush).",
     ["fate"],
+    registry=REGISTRY,
 )
 _AUDIT_WRITTEN = AUDIT_EVENTS.labels("written")
 _AUDIT_DROPPED = AUDIT_EVENTS.labels("dropped")
@@ -253,6 +294,7 @@ SIGNING_KEY_RELOADS = Counter(
     "Re-reads of the signing key file that changed the key set (changed) or were refused and "
     "kept the last good set (failed).",
     ["outcome"],
+    registry=REGISTRY,
 )
 
 

@@ -21,16 +21,21 @@ total never goes backwards.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import platform
 import re
+import socket
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
@@ -42,22 +47,47 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: The methods a request is counted under; anything else is ``other`` (a client picks methods).
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
-# One counter both services share: faults in PostgreSQL mapped to 503 (servicekit.db.Outages).
-# ``error`` is an exception class name from servicekit.db.UNAVAILABLE (a bounded set).
-POSTGRES_ERRORS = Counter(
-    "tokengate_postgres_errors_total",
-    "PostgreSQL failures answered with 503 (unreachable, gone, too slow), by exception class.",
-    ["service", "error"],
-)
+
+def postgres_errors(registry: CollectorRegistry) -> Counter:
+    """The counter both services keep, each in its own registry: faults in PostgreSQL mapped to
+    503 (servicekit.db.Outages). ``error`` is an exception class name from
+    servicekit.db.UNAVAILABLE (a bounded set)."""
+    return Counter(
+        "tokengate_postgres_errors_total",
+        "PostgreSQL failures answered with 503 (unreachable, gone, too slow), by exception class.",
+        ["service", "error"],
+        registry=registry,
+    )
 
 
-def postgres_error(service: str) -> Any:
+def postgres_error(counter: Counter, service: str) -> Any:
     """The ``on_record`` hook of :class:`servicekit.db.Outages` for ``service``."""
 
     def record(error: str) -> None:
-        POSTGRES_ERRORS.labels(service, error).inc()
+        counter.labels(service, error).inc()
 
     return record
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("tokengate")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def build_info(registry: CollectorRegistry, service: str) -> Gauge:
+    """``tokengate_<service>_build_info{version,python} 1``: which release each instance runs
+    (join it onto any other series to see a rollout, or a straggler, in a graph)."""
+    gauge = Gauge(
+        f"tokengate_{service}_build_info",
+        "Always 1: the tokengate version and Python version of this instance.",
+        ["version", "python"],
+        registry=registry,
+        multiprocess_mode="max",
+    )
+    gauge.labels(version(), platform.python_version()).set(1)
+    return gauge
 
 
 @dataclass(frozen=True)
@@ -286,25 +316,63 @@ def mark_worker_stopped() -> None:
         mark_process_dead(os.getpid(), path)  # type: ignore[no-untyped-call]
 
 
-def serve_metrics(settings: MetricsSettings) -> Any:
+METRICS_PATH = "/metrics"
+_NOT_FOUND = b"not found: metrics are at /metrics\n"
+
+
+def _only_metrics(app: Any) -> Any:
+    """The exposition app at ``/metrics`` only; every other path is a 404 (prometheus-client's
+    own server answered any path with the whole scrape)."""
+
+    def wsgi(environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("PATH_INFO") != METRICS_PATH:
+            start_response(
+                "404 Not Found",
+                [
+                    ("Content-Type", "text/plain; charset=utf-8"),
+                    ("Content-Length", str(len(_NOT_FOUND))),
+                ],
+            )
+            return [_NOT_FOUND]
+        return app(environ, start_response)
+
+    return wsgi
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """No access line per scrape on stderr (the services log in JSON)."""
+
+
+def serve_metrics(settings: MetricsSettings, registry: CollectorRegistry) -> Any:
     """Start the metrics listener in a daemon thread; returns the server (``None`` when off).
 
-    In multiprocess mode it serves the sum of every worker's files; otherwise this process's
-    own registry.
+    In multiprocess mode it serves the sum of every worker's files; otherwise ``registry``, the
+    service's own (``gateway.metrics.REGISTRY``, ``backend.metrics.REGISTRY``).
     """
     if settings.port is None:
         return None
     path = multiprocess_dir()
-    registry: CollectorRegistry = REGISTRY
     if path is not None:
         registry = CollectorRegistry()
         registry.register(_LiveWorkersCollector(path))
+
+    class Server(ThreadingWSGIServer):
+        address_family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+
     try:
-        server, _thread = start_http_server(settings.port, addr=settings.host, registry=registry)
+        server = make_server(
+            settings.host,
+            settings.port,
+            _only_metrics(make_wsgi_app(registry)),
+            Server,
+            handler_class=_QuietHandler,
+        )
     except OSError as exc:
         raise ConfigError(
             f"METRICS_PORT: cannot listen on {settings.host}:{settings.port} ({exc.strerror})"
         ) from None
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server
 
 

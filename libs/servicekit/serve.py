@@ -16,6 +16,8 @@ from __future__ import annotations
 import shutil
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from servicekit.config import ConfigError
 from servicekit.connections import (
     ConnectionLimits,
@@ -53,6 +55,7 @@ def serve(
     metrics: MetricsSettings,
     limits: ConnectionLimits,
     pooled: int,
+    registry: CollectorRegistry,
     **options: Any,
 ) -> int:
     """Serve ``factory`` with ``limits`` on every client connection; ``pooled`` is how many
@@ -63,7 +66,7 @@ def serve(
     check_workers(workers)
     ensure_descriptors(descriptor_budget(limits, pooled))
     folder, made = prepare_multiprocess_dir() if workers > 1 else (None, False)
-    server = serve_metrics(metrics)
+    server = serve_metrics(metrics, registry)
     try:
         uvicorn.run(
             factory,

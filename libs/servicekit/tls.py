@@ -32,10 +32,13 @@ from servicekit.logs import log_event
 
 logger = logging.getLogger("servicekit.tls")
 
+# In no registry here: each service registers them in its own (gateway.metrics.REGISTRY,
+# backend.metrics.REGISTRY), the one its metrics listener serves.
 HANDSHAKE_FAILURES = Counter(
     "tokengate_tls_handshake_failures_total",
     "TLS handshakes a service refused on its internal listener, by reason.",
     ["service", "reason"],
+    registry=None,
 )
 CERT_EXPIRY = Gauge(
     "tokengate_tls_certificate_expiry_seconds",
@@ -43,6 +46,7 @@ CERT_EXPIRY = Gauge(
     "(role=client) on the internal hop (lowest over workers).",
     ["service", "role"],
     multiprocess_mode="livemin",
+    registry=None,
 )
 
 # OpenSSL's reason codes, mapped to a bounded label set (a client chooses what it sends).

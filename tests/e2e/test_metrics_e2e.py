@@ -5,6 +5,7 @@ refused internal token); both endpoints scraped before and after, exact deltas c
 from __future__ import annotations
 
 import json
+import platform
 import re
 import time
 import uuid
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from servicekit.metrics import version
 
 from gateway.metrics import PROXIED_ROUTES
 from tests.support.scrape import delta, names, scrape, value
@@ -260,3 +262,34 @@ def test_every_metric_the_alert_rules_use_is_in_a_live_scrape(scraped: Scraped) 
     used = {name for name in used if not name.startswith("tokengate_tls_")}
     live = names(scrape(scraped.gateway_metrics)) | names(scrape(scraped.backend_metrics))
     assert used <= live, used - live
+
+
+def test_each_service_exports_only_its_own_families_and_its_build(scraped: Scraped) -> None:
+    # one registry per service: before, each process exported every family it had imported,
+    # so the backend showed tokengate_gateway_revocation_listener_connected 0 (an alert, forever)
+    gateway, backend = (
+        names(scrape(scraped.gateway_metrics)),
+        names(scrape(scraped.backend_metrics)),
+    )
+    assert not {n for n in backend if n.startswith("tokengate_gateway_")}
+    assert not {n for n in gateway if n.startswith("tokengate_backend_")}
+    for url, service in (
+        (scraped.gateway_metrics, "gateway"),
+        (scraped.backend_metrics, "backend"),
+    ):
+        info = value(
+            scrape(url),
+            f"tokengate_{service}_build_info",
+            version=version(),
+            python=platform.python_version(),
+        )
+        assert info == 1
+
+
+def test_the_metrics_listener_answers_only_metrics(scraped: Scraped) -> None:
+    for url in (scraped.gateway_metrics, scraped.backend_metrics):
+        base = url.removesuffix("/metrics")
+        for path in ("/", "/favicon.ico", "/metrics/", "/metricsx", "/api/v1/me"):
+            response = httpx.get(base + path, timeout=5)
+            assert response.status_code == 404, (url, path)
+            assert "tokengate_" not in response.text

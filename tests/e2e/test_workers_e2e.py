@@ -149,6 +149,10 @@ def test_two_workers_serve_and_one_scrape_shows_the_sum(workers: Workers) -> Non
     )
     # one sample per series, not one per worker: the parent serves the sum
     assert value(g1, "tokengate_gateway_revocation_listener_connected") == 1
+    # the workers' files hold only their own service's families (one registry per service)
+    assert not {n for n, _ in b1 if n.startswith("tokengate_gateway_")}
+    assert not {n for n, _ in g1 if n.startswith("tokengate_backend_")}
+    assert any(n == "tokengate_gateway_build_info" for n, _ in g1)
 
 
 def test_logout_on_one_worker_kills_the_token_on_every_worker_within_a_second(

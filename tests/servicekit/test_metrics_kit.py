@@ -117,3 +117,27 @@ def test_otel_endpoint_setting() -> None:
     assert otel.endpoint_from_env({otel.ENDPOINT: "http://c:4318/"}) == "http://c:4318"
     with pytest.raises(ConfigError, match=otel.ENDPOINT):
         otel.endpoint_from_env({otel.ENDPOINT: "c:4317"})
+
+
+def test_no_service_metric_lands_in_the_default_registry() -> None:
+    """Issue 23: with prometheus-client's default registry, each service exported every family
+    its process had imported (the backend showed the gateway's listener gauge as 0). Every
+    family lives in its service's own registry, the one its listener serves."""
+    from prometheus_client import REGISTRY as DEFAULT
+
+    from backend import metrics as backend_metrics
+    from gateway import metrics as gateway_metrics
+
+    def families(registry: object) -> set[str]:
+        return {m.name for m in registry.collect()}  # type: ignore[attr-defined]
+
+    assert not {n for n in families(DEFAULT) if n.startswith("tokengate_")}
+    gateway, backend = families(gateway_metrics.REGISTRY), families(backend_metrics.REGISTRY)
+    assert gateway and all(
+        n.startswith(("tokengate_gateway_", "tokengate_postgres", "tokengate_tls_"))
+        for n in gateway
+    )
+    assert backend and all(
+        n.startswith(("tokengate_backend_", "tokengate_postgres", "tokengate_tls_"))
+        for n in backend
+    )
