@@ -1,4 +1,4 @@
-"""``tokengate users create|disable|enable|set-roles|set-password|end-sessions`` and
+"""``tokengate users create|disable|enable|set-roles|set-password|end-sessions|list|show`` and
 ``tokengate backend``.
 
 The ``users`` commands need only the backend's own database role (``DATABASE_URL``), never a
@@ -20,12 +20,26 @@ from typing import Any
 import asyncpg
 from servicekit import config, pg_url, tls
 from servicekit.audit import writer_id
+from servicekit.commands import NotFound, server_parser
 from servicekit.logs import configure_logging
 
 from backend import audit, broadcast
 from backend.errors import BackendError
 from backend.passwords import Passwords, params_from_env
 from backend.users import User, UserStore, check_password_policy
+
+BACKEND_HELP = """\
+Run the identity service (users, credentials, notes) behind the gateway. Settings come from
+the environment (README, "Configuration").
+
+required:
+  DATABASE_URL              PostgreSQL, the backend's role (postgresql://tokengate_backend@...)
+  INTERNAL_JWT_PUBLIC_KEY   the gateway's Ed25519 public key(s): PEM or JWKS (or *_FILE)
+
+often set (default):
+  GATEWAY_ID (tokengate-gateway: the issuer it trusts), BACKEND_ID (tokengate-backend: its
+  audience), ARGON2_TIME_COST (3), ARGON2_MEMORY_KIB (65536), ARGON2_MAX_CONCURRENT (half the
+  CPUs), DB_POOL_MAX (10), METRICS_PORT (off), LOG_LEVEL (INFO), LOG_FORMAT (json)"""
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -65,12 +79,20 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     end = actions.add_parser("end-sessions", help="log a user out everywhere")
     end.add_argument("--email", required=True)
     end.set_defaults(func=_users_end_sessions)
+    listing = actions.add_parser("list", help="every user: id, email, roles, status, created")
+    listing.add_argument("--limit", type=int, default=100, help="at most this many (1-10000)")
+    listing.add_argument("--offset", type=int, default=0, help="skip this many first")
+    listing.set_defaults(func=_users_list)
+    show = actions.add_parser("show", help="one user: id, email, roles, status, epochs")
+    show.add_argument("--email", required=True)
+    show.set_defaults(func=_users_show)
 
-    serve = sub.add_parser("backend", help="run the backend service (settings from environment)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8001)
-    serve.add_argument(
-        "--workers", type=int, default=1, help="worker processes (default 1; see README)"
+    serve = server_parser(
+        sub,
+        "backend",
+        summary="run the backend service (settings from environment)",
+        description=BACKEND_HELP,
+        port=8001,
     )
     tls.add_server_arguments(serve)
     serve.set_defaults(func=_serve)
@@ -116,17 +138,15 @@ async def _create(dsn: str, email: str, password: str, roles: tuple[str, ...]) -
 
 
 def _users_create(args: argparse.Namespace) -> int:
+    dsn = _database_url(args)
     password = _password_from_stdin()
     try:
         check_password_policy(password)
         roles = ("user", *sorted(set(args.role)))
-        user_id = asyncio.run(_create(_database_url(args), args.email, password, roles))
+        user_id = asyncio.run(_create(dsn, args.email, password, roles))
     except BackendError as exc:
-        print(f"tokengate users create: {exc.message}", file=sys.stderr)
-        return 1
-    except (OSError, asyncpg.PostgresError) as exc:
-        print(f"tokengate users create: database error: {type(exc).__name__}", file=sys.stderr)
-        return 1
+        # the data refused it (taken, invalid address, password policy): exit 1
+        raise NotFound(exc.message) from None
     print(user_id)
     return 0
 
@@ -147,17 +167,13 @@ def _run_change(
 ) -> int:
     """Apply ``change``; audit, broadcast the new epochs, report. Exit 1 if no user matched."""
     command = f"tokengate users {name}"
+    dsn = _database_url(args)
     try:
-        user = asyncio.run(_change(_database_url(args), change))
+        user = asyncio.run(_change(dsn, change))
     except BackendError as exc:
-        print(f"{command}: {exc.message}", file=sys.stderr)
-        return 1
-    except (OSError, asyncpg.PostgresError) as exc:
-        print(f"{command}: database error: {type(exc).__name__}", file=sys.stderr)
-        return 1
+        raise NotFound(exc.message) from None
     if user is None:
-        print(f"{command}: no such user (or nothing to change)", file=sys.stderr)
-        return 1
+        raise NotFound(f"no user with email {args.email!r} (or nothing to change)")
     # the audit line goes to stderr as a structured JSON line, like the services' own
     configure_logging("INFO", config.environ().get("LOG_FORMAT", "json"))
     audit.account_changed(action, user_id=str(user.id), actor="operator")
@@ -194,12 +210,12 @@ def _users_end_sessions(args: argparse.Namespace) -> int:
 
 
 def _users_set_password(args: argparse.Namespace) -> int:
+    _database_url(args)  # a bad DATABASE_URL is said before a password is asked for
     password = _password_from_stdin()
     try:
         check_password_policy(password)
     except BackendError as exc:
-        print(f"tokengate users set-password: {exc.message}", file=sys.stderr)
-        return 1
+        raise NotFound(exc.message) from None
 
     async def change(store: UserStore) -> User | None:
         # one statement by email, reading no hash: the operator's password replaces whatever
@@ -209,6 +225,62 @@ def _users_set_password(args: argparse.Namespace) -> int:
         return await store.set_password(args.email, password_hash)
 
     return _run_change(args, "set-password", "password_changed", change)
+
+
+def _status(user: User) -> str:
+    return "active" if user.disabled_at is None else "disabled"
+
+
+def _users_list(args: argparse.Namespace) -> int:
+    if not 1 <= args.limit <= 10_000 or args.offset < 0:
+        raise config.ConfigError("--limit must be 1 to 10000 and --offset at least 0")
+    dsn = _database_url(args)
+
+    async def page() -> tuple[list[User], int]:
+        pool, store = await _with_store(dsn)
+        try:
+            return await store.page(limit=args.limit, offset=args.offset)
+        finally:
+            await pool.close()
+
+    users, total = asyncio.run(page())
+    print(f"{'id':36}  {'status':8}  {'created':25}  {'roles':12}  email")
+    for user in users:
+        print(
+            f"{user.id!s:36}  {_status(user):8}  "
+            f"{user.created_at.isoformat(timespec='seconds'):25}  "
+            f"{','.join(user.roles):12}  {user.email}"
+        )
+    shown = f"{args.offset + 1}-{args.offset + len(users)}" if users else "none"
+    print(f"{shown} of {total} user(s)", file=sys.stderr)
+    return 0
+
+
+def _users_show(args: argparse.Namespace) -> int:
+    dsn = _database_url(args)
+
+    async def one() -> User | None:
+        pool, store = await _with_store(dsn)
+        try:
+            return await store.by_email(args.email)
+        finally:
+            await pool.close()
+
+    user = asyncio.run(one())
+    if user is None:
+        raise NotFound(f"no user with email {args.email!r}")
+    for key, value in (
+        ("id", str(user.id)),
+        ("email", user.email),
+        ("roles", ",".join(user.roles)),
+        ("status", _status(user)),
+        ("created", user.created_at.isoformat(timespec="seconds")),
+        ("disabled", user.disabled_at.isoformat(timespec="seconds") if user.disabled_at else "-"),
+        ("session_epoch", str(user.session_epoch)),
+        ("token_epoch", str(user.token_epoch)),
+    ):
+        print(f"{key + ':':15}{value}")
+    return 0
 
 
 def app_from_env() -> Any:
@@ -233,7 +305,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = problems.take(Settings.from_env, None)
     metrics = problems.take(lambda: MetricsSettings.from_env(config.environ()), MetricsSettings())
     problems.check()
-    assert settings is not None and server_tls is not None  # check() raised otherwise
+    assert settings is not None  # check() raised otherwise
     configure_logging(settings.log_level, settings.log_format)
     return serve(
         "backend.cli:app_from_env",

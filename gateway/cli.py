@@ -20,7 +20,9 @@ from typing import Any
 import asyncpg
 from servicekit import redis_url
 from servicekit.audit import Event, append, writer_id
+from servicekit.commands import NotFound, PermissionDenied, Unavailable, server_parser
 from servicekit.config import ConfigError, Problems
+from servicekit.emails import normalise_email
 from servicekit.terminal import printable
 
 from gateway.sessions.ledger import PRUNE_BATCH, Ledger
@@ -31,12 +33,33 @@ from gateway.settings import OperatorSettings, PruneSettings, Settings
 GC_THRESHOLD_0 = 50_000
 
 
+GATEWAY_HELP = """\
+Run the public gateway. Settings come from the environment (README, "Configuration").
+
+required:
+  DATABASE_URL              PostgreSQL, the gateway's role (postgresql://tokengate_gateway@...)
+  REDIS_URL                 Redis (redis://, rediss://, unix://, redis+sentinel://)
+  BACKEND_URL               the identity service's internal base URL (http:// or https://)
+  JWT_ACCESS_SECRET         HS256 secret for access tokens, >= 32 bytes (or *_FILE)
+  JWT_REFRESH_SECRET        HS256 secret for refresh tokens, >= 32 bytes, another one (or *_FILE)
+  INTERNAL_JWT_PRIVATE_KEY  Ed25519 private key, PEM (or *_FILE); the backend holds its public key
+
+often set (default):
+  GATEWAY_ID (tokengate-gateway), BACKEND_ID (tokengate-backend), CORS_ALLOWED_ORIGINS (none),
+  PUBLIC_ORIGIN (none: DPoP off), COOKIE_SECURE (true), TRUSTED_PROXIES (none),
+  ACCESS_TOKEN_TTL (600), REFRESH_TOKEN_TTL (1209600), LOGIN_RATE_LIMIT_IP (10/minute),
+  LOGIN_RATE_LIMIT_ACCOUNT (5/minute), METRICS_PORT (off), LOG_LEVEL (INFO), LOG_FORMAT (json)
+
+`tokengate keys generate` prints a key pair and both secrets as .env lines."""
+
+
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    run = sub.add_parser("gateway", help="run the gateway (public HTTP server)")
-    run.add_argument("--host", default="127.0.0.1")
-    run.add_argument("--port", type=int, default=8000)
-    run.add_argument(
-        "--workers", type=int, default=1, help="worker processes (default 1; see README)"
+    run = server_parser(
+        sub,
+        "gateway",
+        summary="run the gateway (public HTTP server)",
+        description=GATEWAY_HELP,
+        port=8000,
     )
     run.set_defaults(func=_run_gateway)
 
@@ -148,20 +171,27 @@ async def resolve_user_id(users_database_url: str, email: str | None, user_id: s
             raise ConfigError(f"--user-id '{printable(user_id)}' is not a uuid") from None
     try:
         conn = await asyncpg.connect(users_database_url)
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise ConfigError(
-            f"cannot connect to BACKEND_DATABASE_URL to resolve --email ({type(exc).__name__})"
+    except (OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError) as exc:
+        raise Unavailable(
+            f"cannot reach BACKEND_DATABASE_URL (or DATABASE_URL) to resolve --email "
+            f"({type(exc).__name__}); retry, or use --user-id"
         ) from None
     try:
-        found = await conn.fetchval("SELECT id FROM users WHERE lower(email) = lower($1)", email)
+        # the one normal form the backend stores and looks users up by (servicekit.emails):
+        # ' DEMO@example.test ' and a fullwidth spelling are the same account there, so here too
+        found = await conn.fetchval(
+            "SELECT id FROM users WHERE email_normal = $1", normalise_email(email or "")
+        )
     except asyncpg.InsufficientPrivilegeError:
-        raise ConfigError(
-            "DATABASE_URL cannot read users; set BACKEND_DATABASE_URL to resolve --email"
+        raise PermissionDenied(
+            "the role in DATABASE_URL may not read users (the gateway's may not, by design); "
+            "set BACKEND_DATABASE_URL to the backend's role (tokengate_backend) to resolve "
+            "--email, or use --user-id"
         ) from None
     finally:
         await conn.close()
     if found is None:
-        raise ConfigError(f"no user with email '{printable(email or '')}'")
+        raise NotFound(f"no user with email '{printable(email or '')}'")
     return str(found)
 
 
@@ -232,6 +262,8 @@ def _revoke(args: argparse.Namespace) -> int:
                         f"--family '{printable(args.family)}' is not a uuid"
                     ) from None
                 sids = await ledger.revoke_families([sid], reason="operator", now=now)
+                if not sids and not await ledger.family_exists(sid):
+                    raise NotFound(f"no session (family) {sid}")
             else:
                 user_id = await _resolve_user(settings, args)
                 sids = await ledger.revoke_all_for_user(user_id, reason="operator", now=now)
@@ -239,28 +271,35 @@ def _revoke(args: argparse.Namespace) -> int:
                 await _audit_operator_revoke(pool, user_id, sids)
         finally:
             await pool.close()
-        client = redis_url.async_client(
-            settings.redis, socket_connect_timeout=2.0, socket_timeout=2.0
-        )
-        revoked = RevokedSessions(
-            client, prefix=settings.redis_key_prefix, ttl=settings.access_token_ttl
-        )
-        try:
-            await revoked.revoke(sids)
-            published = not revoked.pending
-        finally:
-            await client.aclose()
         print(f"revoked {len(sids)} session(s)")
-        if sids and not published:
-            print(
-                "warning: Redis unreachable; refresh is blocked now, live access tokens "
-                "expire within ACCESS_TOKEN_TTL",
-                file=sys.stderr,
+        if not sids:
+            return 0
+        problem = await _publish(settings, sids)
+        if problem is not None:
+            # Stored, so refresh is blocked now; only live access tokens wait (up to their TTL)
+            raise Unavailable(
+                f"revoked in the ledger but not broadcast ({problem}): refresh is blocked now, "
+                "live access tokens end within ACCESS_TOKEN_TTL; re-run when Redis is back to "
+                "end them at once"
             )
-            return 1
         return 0
 
     return asyncio.run(main())
+
+
+async def _publish(settings: OperatorSettings, sids: list[str]) -> str | None:
+    """Broadcast ``sids`` to every gateway; why not, or ``None`` when sent."""
+    if settings.redis is None:
+        return "REDIS_URL is not set"
+    client = redis_url.async_client(settings.redis, socket_connect_timeout=2.0, socket_timeout=2.0)
+    revoked = RevokedSessions(
+        client, prefix=settings.redis_key_prefix, ttl=settings.access_token_ttl
+    )
+    try:
+        await revoked.revoke(sids)
+        return "Redis unreachable" if revoked.pending else None
+    finally:
+        await client.aclose()
 
 
 def _prune(args: argparse.Namespace) -> int:

@@ -556,7 +556,8 @@ def _flush_interval(environ: Mapping[str, str]) -> float:
 
 @dataclass(frozen=True)
 class OperatorSettings:
-    """What ``tokengate sessions`` needs: the ledger, Redis, and optionally the users table.
+    """What ``tokengate sessions`` needs: the ledger, Redis (to broadcast a revocation), and
+    optionally the users table.
 
     The gateway's database role cannot read users (it has no business knowing emails), so
     resolving ``--email`` needs a DSN that can: ``BACKEND_DATABASE_URL`` (the operator's or the

@@ -702,6 +702,12 @@ class Ledger:
 
         return await self._retrying(attempt)
 
+    async def family_exists(self, sid: str) -> bool:
+        """Whether the ledger has a row for ``sid``, live or ended (and not yet pruned)."""
+        return bool(
+            await self._pool.fetchval("SELECT 1 FROM refresh_session WHERE family_id = $1", sid)
+        )
+
     async def revoke_family(self, sid: str, *, reason: str, now: int) -> bool:
         return bool(await self.revoke_families([sid], reason=reason, now=now))
 

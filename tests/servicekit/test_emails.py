@@ -59,3 +59,22 @@ def test_idempotent_on_every_code_point() -> None:
 )
 def test_validation_runs_on_the_normal_form(raw: str, ok: bool) -> None:
     assert looks_like_email(normalise_email(raw)) is ok
+
+
+def test_no_query_matches_an_email_but_by_its_normal_form() -> None:
+    """Issue 23: ``sessions --email`` matched with SQL ``lower()`` while ``users`` used the normal
+    form, so ``' DEMO@example.test '`` and fullwidth spellings were "no such user" there. Every
+    lookup goes through ``email_normal`` (normalise_email on the Python side)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    raw = re.compile(r"lower\(\s*email|\bemail\s*(=|ILIKE|LIKE)\s*(lower\()?\$\d", re.I)
+    offenders = [
+        f"{path.relative_to(root)}:{n}"
+        for folder in ("gateway", "backend", "tokengate", "libs")
+        for path in sorted((root / folder).rglob("*.py"))
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if raw.search(line)
+    ]
+    assert offenders == []
