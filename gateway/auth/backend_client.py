@@ -141,19 +141,25 @@ class BackendClient:
             log_event(logger, "backend_error", logging.WARNING, status=response.status_code)
             raise ServiceUnavailable(unavailable)
         if response.status_code == 401 and _error_code(response) == REFUSED_CODE:
-            raise await self._refused(path)
+            raise await self.refused(path)
         return response
 
-    async def _refused(self, path: str) -> MisconfiguredService:
+    async def refused(
+        self, path: str, *, service: str | None = None, identity: bool = True
+    ) -> MisconfiguredService:
+        """The 502 for a call the identity service refused the internal token of, after the
+        operator's ERROR line (with the probe's reason). The proxy calls it too."""
         # The identity service does not trust this gateway's token: keys, ids or clocks disagree.
         # Never the user's fault, so never a 401 that reads like a wrong password; the probe
         # says which check failed (an ordinary refusal does not, by design of internal_auth).
-        reason = await self.probe(memo=True)
+        # the probe asks the identity service; another service's reason is in its own log
+        reason = await self.probe(memo=True) if identity else "see that service's log"
         log_event(
             logger,
             "internal_token_refused",
             logging.ERROR,
-            message="the identity service refused the gateway's internal token",
+            message="a service refused the gateway's internal token",
+            service=service,
             path=path,
             reason=reason or "the probe passes; the refusal is specific to this call",
             action=REFUSED_HINT,

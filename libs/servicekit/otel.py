@@ -17,6 +17,7 @@ of a new trace is given that id), so log lines and spans name the same trace.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -37,7 +38,26 @@ def endpoint_from_env(environ: Mapping[str, str]) -> str | None:
         return None
     if not value.startswith(("http://", "https://")):
         raise ConfigError(f"{ENDPOINT} must be an http(s) URL (OTLP over HTTP), got {value!r}")
+    # said here, with every other setting, not by each worker as it builds its app (a traceback)
+    if not all(_installed(module) for module in _NEEDED):
+        raise ConfigError(
+            f"{ENDPOINT} is set but OpenTelemetry is not installed (pip install 'tokengate[otel]')"
+        )
     return value.rstrip("/")
+
+
+_NEEDED = (
+    "opentelemetry.sdk.trace",
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    "opentelemetry.instrumentation.asgi",
+)
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
 
 
 def setup(service_name: str, endpoint: str | None) -> list[Middleware]:

@@ -67,9 +67,12 @@ def test_a_matching_pair_is_ready_and_a_wrong_password_stays_one_401(stack: Stac
 def test_a_gateway_the_backend_does_not_trust_is_unready_and_logins_are_502(
     stack: Stack, env: dict[str, str], reason: str
 ) -> None:
+    access = _login(stack.gateway_url).json()["access_token"]  # from the healthy gateway
     with stack.extra_gateway(None, **env) as url:
         ready = httpx.get(url + "/readyz")
         login = _login(url)
+        # the same secrets, so the access token is good here too: the backend refuses the hop
+        proxied = httpx.get(url + "/api/v1/me", headers={"Authorization": f"Bearer {access}"})
         port = url.rsplit(":", 1)[1]
     assert ready.status_code == 503
     assert ready.headers["retry-after"].isdigit()
@@ -78,13 +81,20 @@ def test_a_gateway_the_backend_does_not_trust_is_unready_and_logins_are_502(
     assert login.status_code == 502, login.text
     assert login.json()["error"]["code"] == "bad_gateway"
     assert login.headers["retry-after"].isdigit()
+    if reason != "wrong_issuer":  # (another GATEWAY_ID is also another access-token issuer)
+        # not a 401 that would send the client to log in again for nothing
+        assert proxied.status_code == 502, proxied.text
+        assert "internal_token_refused" not in proxied.text  # the service's words stay inside
     lines = [
         json.loads(line)
         for line in (stack.logdir / f"gateway-{port}.log").read_text().splitlines()
         if line.startswith("{")
     ]
     refused = [line for line in lines if line["event"] == "internal_token_refused"]
-    assert refused, "no error line for the operator"
+    paths = {line["path"] for line in refused}
+    assert paths >= (
+        {"/internal/auth/validate"} | ({"/v1/me"} if reason != "wrong_issuer" else set())
+    )
     assert refused[0]["level"] == "error"
     assert refused[0]["reason"] == f"internal token refused: {reason}"
     assert "INTERNAL_JWT_PRIVATE_KEY" in refused[0]["action"]

@@ -100,3 +100,14 @@ def test_the_backend_names_every_bad_variable_in_one_run_and_exits_2() -> None:
         "DB_POOL_MIN",
         "LOG_FORMAT",
     )
+
+
+def test_an_endpoint_without_opentelemetry_installed_is_a_setting_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # said with every other setting in the parent, not as a traceback from each worker
+    from servicekit import otel
+
+    monkeypatch.setattr(otel, "_NEEDED", ("opentelemetry_not_installed_anywhere.trace",))
+    with pytest.raises(ConfigError, match="OpenTelemetry is not installed"):
+        otel.endpoint_from_env({otel.ENDPOINT: "http://collector:4318"})
