@@ -224,17 +224,23 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     database = backend_state(request).pool
+    problem = None
     try:
         # a standby (a pool that reached one, a demoted primary) cannot take the writes
         writable = await asyncio.wait_for(database.fetchval("SELECT NOT pg_is_in_recovery()"), 2.0)
     except Exception:
-        writable = False
+        writable, problem = False, "unreachable"
     # which DATABASE_URL host, by its index in the list: a bounded answer
     in_use = {"postgres_host": database.host_index}
     if writable is not True:
         log_event(logger, "readiness_failed", logging.WARNING, dependency="postgres")
         return JSONResponse(
-            {"status": "unavailable", "checks": {"postgres": False}, "in_use": in_use},
+            # as the gateway's: true, or why not
+            {
+                "status": "unavailable",
+                "checks": {"postgres": problem or "read-only (a standby)"},
+                "in_use": in_use,
+            },
             status_code=503,
             headers={"Retry-After": "2"},
         )

@@ -137,19 +137,21 @@ async def healthz(request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     state = gateway_state(request)
 
-    async def postgres() -> bool:
+    async def postgres() -> bool | str:
         # a standby (the pool reached one, or the primary was demoted) cannot take a write
         query = "SELECT NOT pg_is_in_recovery()"
         try:
-            return bool(await asyncio.wait_for(state.pool.fetchval(query), 2.0) is True)
+            writable = await asyncio.wait_for(state.pool.fetchval(query), 2.0) is True
         except Exception:
-            return False
+            return "unreachable"
+        return True if writable else "read-only (a standby)"
 
-    async def redis_ok() -> bool:
+    async def redis_ok() -> bool | str:
         try:
-            return await asyncio.wait_for(redis_url.is_master(state.redis), 2.0)
+            master = await asyncio.wait_for(redis_url.is_master(state.redis), 2.0)
         except Exception:
-            return False
+            return "unreachable"
+        return True if master else "not the master (a replica)"
 
     policy = state.settings.policy
     # Only the identity service, PostgreSQL and Redis decide readiness: without them nobody logs
@@ -167,11 +169,7 @@ async def readyz(request: Request) -> Response:
         *(state.backend.ready(service.url, tls=service.ssl_context) for service in others),
     )
     # true, or why not: "internal token refused: unknown_kid" tells the operator what to fix
-    checks: dict[str, bool | str] = {
-        "backend": backend or True,
-        "postgres": pg or "unreachable",
-        "redis": rd or "unreachable",
-    }
+    checks: dict[str, bool | str] = {"backend": backend or True, "postgres": pg, "redis": rd}
     ready = all(value is True for value in checks.values())
     for service, ok in zip(others, listed, strict=True):
         # a service named like a check above (identity elsewhere, one called "backend") still shows

@@ -45,7 +45,7 @@ def test_readyz_is_503_while_the_database_is_unreachable_and_recovers(
             down = client.get("/readyz")
             assert down.status_code == 503
             assert down.headers["Retry-After"] == "2"
-            assert down.json()["checks"] == {"postgres": False}
+            assert down.json()["checks"] == {"postgres": "unreachable"}
             assert client.get("/healthz").status_code == 200
         finally:
             asyncio.run(_allow_connections(dbname, True))

@@ -336,7 +336,7 @@ async def test_postgres_down_gives_503_not_500(
     for response in responses:
         assert response.status_code == 503
         assert "retry-after" in response.headers
-    assert responses[-1].json()["checks"]["postgres"] is False
+    assert responses[-1].json()["checks"]["postgres"] == "unreachable"
 
 
 async def test_revocation_set_reload_and_expiry(gateway: Harness, env: dict[str, str]) -> None:
