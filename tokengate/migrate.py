@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import re
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 from servicekit import config, pg_url
+from servicekit.commands import NotFound
 
 from tokengate import email_backfill
 
@@ -146,15 +147,19 @@ def _migrate(args: argparse.Namespace) -> int:
         dsn = pg_url.checked(config.get_str(config.environ(), "DATABASE_URL"))
     passwords: dict[str, str] = {}
     if args.set_role_passwords:
+        problems = config.Problems()  # both variables named when both are missing
         for role, variable in ROLE_PASSWORD_VARIABLES.items():
-            value = config.env_or_file(config.environ(), variable)
-            passwords[role] = value
+            passwords[role] = problems.take(
+                functools.partial(config.env_or_file, config.environ(), variable), ""
+            )
+        problems.check()
     try:
         applied = asyncio.run(migrate(dsn))
         changed = asyncio.run(set_role_passwords(dsn, passwords)) if passwords else []
-    except (MigrationError, OSError, asyncpg.PostgresError) as exc:
-        print(f"tokengate migrate: {exc}", file=sys.stderr)
-        return 1
+    except MigrationError as exc:
+        # a file the database refused (exit 1); a database down or a role lacking rights goes
+        # to the command line's one mapping (3, 4)
+        raise NotFound(str(exc)) from None
     for name in applied:
         print(f"applied {name}")
     if not applied:

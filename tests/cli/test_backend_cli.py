@@ -165,3 +165,4 @@ def test_set_role_passwords_requires_both_variables(migrated_dsn: str) -> None:
     )
     assert done.returncode == 2
     assert "TOKENGATE_BACKEND_DB_PASSWORD" in done.stderr
+    assert "TOKENGATE_GATEWAY_DB_PASSWORD" in done.stderr  # both, in one run
