@@ -16,9 +16,9 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 import asyncpg
-from prometheus_client import REGISTRY
 
 from gateway import gauges, metrics
+from gateway.metrics import REGISTRY  # the gateway's own registry, the one its listener serves
 from tests.gateway.conftest import FakeBackend, Harness, login, refresh_cookie, refresh_with
 from tests.gateway.test_refresh import _login
 

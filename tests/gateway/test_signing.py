@@ -21,10 +21,10 @@ from internal_auth import (
     verify_signed_key_set,
     write_key_file,
 )
-from prometheus_client import REGISTRY
 from servicekit.config import ConfigError
 
 from gateway.app import create_app
+from gateway.metrics import REGISTRY  # the gateway's own registry, the one its listener serves
 from gateway.settings import Settings
 from gateway.signing import InternalListener, load_keys, reload_once
 from tests.support.tls_certs import make_ca_and_server
