@@ -161,12 +161,12 @@ async def readyz(request: Request) -> Response:
         for name, service in state.proxy.services.items()
         if policy is not None and name != policy.identity
     ]
-    backend, pg, rd, *listed = await asyncio.gather(
+    (backend, pg, rd), listed = await asyncio.gather(
         # the identity service verifies a signed probe: it trusts this gateway's key and ids
-        state.backend.probe(),
-        postgres(),
-        redis_ok(),
-        *(state.backend.ready(service.url, tls=service.ssl_context) for service in others),
+        asyncio.gather(state.backend.probe(), postgres(), redis_ok()),
+        asyncio.gather(
+            *(state.backend.ready(service.url, tls=service.ssl_context) for service in others)
+        ),
     )
     # true, or why not: "internal token refused: unknown_kid" tells the operator what to fix
     checks: dict[str, bool | str] = {"backend": backend or True, "postgres": pg, "redis": rd}
