@@ -26,12 +26,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
-from prometheus_client import REGISTRY
 from servicekit.config import ConfigError
 from servicekit.connections import ConnectionLimits, uvicorn_options
 from starlette.applications import Starlette
 
 from gateway.app import create_app
+from gateway.metrics import REGISTRY  # the gateway's own registry, the one its listener serves
 from gateway.settings import Settings
 from tests.gateway.test_proxy_live import _free_port
 from tests.gateway.test_upstream import Backend, Handler, Peer, answer, endless_head, serve_echo
