@@ -175,7 +175,16 @@ async def verify_chains(conn: Any) -> list[ChainReport]:
     """Walk every writer's chain from where pruning left it to its head. The first broken link
     of a chain is its problem: a gap or a repeat in the sequence (a deleted row), a link whose
     ``prev_hash`` is not its predecessor's hash, a hash that does not match the row (an edited
-    row), or a chain that ends before its head (its newest rows deleted)."""
+    row), or a chain that ends before its head (its newest rows deleted).
+
+    Heads and events are read in one repeatable-read snapshot: writers keep committing while an
+    operator verifies, and a head read before a batch committed beside events read after it would
+    look like deleted rows."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        return await _verify_snapshot(conn)
+
+
+async def _verify_snapshot(conn: Any) -> list[ChainReport]:
     heads = {r["writer"]: r for r in await conn.fetch("SELECT * FROM audit_heads")}
     writers = set(heads) | {
         r["writer"] for r in await conn.fetch("SELECT DISTINCT writer FROM audit_events")
@@ -188,29 +197,28 @@ async def verify_chains(conn: Any) -> list[ChainReport]:
             continue
         expected, prev = int(head["pruned_seq"]) + 1, bytes(head["pruned_hash"])
         count, problem = 0, None
-        async with conn.transaction(readonly=True):
-            cursor = conn.cursor(
-                f"SELECT {COLUMNS} FROM audit_events WHERE writer = $1 ORDER BY seq",  # noqa: S608 (constant columns)
-                writer,
-                prefetch=1000,
-            )
-            async for row in cursor:
-                seq = int(row["seq"])
-                if seq != expected:
-                    problem = (
-                        f"seq {expected} missing (next is {seq}): deleted row"
-                        if seq > expected
-                        else f"seq {seq} appears twice or out of order"
-                    )
-                    break
-                if bytes(row["prev_hash"]) != prev:
-                    problem = f"seq {seq}: prev_hash is not the hash of seq {seq - 1}"
-                    break
-                digest = chain_hash(prev, event_of(row), writer=writer, seq=seq)
-                if digest != bytes(row["hash"]):
-                    problem = f"seq {seq}: hash does not match the row (edited)"
-                    break
-                prev, expected, count = digest, expected + 1, count + 1
+        cursor = conn.cursor(
+            f"SELECT {COLUMNS} FROM audit_events WHERE writer = $1 ORDER BY seq",  # noqa: S608 (constant columns)
+            writer,
+            prefetch=1000,
+        )
+        async for row in cursor:
+            seq = int(row["seq"])
+            if seq != expected:
+                problem = (
+                    f"seq {expected} missing (next is {seq}): deleted row"
+                    if seq > expected
+                    else f"seq {seq} appears twice or out of order"
+                )
+                break
+            if bytes(row["prev_hash"]) != prev:
+                problem = f"seq {seq}: prev_hash is not the hash of seq {seq - 1}"
+                break
+            digest = chain_hash(prev, event_of(row), writer=writer, seq=seq)
+            if digest != bytes(row["hash"]):
+                problem = f"seq {seq}: hash does not match the row (edited)"
+                break
+            prev, expected, count = digest, expected + 1, count + 1
         if problem is None and (
             expected - 1 != int(head["last_seq"]) or prev != bytes(head["last_hash"])
         ):
