@@ -46,7 +46,7 @@ from gateway.dpop import DPoP
 from gateway.edge import Edge, error_response, proxy_only_paths
 from gateway.errors import GatewayError
 from gateway.policy.reload import PolicyReloader
-from gateway.proxy.backend import BackendProxy
+from gateway.proxy.backend import BackendProxy, Service
 from gateway.proxy.handler import PROXY_PATH, proxy_request, proxy_route
 from gateway.proxy.tls import client_context
 from gateway.sessions.epochs import UserEpochs
@@ -134,6 +134,18 @@ async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+async def _other_service(state: GatewayState, service: Service) -> bool | str:
+    """A service of GATEWAY_CONFIG other than the identity service: a signed probe where it opts
+    in (``probe = true``: it trusts this gateway's key, issuer and its audience), else /healthz."""
+    policy = state.settings.policy
+    config = policy.services.get(service.name) if policy is not None else None
+    if config is not None and config.probe:
+        return await state.backend.probe_other(
+            service.url, service.audience, tls=service.ssl_context
+        )
+    return await state.backend.ready(service.url, tls=service.ssl_context)
+
+
 async def readyz(request: Request) -> Response:
     state = gateway_state(request)
 
@@ -164,9 +176,7 @@ async def readyz(request: Request) -> Response:
     (backend, pg, rd), listed = await asyncio.gather(
         # the identity service verifies a signed probe: it trusts this gateway's key and ids
         asyncio.gather(state.backend.probe(), postgres(), redis_ok()),
-        asyncio.gather(
-            *(state.backend.ready(service.url, tls=service.ssl_context) for service in others)
-        ),
+        asyncio.gather(*(_other_service(state, service) for service in others)),
     )
     # true, or why not: "internal token refused: unknown_kid" tells the operator what to fix
     checks: dict[str, bool | str] = {"backend": backend or True, "postgres": pg, "redis": rd}

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from internal_auth import KeyLoadError, SigningKeys
 from limits import parse as parse_limit
 from servicekit import otel, pg_url
 from servicekit import redis_url as redis_urls
@@ -160,6 +161,13 @@ def _signing_keys(environ: Mapping[str, str]) -> tuple[str, str | None]:
     name = "INTERNAL_JWT_PRIVATE_KEYS" if bundle else "INTERNAL_JWT_PRIVATE_KEY"
     text = env_or_file(environ, name, required=True)
     path = environ.get(f"{name}_FILE") or None
+    # parsed here too, so a bad key is one more line of the start-up report rather than a
+    # second run's error (the holder parses it again in create_app)
+    try:
+        SigningKeys.parse(text)
+    except KeyLoadError as exc:
+        shown = f"{name}_FILE" if path else name
+        raise ConfigError(f"{shown}: not a valid Ed25519 key or key file ({exc.message})") from None
     return text, path
 
 

@@ -310,6 +310,19 @@ class BackendClient:
             return False
         return response.status_code == 200
 
+    async def probe_other(
+        self, service_url: str, audience: str, *, tls: ssl.SSLContext | None = None
+    ) -> bool | str:
+        """``True`` when another service (``probe = true`` in GATEWAY_CONFIG) verifies a signed
+        probe for its audience, else why not; on a client of its own, with its TLS."""
+        async with httpx.AsyncClient(
+            base_url=service_url, verify=tls if tls is not None else True, timeout=2.0
+        ) as client:
+            reason = await probe_service(
+                client, self._minter, gateway_id=self._gateway_id, audience=audience
+            )
+        return True if reason is None else reason
+
     async def probe(self, *, memo: bool = False) -> str | None:
         """``None`` when the identity service trusts this gateway's internal tokens, else why
         not (:func:`gateway.auth.probe.probe_service`). ``memo``: reuse an answer younger than

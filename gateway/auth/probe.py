@@ -38,11 +38,20 @@ def refusal_reason(response: httpx.Response) -> str | None:
 
 
 async def probe_service(
-    client: httpx.AsyncClient, minter: Minter, *, gateway_id: str, wait: float = 2.0
+    client: httpx.AsyncClient,
+    minter: Minter,
+    *,
+    gateway_id: str,
+    wait: float = 2.0,
+    audience: str | None = None,
 ) -> str | None:
     """``None`` when the service verified a probe token, otherwise why not, in a few words
-    that are safe to log and to show in ``/readyz`` (never a token, never the service's text)."""
-    token = minter.mint(sub=gateway_id, scope=TokenScope.PROBE, htm="GET", htu=PROBE_PATH)
+    that are safe to log and to show in ``/readyz`` (never a token, never the service's text).
+    ``audience``: the service's, when it is not the minter's own (a service of GATEWAY_CONFIG
+    other than the identity service)."""
+    token = minter.mint(
+        sub=gateway_id, scope=TokenScope.PROBE, htm="GET", htu=PROBE_PATH, audience=audience
+    )
     try:
         response = await client.get(PROBE_PATH, headers={HEADER: token}, timeout=wait)
     except httpx.HTTPError as exc:

@@ -39,6 +39,7 @@ _SERVICE_KEYS = frozenset(
         "url",
         "audience",
         "connect_timeout",
+        "probe",
         "read_timeout",
         "ca_file",
         "client_cert_file",
@@ -377,8 +378,19 @@ def _services(value: Any, check: _Checker) -> dict[str, ServiceConfig]:
                 check.fail(
                     at, label, name, "has TLS files that do not load (PEM CA, certificate, key)"
                 )
+        probe = table.get("probe", False)
+        if not isinstance(probe, bool):
+            check.fail(
+                lines.of("services", name, "probe"),
+                f"{label}.probe",
+                probe,
+                "must be true or false (true: /readyz shows whether the service verifies a "
+                "signed probe of this gateway's)",
+            )
+            probe = False
         if url is not None and audience is not None:
             out[name] = ServiceConfig(
+                probe=probe,
                 name=name,
                 url=url.rstrip("/"),
                 audience=audience,

@@ -171,6 +171,9 @@ class ServiceConfig:
     ca_file: str | None = None
     client_cert_file: str | None = None
     client_key_file: str | None = None
+    #: /readyz checks that the service verifies a signed probe (its internal_auth answers it),
+    #: not only that its /healthz answers; shown in ``checks``, never failing readiness
+    probe: bool = False
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """The hop's TLS context from the files above (``None``: the pool's default)."""

@@ -31,6 +31,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.app import create_app
+from gateway.policy import PolicyFileError, parse_policy
 from gateway.settings import Settings
 from tests.support.asgi_server import serve
 from tests.support.stack import free_port
@@ -364,3 +365,33 @@ async def test_every_deny_is_an_audit_event_naming_its_rule(
         ("policy_denied", "failure", "files", "no-file-deletes")
     ]
     assert mine[0]["details"] == {"method": "DELETE", "path": "/v1/files/docs/a"}
+
+
+async def test_a_service_that_opts_in_is_probed_with_a_signed_token(
+    env: dict[str, str], internal_key: PrivateKey, tmp_path: Path
+) -> None:
+    """``probe = true``: /readyz shows whether the service verifies a probe for its audience
+    (its internal_auth answers it), not only that /healthz answers; it never fails readiness."""
+    files_table = '[services.files]\nurl = "http://files:8002"\naudience = "tokengate-files"\n'
+    assert files_table in EXAMPLE.read_text()
+    opted_in = EXAMPLE.read_text().replace(files_table, files_table + "probe = true\n")
+    async with multi(env, internal_key, tmp_path, config=opted_in) as m:
+        ready = await m.client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["checks"]["files"] is True
+    # the gateway believes the service's audience is another: /healthz would say true
+    wrong = opted_in.replace('audience = "tokengate-files"', 'audience = "tokengate-else"')
+    async with multi(env, internal_key, tmp_path, config=wrong) as m:
+        ready = await m.client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["checks"]["files"] == "internal token refused: wrong_audience"
+
+
+def test_probe_must_be_a_boolean(tmp_path: Path) -> None:
+    text = EXAMPLE.read_text().replace(
+        'audience = "tokengate-files"\n', 'audience = "tokengate-files"\nprobe = "yes"\n'
+    )
+    with pytest.raises(PolicyFileError) as failed:
+        parse_policy(text.encode())
+    assert any(
+        'services.files.probe "yes" must be true or false' in p for p in failed.value.problems
+    )
